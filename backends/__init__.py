@@ -1,0 +1,1 @@
+"""Backends: one module per target (ONNX, PyTorch, TensorRT). Installed as ``netdsl.backends``."""

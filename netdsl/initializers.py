@@ -1,0 +1,71 @@
+"""Seeded default values for a graph's parameters, computed with numpy.
+
+Every backend takes its weights from :func:`initial_weights`, so the ONNX model and the
+PyTorch module built from the same spec and seed hold identical numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from netdsl.ir import Graph, Init, Parameter
+
+NP_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32, "bool": np.bool_}
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    # One stream per parameter name: adding a parameter does not change the others' values.
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _shift_kernels(shape: tuple[int, ...], k: int) -> np.ndarray:
+    out = np.zeros(shape)
+    for j in range(shape[1]):
+        out[:, j, j // k, j % k] = 1.0
+    return out
+
+
+def _relative_position_index(window: int) -> np.ndarray:
+    ys, xs = np.meshgrid(np.arange(window), np.arange(window), indexing="ij")
+    coords = np.stack([ys.ravel(), xs.ravel()])  # 2, N
+    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)
+    return rel[0] * (2 * window - 1) + rel[1]
+
+
+def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
+    """The value of parameter ``p`` given by its :class:`Init`, reproducible from ``seed``."""
+    init: Init = p.init
+    shape = p.type.shape
+    rng = _rng(seed, p.name)
+    kind = init.kind
+    if kind == "fill":
+        data = np.full(shape, init.arg("value"))
+    elif kind == "zeros":
+        data = np.zeros(shape)
+    elif kind == "ones":
+        data = np.ones(shape)
+    elif kind == "uniform_fan_in":
+        bound = 1.0 / np.sqrt(init.arg("fan_in"))
+        data = rng.uniform(-bound, bound, shape)
+    elif kind == "normal":
+        data = rng.normal(0.0, init.arg("std"), shape)
+    elif kind == "trunc_normal":
+        std, lo, hi = init.arg("std"), init.arg("a", -2.0), init.arg("b", 2.0)
+        data = np.clip(rng.normal(0.0, std, shape), lo, hi)
+    elif kind == "kaiming_normal_fan_out":
+        data = rng.normal(0.0, np.sqrt(2.0 / init.arg("fan_out")), shape)
+    elif kind == "shift":
+        data = _shift_kernels(shape, init.arg("kernel"))
+    elif kind == "relative_position_index":
+        data = _relative_position_index(init.arg("window")).reshape(shape)
+    else:
+        raise ValueError(f"unknown initializer kind {kind!r} for {p.name}")
+    return np.ascontiguousarray(data.astype(NP_DTYPES[p.type.dtype]))
+
+
+def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Values of every parameter and buffer of ``graph``, in declaration order."""
+    return {name: initial_value(p, seed) for name, p in graph.params.items()}

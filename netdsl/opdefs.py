@@ -1,0 +1,513 @@
+"""The IR op catalogue: exact semantics and type inference of every op.
+
+Each op is an :class:`OpDef` whose ``infer`` function takes the input types and the
+attributes and returns the output types, or raises :class:`OpTypeError` naming the
+offending input (by index) or attribute, so diagnostics can point at the argument.
+
+Layout conventions: images are NCHW; ``pads`` are ``(top, left, bottom, right)``;
+``stride``/``dilation``/``kernel`` are ``(h, w)`` pairs. Every backend (ONNX, PyTorch,
+the numpy interpreter) implements exactly the semantics written in each docstring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from netdsl.ir import TensorType
+
+
+class OpTypeError(Exception):
+    """A type error in an op application; ``arg`` is an input index or attribute name."""
+
+    def __init__(self, message: str, arg: int | str | None = None, note: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.arg = arg
+        self.note = note
+
+
+Infer = Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """An IR op: name, input arity (min, max; None = variadic), semantics, type inference."""
+
+    name: str
+    min_inputs: int
+    max_inputs: int | None
+    infer: Infer
+    doc: str
+    outputs: int = 1  # -1: given by attrs (split)
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def _op(name: str, min_inputs: int, max_inputs: int | None, outputs: int = 1) -> Callable[[Infer], Infer]:
+    def register(fn: Infer) -> Infer:
+        OPS[name] = OpDef(name, min_inputs, max_inputs, fn, (fn.__doc__ or "").strip(), outputs)
+        return fn
+
+    return register
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _rank(t: TensorType, rank: int, arg: int, what: str) -> None:
+    if t.rank != rank:
+        raise OpTypeError(f"{what} must have rank {rank}, found {t} (rank {t.rank})", arg)
+
+
+def _same_dtype(types: list[TensorType]) -> str:
+    dt = types[0].dtype
+    for i, t in enumerate(types[1:], 1):
+        if t.dtype != dt:
+            raise OpTypeError(f"dtype mismatch: expected {dt}, found {t.dtype} ({t})", i)
+    return dt
+
+
+def conv_out_len(n: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
+    """Output length of a convolution/pooling window along one axis (floor mode)."""
+    return (n + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tuple[int, int]:
+    x = types[0]
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["stride"]
+    pt, pl, pb, pr = attrs["pads"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    ho = conv_out_len(x.shape[2], kh, sh, pt, pb, dh)
+    wo = conv_out_len(x.shape[3], kw, sw, pl, pr, dw)
+    if ho < 1 or wo < 1:
+        raise OpTypeError(
+            f"{what} window {kh}x{kw} (dilation {dh}x{dw}, padding {pt},{pl},{pb},{pr}) does not fit "
+            f"the {x.shape[2]}x{x.shape[3]} input",
+            "kernel",
+        )
+    return ho, wo
+
+
+@_op("conv", 2, 3)
+def _conv(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """2-D convolution (cross-correlation), zero padding.
+
+    inputs: x[B,Ci,H,W], weight[Co,Ci/groups,kh,kw], bias[Co] (optional).
+    attrs: stride (sh,sw), pads (t,l,b,r), dilation (dh,dw), groups.
+    y[b,o,i,j] = bias[o] + sum_{c,u,v} w[o,c,u,v] * xpad[b, g*Ci/groups + c, i*sh+u*dh, j*sw+v*dw]
+    with g = o // (Co/groups). Output H = (H+t+b-dh*(kh-1)-1)//sh+1 (same for W).
+    """
+    x, w = types[0], types[1]
+    _rank(x, 4, 0, "conv input")
+    _rank(w, 4, 1, "conv weight")
+    g = attrs["groups"]
+    if x.shape[1] % g:
+        raise OpTypeError(f"input channels ({x.shape[1]}) must be divisible by groups ({g})", "groups")
+    if w.shape[0] % g:
+        raise OpTypeError(f"output channels ({w.shape[0]}) must be divisible by groups ({g})", "groups")
+    if w.shape[1] * g != x.shape[1]:
+        raise OpTypeError(
+            f"conv weight expects {w.shape[1] * g} input channels ({w.shape[1]} per group x {g} groups), "
+            f"found {x.shape[1]} in {x}",
+            0,
+        )
+    if len(types) == 3 and types[2].shape != (w.shape[0],):
+        raise OpTypeError(f"conv bias must be [{w.shape[0]}], found {types[2]}", 2)
+    ho, wo = _window_out(types, {**attrs, "kernel": w.shape[2:]}, "conv")
+    return [TensorType(_same_dtype(types), (x.shape[0], w.shape[0], ho, wo))]
+
+
+@_op("linear", 2, 3)
+def _linear(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Affine map over the last axis: y = x @ weight^T + bias.
+
+    inputs: x[..., in], weight[out, in], bias[out] (optional).
+    """
+    x, w = types[0], types[1]
+    if x.rank < 1 or x.shape[-1] != w.shape[1]:
+        raise OpTypeError(f"linear expects last axis {w.shape[1]}, found {x}", 0)
+    return [TensorType(_same_dtype(types), x.shape[:-1] + (w.shape[0],))]
+
+
+@_op("matmul", 2, 2)
+def _matmul(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Batched matrix product with numpy broadcasting of the leading axes (both rank >= 2)."""
+    a, b = types
+    if a.rank < 2 or b.rank < 2:
+        raise OpTypeError(f"matmul needs rank >= 2 operands, found {a} and {b}", 0)
+    if a.shape[-1] != b.shape[-2]:
+        raise OpTypeError(f"matmul inner dimensions differ: {a} @ {b} ({a.shape[-1]} vs {b.shape[-2]})", 1)
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return [TensorType(_same_dtype(types), batch + (a.shape[-2], b.shape[-1]))]
+
+
+@_op("batchnorm", 5, 5)
+def _batchnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Batch normalisation over axis 1 (inference form, running statistics).
+
+    inputs: x[B,C,...], weight[C], bias[C], running_mean[C], running_var[C]; attrs: eps, momentum.
+    y = (x - mean) / sqrt(var + eps) * weight + bias. In training, the PyTorch backend uses batch
+    statistics and updates the running ones (nn.BatchNorm2d).
+    """
+    x = types[0]
+    if x.rank < 2:
+        raise OpTypeError(f"batchnorm needs a channel axis, found {x}", 0)
+    for i, t in enumerate(types[1:], 1):
+        if t.shape != (x.shape[1],):
+            raise OpTypeError(f"batchnorm statistics must be [{x.shape[1]}], found {t}", i)
+    return [x]
+
+
+@_op("layernorm", 1, 3)
+def _layernorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Layer normalisation over one axis (``axis``; -1 for channels-last, 1 for channels-first).
+
+    inputs: x, weight[C], bias[C]; attrs: axis, eps. Biased variance, as PyTorch.
+    """
+    x = types[0]
+    axis = attrs["axis"] % x.rank
+    for i, t in enumerate(types[1:], 1):
+        if t.shape != (x.shape[axis],):
+            raise OpTypeError(f"layernorm scale/shift must be [{x.shape[axis]}], found {t}", i)
+    return [x]
+
+
+@_op("groupnorm", 3, 3)
+def _groupnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Group normalisation over (C/groups, spatial...) per group; inputs x[B,C,...], weight[C], bias[C]."""
+    x = types[0]
+    if x.shape[1] % attrs["groups"]:
+        raise OpTypeError(f"channels ({x.shape[1]}) must be divisible by groups ({attrs['groups']})", "groups")
+    return [x]
+
+
+def _unary(name: str, doc: str) -> None:
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        return [types[0]]
+
+    OPS[name] = OpDef(name, 1, 1, infer, doc)
+
+
+for _name, _doc in {
+    "relu": "max(x, 0)",
+    "gelu": "x * Phi(x) with the exact erf form",
+    "sigmoid": "1 / (1 + exp(-x))",
+    "silu": "x * sigmoid(x) (Swish)",
+    "hardswish": "x * clip(x + 3, 0, 6) / 6",
+    "tanh": "tanh(x)",
+    "exp": "exp(x)",
+    "neg": "-x",
+    "sqrt": "sqrt(x)",
+    "identity": "x",
+}.items():
+    _unary(_name, _doc)
+
+
+@_op("softmax", 1, 1)
+def _softmax(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+    x = types[0]
+    if not -x.rank <= attrs["axis"] < x.rank:
+        raise OpTypeError(f"softmax axis {attrs['axis']} out of range for {x}", "axis")
+    return [x]
+
+
+def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy broadcasting of two shapes; raises OpTypeError(arg=1) when they do not broadcast."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else 1
+        db = b[-i] if i <= len(b) else 1
+        if da != db and da != 1 and db != 1:
+            raise OpTypeError(
+                f"shapes {fmt_shape(a)} and {fmt_shape(b)} do not broadcast: axis {-i} is {da} vs {db}", 1
+            )
+        out.append(max(da, db) if 1 in (da, db) else da)
+    return tuple(reversed(out))
+
+
+def _binary(name: str, doc: str) -> None:
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        return [TensorType(_same_dtype(types), broadcast_shapes(types[0].shape, types[1].shape))]
+
+    OPS[name] = OpDef(name, 2, 2, infer, doc)
+
+
+for _name, _doc in {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b"}.items():
+    _binary(_name, _doc + " with numpy broadcasting")
+
+
+@_op("const", 0, 0)
+def _const(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """A constant tensor; attrs: value (numpy array), dtype (IR dtype name)."""
+    return [TensorType(attrs["dtype"], tuple(attrs["value"].shape))]
+
+
+@_op("reshape", 1, 1)
+def _reshape(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Row-major reshape to the concrete ``shape`` (no -1 left after elaboration)."""
+    x = types[0]
+    shape = tuple(attrs["shape"])
+    n = 1
+    for d in shape:
+        n *= d
+    if n != x.numel:
+        raise OpTypeError(f"cannot reshape {x} ({x.numel} elements) to {fmt_shape(shape)} ({n} elements)", "shape")
+    return [x.with_shape(shape)]
+
+
+@_op("transpose", 1, 1)
+def _transpose(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Axis permutation: y.shape[i] = x.shape[perm[i]]."""
+    x = types[0]
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(x.rank)):
+        raise OpTypeError(f"perm {list(perm)} is not a permutation of the {x.rank} axes of {x}", "perm")
+    return [x.with_shape(tuple(x.shape[p] for p in perm))]
+
+
+@_op("rotate", 1, 1)
+def _rotate(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """CSA rotation: per head, transpose the (S channels) x (S positions) matrix.
+
+    x[B, heads*S, h, w] with h*w == S; attrs: heads.
+    y[b, n*S + c, yy, xx] = x[b, n*S + (yy*w + xx), c // w, c % w].
+    """
+    x = types[0]
+    _rank(x, 4, 0, "rotate input")
+    heads = attrs["heads"]
+    if x.shape[1] % heads:
+        raise OpTypeError(f"channels ({x.shape[1]}) must be divisible by heads ({heads})", "heads")
+    s = x.shape[1] // heads
+    if x.shape[2] * x.shape[3] != s:
+        raise OpTypeError(
+            f"rotate needs channels per head == H*W: {s} channels per head but the map is "
+            f"{x.shape[2]}x{x.shape[3]} = {x.shape[2] * x.shape[3]} positions",
+            0,
+        )
+    return [x]
+
+
+@_op("shift", 1, 1)
+def _shift(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Per-channel-group spatial shift with zero fill.
+
+    attrs: offsets ((dy, dx), ...), one per equal channel group; channel c is in group
+    c // (C / len(offsets)). y[b,c,i,j] = x[b,c,i-dy,j-dx] (0 outside): content moves down/right.
+    """
+    x = types[0]
+    _rank(x, 4, 0, "shift input")
+    g = len(attrs["offsets"])
+    if g == 0 or x.shape[1] % g:
+        raise OpTypeError(f"channels ({x.shape[1]}) must split into {g} equal shift groups", "offsets")
+    return [x]
+
+
+@_op("unfold", 1, 1)
+def _unfold(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Sliding windows (im2col) with zero padding.
+
+    x[B,C,H,W] -> y[B, C*kh*kw, Ho, Wo]; attrs kernel, stride, pads, dilation.
+    y[b, c*kh*kw + u*kw + v, i, j] = xpad[b, c, i*sh + u*dh, j*sw + v*dw].
+    """
+    x = types[0]
+    _rank(x, 4, 0, "unfold input")
+    kh, kw = attrs["kernel"]
+    ho, wo = _window_out(types, attrs, "unfold")
+    return [x.with_shape((x.shape[0], x.shape[1] * kh * kw, ho, wo))]
+
+
+@_op("attention", 3, 4)
+def _attention(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Multi-head scaled dot-product attention.
+
+    inputs: q[B,h,Lq,d], k[B,h,Lk,d], v[B,h,Lk,dv], bias (optional, broadcastable to [B,h,Lq,Lk]).
+    attrs: scale. y = softmax(scale * q @ k^T + bias, axis=-1) @ v -> [B,h,Lq,dv].
+    """
+    q, k, v = types[:3]
+    for i, t in enumerate((q, k, v)):
+        _rank(t, 4, i, ["query", "key", "value"][i])
+    if k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2]:
+        raise OpTypeError(f"query, key and value need the same batch and heads: {q}, {k}, {v}", 1)
+    if k.shape[3] != q.shape[3]:
+        raise OpTypeError(f"key width {k.shape[3]} differs from query width {q.shape[3]}", 1)
+    if v.shape[2] != k.shape[2]:
+        raise OpTypeError(f"value length {v.shape[2]} differs from key length {k.shape[2]}", 2)
+    if len(types) == 4:
+        logits = q.shape[:3] + (k.shape[2],)
+        if broadcast_shapes(logits, types[3].shape) != logits:
+            raise OpTypeError(f"attention bias {types[3]} does not broadcast to {fmt_shape(logits)}", 3)
+    return [TensorType(_same_dtype(types), q.shape[:3] + (v.shape[3],))]
+
+
+@_op("local_attention", 3, 4)
+def _local_attention(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Sliding-window (SASA/ACmix) multi-head attention over a kernel x kernel neighbourhood.
+
+    inputs: q, k, v [B, C, H, W]; pos [1, d, H, W] (optional positional encoding, d = C / heads).
+    attrs: heads, kernel (odd), stride, scale.
+    Heads: channel c = h*d + e. With p = (kernel-1)//2 and reflect padding by p of k, v and pos,
+    for output (i, j) (Ho = H // stride) and window slot n = a*kernel + b, neighbour
+    r = reflect(stride*i + a - p, stride*j + b - p):
+      logit[n] = sum_e scale*q[h*d+e, si, sj] * (k[h*d+e, r] + pos[e, si, sj] - pos[e, r])
+      y[h*d+e, i, j] = sum_n softmax_n(logit)[n] * v[h*d+e, r]
+    (si, sj = stride*i, stride*j). This is ACmix's attention path exactly.
+    """
+    q, k, v = types[:3]
+    for i, t in enumerate(types[:3]):
+        _rank(t, 4, i, ["query", "key", "value"][i])
+    if not (q.shape == k.shape == v.shape):
+        raise OpTypeError(f"query, key and value must have equal shapes, found {q}, {k}, {v}", 1)
+    heads, kern, s = attrs["heads"], attrs["kernel"], attrs["stride"]
+    b, c, h, w = q.shape
+    if c % heads:
+        raise OpTypeError(f"channels ({c}) must be divisible by heads ({heads})", "heads")
+    if kern % 2 == 0:
+        raise OpTypeError(f"attention kernel must be odd, found {kern}", "kernel")
+    p = (kern - 1) // 2
+    if p >= h or p >= w:
+        raise OpTypeError(f"reflection padding {p} needs a map larger than {p}, found {h}x{w}", "kernel")
+    if h % s or w % s:
+        raise OpTypeError(f"map {h}x{w} must be divisible by the stride {s}", "stride")
+    if len(types) == 4 and types[3].shape != (1, c // heads, h, w):
+        raise OpTypeError(f"positional encoding must be [1, {c // heads}, {h}, {w}], found {types[3]}", 3)
+    return [q.with_shape((b, c, h // s, w // s))]
+
+
+def _pool(name: str, doc: str) -> None:
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x = types[0]
+        _rank(x, 4, 0, f"{name} input")
+        ho, wo = _window_out(types, attrs, name)
+        return [x.with_shape((x.shape[0], x.shape[1], ho, wo))]
+
+    OPS[name] = OpDef(name, 1, 1, infer, doc)
+
+
+_pool("avgpool", "Average pooling; attrs kernel, stride, pads; padded zeros count in the mean (PyTorch default).")
+_pool("maxpool", "Max pooling; attrs kernel, stride, pads; padding never wins the max.")
+
+
+def _reduce(name: str, doc: str) -> None:
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x = types[0]
+        axes = [a % x.rank for a in attrs["axes"]]
+        if attrs["keepdims"]:
+            return [x.with_shape(tuple(1 if i in axes else d for i, d in enumerate(x.shape)))]
+        return [x.with_shape(tuple(d for i, d in enumerate(x.shape) if i not in axes))]
+
+    OPS[name] = OpDef(name, 1, 1, infer, doc)
+
+
+_reduce("reduce_mean", "Mean over ``axes``; attrs axes, keepdims.")
+_reduce("reduce_sum", "Sum over ``axes``; attrs axes, keepdims.")
+_reduce("reduce_max", "Max over ``axes``; attrs axes, keepdims.")
+
+
+@_op("concat", 1, None)
+def _concat(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Concatenation along ``axis``; all other axes equal."""
+    first = types[0]
+    axis = attrs["axis"] % first.rank
+    total = 0
+    for i, t in enumerate(types):
+        if t.rank != first.rank or any(a != b for j, (a, b) in enumerate(zip(t.shape, first.shape)) if j != axis):
+            raise OpTypeError(f"concat along axis {axis}: {t} does not match {first} off that axis", i)
+        total += t.shape[axis]
+    shape = list(first.shape)
+    shape[axis] = total
+    return [first.with_shape(tuple(shape))]
+
+
+@_op("split", 1, 1, outputs=-1)
+def _split(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Split along ``axis`` into pieces of ``sizes``."""
+    x = types[0]
+    axis = attrs["axis"] % x.rank
+    if sum(attrs["sizes"]) != x.shape[axis]:
+        raise OpTypeError(f"split sizes {list(attrs['sizes'])} do not add up to {x.shape[axis]} (axis {axis} of {x})", "sizes")
+    out = []
+    for s in attrs["sizes"]:
+        shape = list(x.shape)
+        shape[axis] = s
+        out.append(x.with_shape(tuple(shape)))
+    return out
+
+
+@_op("slice", 1, 1)
+def _slice(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Strided slice on one axis: attrs axis, start, end, step (> 0), Python semantics after clamping."""
+    x = types[0]
+    axis = attrs["axis"] % x.rank
+    n = len(range(*slice(attrs["start"], attrs["end"], attrs["step"]).indices(x.shape[axis])))
+    if n == 0:
+        raise OpTypeError(f"slice {attrs['start']}:{attrs['end']}:{attrs['step']} of axis {axis} ({x}) is empty", "start")
+    shape = list(x.shape)
+    shape[axis] = n
+    return [x.with_shape(tuple(shape))]
+
+
+@_op("pad", 1, 1)
+def _pad(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Padding of the two spatial axes: attrs pads (t,l,b,r), mode zero|reflect|edge.
+
+    reflect mirrors without repeating the edge (index -t -> t); needs each pad < that axis length.
+    """
+    x = types[0]
+    _rank(x, 4, 0, "pad input")
+    t, l, b, r = attrs["pads"]
+    if attrs["mode"] == "reflect" and (max(t, b) >= x.shape[2] or max(l, r) >= x.shape[3]):
+        raise OpTypeError(f"reflection padding {t},{l},{b},{r} must be smaller than the map {x.shape[2]}x{x.shape[3]}", "pads")
+    return [x.with_shape((x.shape[0], x.shape[1], x.shape[2] + t + b, x.shape[3] + l + r))]
+
+
+@_op("resize", 1, 1)
+def _resize(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Spatial resize, PyTorch ``interpolate`` semantics with align_corners=False.
+
+    attrs: mode (linear|nearest), scales (sh, sw) as float64 factors, sizes (Ho, Wo).
+    Sizes are trunc(L * scale) computed in float64 (PyTorch's rule); sampling uses the factors:
+    linear: src = (d + 0.5) / scale - 0.5, clamped at 0, two-tap interpolation (half_pixel);
+    nearest: src = floor(d / scale) clamped to L-1. When built from a size, scales = Lout/L.
+    """
+    x = types[0]
+    _rank(x, 4, 0, "resize input")
+    ho, wo = attrs["sizes"]
+    if ho < 1 or wo < 1:
+        raise OpTypeError(f"resize of {x.shape[2]}x{x.shape[3]} gives an empty {ho}x{wo} map", "scale")
+    return [x.with_shape((x.shape[0], x.shape[1], ho, wo))]
+
+
+@_op("grid", 0, 0)
+def _grid(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Positional grid f32[1, 2, H, W]: channel 0 = linspace(-1, 1, W) along the width,
+    channel 1 = linspace(-1, 1, H) along the height (n = 1 gives [-1]). attrs: height, width."""
+    return [TensorType("f32", (1, 2, attrs["height"], attrs["width"]))]
+
+
+@_op("roll", 1, 1)
+def _roll(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Cyclic shift: attrs shifts, axes (numpy.roll semantics)."""
+    return [types[0]]
+
+
+@_op("gather", 2, 2)
+def _gather(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Row gather: table[T, ...] indexed by an integer tensor idx -> [*idx.shape, ...]."""
+    table, idx = types
+    if idx.dtype not in ("i64", "i32"):
+        raise OpTypeError(f"gather index must be an integer tensor, found {idx}", 1)
+    return [table.with_shape(idx.shape + table.shape[1:])]
+
+
+def infer_types(op: str, types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Output types of ``op`` applied to ``types`` with ``attrs``; raises OpTypeError."""
+    d = OPS[op]
+    if len(types) < d.min_inputs or (d.max_inputs is not None and len(types) > d.max_inputs):
+        raise OpTypeError(f"{op} takes {d.min_inputs}..{d.max_inputs} inputs, found {len(types)}")
+    return d.infer(types, attrs)
