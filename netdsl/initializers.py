@@ -12,7 +12,9 @@ import numpy as np
 
 from netdsl.ir import Graph, Init, Parameter
 
-NP_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32, "bool": np.bool_}
+NP_DTYPES = {
+    "f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32, "bool": np.bool_,
+}
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:

@@ -430,7 +430,8 @@ def _split(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x = types[0]
     axis = attrs["axis"] % x.rank
     if sum(attrs["sizes"]) != x.shape[axis]:
-        raise OpTypeError(f"split sizes {list(attrs['sizes'])} do not add up to {x.shape[axis]} (axis {axis} of {x})", "sizes")
+        raise OpTypeError(
+            f"split sizes {list(attrs['sizes'])} do not add up to {x.shape[axis]} (axis {axis} of {x})", "sizes")
     out = []
     for s in attrs["sizes"]:
         shape = list(x.shape)
@@ -446,7 +447,8 @@ def _slice(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     axis = attrs["axis"] % x.rank
     n = len(range(*slice(attrs["start"], attrs["end"], attrs["step"]).indices(x.shape[axis])))
     if n == 0:
-        raise OpTypeError(f"slice {attrs['start']}:{attrs['end']}:{attrs['step']} of axis {axis} ({x}) is empty", "start")
+        raise OpTypeError(
+            f"slice {attrs['start']}:{attrs['end']}:{attrs['step']} of axis {axis} ({x}) is empty", "start")
     shape = list(x.shape)
     shape[axis] = n
     return [x.with_shape(tuple(shape))]
@@ -462,7 +464,8 @@ def _pad(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     _rank(x, 4, 0, "pad input")
     t, l, b, r = attrs["pads"]
     if attrs["mode"] == "reflect" and (max(t, b) >= x.shape[2] or max(l, r) >= x.shape[3]):
-        raise OpTypeError(f"reflection padding {t},{l},{b},{r} must be smaller than the map {x.shape[2]}x{x.shape[3]}", "pads")
+        raise OpTypeError(
+            f"reflection padding {t},{l},{b},{r} must be smaller than the map {x.shape[2]}x{x.shape[3]}", "pads")
     return [x.with_shape((x.shape[0], x.shape[1], x.shape[2] + t + b, x.shape[3] + l + r))]
 
 

@@ -1,0 +1,65 @@
+"""The ``netdsl`` command line.
+
+Exit status: 0 success, 2 bad input (a located error is printed), 1 internal error
+(``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from netdsl import __version__
+from netdsl.diagnostics import NetdslError, render
+
+# Subcommand modules under netdsl.commands; each has add_parser(subparsers) and run(args) -> int.
+COMMANDS = ("check", "show", "compile", "explain", "coverage", "bench", "stats", "quantize", "receptive_field")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netdsl", description="Compile .net specs of convolution-only attention "
+                                     "blocks to ONNX, PyTorch and TensorRT restricted mode.")
+    parser.add_argument("--version", action="version", version=f"netdsl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback for internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"netdsl.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"netdsl.commands.{name}":
+                continue  # command not part of this build
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``netdsl`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except NetdslError as err:
+        print(render(err.diag), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # an internal error: never a bare traceback unless asked for
+        if debug or getattr(args, "debug", False):
+            traceback.print_exc()
+        else:
+            print(f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

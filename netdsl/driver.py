@@ -1,0 +1,80 @@
+"""From command-line style arguments to a typed graph (and, for backends, to models).
+
+Shared by every command: ``--entry``, ``--set KEY=VALUE``, ``--input NAME=SHAPE``, ``--lib DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from netdsl.diagnostics import Diagnostic, NetdslError
+from netdsl.elaborate import elaborate_program
+from netdsl.ir import Graph
+from netdsl.loader import load_program
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    """The flags every spec-reading command shares."""
+    p.add_argument("--entry", metavar="NAME", help="block or model to build (default: the file's last model)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="set a block/model parameter (int, float, true/false, or a comma list like 1,1,1,1)")
+    p.add_argument("--input", metavar="NAME=SHAPE", action="append", default=[], dest="inputs",
+                   help="bind an input's shape, e.g. x=2x64x14x14")
+    p.add_argument("--lib", metavar="DIR", action="append", default=[], type=Path,
+                   help="extra folder to search for imports")
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: bool, int, float, or a comma-separated list of ints/floats."""
+    t = text.strip()
+    if t in ("true", "false"):
+        return t == "true"
+    if "," in t or t.startswith("["):
+        items = [s for s in t.strip("[]").split(",") if s.strip()]
+        return [parse_value(s) for s in items]
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    return t
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=1,2"]`` -> ``{"a": 1, "b": [1, 2]}``; located errors for bad flags."""
+    out: dict[str, Any] = {}
+    for s in sets:
+        key, eq, val = s.partition("=")
+        if not eq or not key.strip() or not val.strip():
+            raise NetdslError(Diagnostic(f"--set expects KEY=VALUE, found '{s}'"))
+        out[key.strip()] = parse_value(val)
+    return out
+
+
+def parse_inputs(inputs: list[str]) -> dict[str, tuple[int, ...]]:
+    """``["x=2x64x14x14"]`` -> ``{"x": (2, 64, 14, 14)}``."""
+    out: dict[str, tuple[int, ...]] = {}
+    for s in inputs:
+        name, eq, shape = s.partition("=")
+        try:
+            dims = tuple(int(d) for d in shape.lower().replace(",", "x").split("x"))
+        except ValueError:
+            dims = ()
+        if not eq or not name.strip() or not dims or min(dims) < 1:
+            raise NetdslError(Diagnostic(f"--input expects NAME=SHAPE like x=2x64x14x14, found '{s}'"))
+        out[name.strip()] = dims
+    return out
+
+
+def load_graph(spec: str | Path, entry: str | None = None, sets: list[str] | None = None,
+               inputs: list[str] | None = None, lib: list[Path] | None = None) -> Graph:
+    """Parse, load imports, elaborate and type-check ``spec``; return the typed graph."""
+    program = load_program(spec, lib)
+    return elaborate_program(program, entry, parse_sets(sets or []), parse_inputs(inputs or []))
+
+
+def graph_from_args(args: argparse.Namespace) -> Graph:
+    """:func:`load_graph` with the shared flags of :func:`add_spec_args`."""
+    return load_graph(args.spec, args.entry, args.sets, args.inputs, args.lib)

@@ -1,0 +1,493 @@
+"""Reference interpreter: evaluates IR graphs with numpy, op by op, as :mod:`netdsl.opdefs` defines them.
+
+It is the oracle of the differential tests (a rewrite pass must not change what this interpreter
+computes) and the evaluator of the constant-folding pass (:func:`eval_node` on nodes whose inputs
+are all known). It favours plain, literal transcriptions of the op docstrings over speed, but
+every window op is vectorised (strided views and BLAS products), so a full block at 56x56 runs
+in well under a second.
+
+Dtypes: an op's output has the dtype of its first input (the type checker requires equal
+dtypes), ``const`` has its declared dtype and ``grid`` is float32. :func:`run_graph` can instead
+compute every floating value in float64, which makes differential tests exact to ~1e-12.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import as_strided
+
+from netdsl.initializers import NP_DTYPES
+from netdsl.ir import Graph, Node, TensorType
+from netdsl.opdefs import conv_out_len
+
+Kernel = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
+SingleKernel = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
+
+KERNELS: dict[str, Kernel] = {}
+"""The numpy implementation of every IR op: ``KERNELS[op](args, attrs) -> outputs``."""
+
+
+def _kernel(*names: str) -> Callable[[SingleKernel], SingleKernel]:
+    """Register a single-output kernel under one or more op names."""
+
+    def register(fn: SingleKernel) -> SingleKernel:
+        for name in names:
+            KERNELS[name] = lambda args, attrs, fn=fn: [fn(args, attrs)]
+        return fn
+
+    return register
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+_PAD_MODES = {"zero": "constant", "reflect": "reflect", "edge": "edge"}
+
+
+def _pad_spatial(x: np.ndarray, pads: Sequence[int], mode: str = "zero", fill: float = 0.0) -> np.ndarray:
+    """Pad the last two axes by ``pads`` = (top, left, bottom, right); mode ``zero`` pads with ``fill``.
+
+    numpy's ``reflect`` mirrors without repeating the edge (index -t -> t), as the IR's pad does.
+    """
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad mode must be one of {', '.join(_PAD_MODES)}, found {mode!r}")
+    t, l, b, r = pads
+    widths = [(0, 0)] * (x.ndim - 2) + [(t, b), (l, r)]
+    fill_value = {"constant_values": fill} if mode == "zero" else {}
+    return np.pad(x, widths, mode=_PAD_MODES[mode], **fill_value)
+
+
+def _sliding(xp: np.ndarray, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> np.ndarray:
+    """Read-only view [..., Ho, Wo, kh, kw] of the windows of an already padded ``xp[..., H, W]``.
+
+    ``view[..., i, j, u, v] = xp[..., i*sh + u*dh, j*sw + v*dw]``.
+    """
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    ho = conv_out_len(xp.shape[-2], kh, sh, 0, 0, dh)
+    wo = conv_out_len(xp.shape[-1], kw, sw, 0, 0, dw)
+    *lead, ry, rx = xp.strides
+    return as_strided(
+        xp,
+        shape=(*xp.shape[:-2], ho, wo, kh, kw),
+        strides=(*lead, ry * sh, rx * sw, ry * dh, rx * dw),
+        writeable=False,
+    )
+
+
+def _windows(x: np.ndarray, attrs: dict[str, Any], kernel: Sequence[int], fill: float = 0.0) -> np.ndarray:
+    """Windows [B, C, Ho, Wo, kh, kw] of ``x`` padded with ``fill`` per the stride/pads/dilation attrs."""
+    xp = _pad_spatial(x, attrs["pads"], fill=fill)
+    return _sliding(xp, kernel, attrs["stride"], attrs.get("dilation", (1, 1)))
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _along(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    """Reshape a 1-D ``vector`` so that it broadcasts along ``axis`` of an ``ndim``-array."""
+    shape = [1] * ndim
+    shape[axis] = vector.shape[0]
+    return vector.reshape(shape)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp(-x) overflows to inf for very negative x, and 1 / (1 + inf) = 0 is the right limit.
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """x * Phi(x) with Phi from the exact erf (``math.erf`` is correctly rounded in float64)."""
+    return x * 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense algebra and normalisation
+
+
+@_kernel("conv")
+def _conv(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x, w = args[0], args[1]
+    co, cig, kh, kw = w.shape
+    g = attrs["groups"]
+    win = _windows(x, attrs, (kh, kw))  # B, Ci, Ho, Wo, kh, kw
+    b, _, ho, wo = win.shape[:4]
+    # im2col per group, then one batched matrix product: [B, g, Ho*Wo, Ci/g*kh*kw] @ [g, Ci/g*kh*kw, Co/g].
+    cols = win.reshape(b, g, cig, ho, wo, kh, kw).transpose(0, 1, 3, 4, 2, 5, 6).reshape(b, g, ho * wo, -1)
+    mats = w.reshape(g, co // g, cig * kh * kw).transpose(0, 2, 1)
+    y = (cols @ mats).transpose(0, 1, 3, 2).reshape(b, co, ho, wo)
+    if len(args) == 3:
+        y = y + _along(args[2], 1, 4)
+    return y
+
+
+@_kernel("linear")
+def _linear(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    y = args[0] @ args[1].T
+    return y + args[2] if len(args) == 3 else y
+
+
+@_kernel("matmul")
+def _matmul(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.matmul(args[0], args[1])
+
+
+@_kernel("batchnorm")
+def _batchnorm(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    weight, bias, mean, var = (_along(a, 1, x.ndim) for a in args[1:])
+    return (x - mean) / np.sqrt(var + attrs["eps"]) * weight + bias
+
+
+def _normalise(x: np.ndarray, axes: int | tuple[int, ...], eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) over ``axes``, biased variance (PyTorch's norms)."""
+    mean = np.mean(x, axis=axes, keepdims=True)
+    var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+@_kernel("layernorm")
+def _layernorm(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    axis = attrs["axis"] % x.ndim
+    y = _normalise(x, axis, attrs["eps"])
+    if len(args) >= 2:
+        y = y * _along(args[1], axis, x.ndim)
+    if len(args) == 3:
+        y = y + _along(args[2], axis, x.ndim)
+    return y
+
+
+@_kernel("groupnorm")
+def _groupnorm(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x, weight, bias = args
+    grouped = x.reshape(x.shape[0], attrs["groups"], -1)
+    y = _normalise(grouped, 2, attrs["eps"]).reshape(x.shape)
+    return y * _along(weight, 1, x.ndim) + _along(bias, 1, x.ndim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise
+
+
+_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda x: np.maximum(x, 0),
+    "gelu": _gelu,
+    "sigmoid": _sigmoid,
+    "silu": lambda x: x * _sigmoid(x),
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "tanh": np.tanh,
+    "exp": np.exp,
+    "neg": np.negative,
+    "sqrt": np.sqrt,
+    "identity": lambda x: x,
+}
+
+_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+}
+
+for _name, _fn in _UNARY.items():
+    _kernel(_name)(lambda args, attrs, fn=_fn: fn(args[0]))
+for _name, _fn2 in _BINARY.items():
+    _kernel(_name)(lambda args, attrs, fn=_fn2: fn(args[0], args[1]))
+
+
+@_kernel("softmax")
+def _softmax_op(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return _softmax(args[0], attrs["axis"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources and data movement
+
+
+@_kernel("const")
+def _const(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.asarray(attrs["value"]).astype(NP_DTYPES[attrs["dtype"]])
+
+
+@_kernel("grid")
+def _grid(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    h, w = attrs["height"], attrs["width"]
+    along_w = np.broadcast_to(np.linspace(-1.0, 1.0, w), (h, w))
+    along_h = np.broadcast_to(np.linspace(-1.0, 1.0, h)[:, None], (h, w))
+    return np.stack([along_w, along_h])[None].astype(np.float32)
+
+
+@_kernel("reshape")
+def _reshape(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return args[0].reshape(tuple(attrs["shape"]))
+
+
+@_kernel("transpose")
+def _transpose(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.transpose(args[0], tuple(attrs["perm"]))
+
+
+@_kernel("rotate")
+def _rotate(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    # Per head, x is an S x S matrix (channel, row-major position); rotate is its transpose.
+    x = args[0]
+    b, c, h, w = x.shape
+    heads = attrs["heads"]
+    s = c // heads
+    return x.reshape(b, heads, s, s).swapaxes(2, 3).reshape(b, c, h, w)
+
+
+def _shift_span(n: int, d: int) -> tuple[slice, slice] | None:
+    """(destination, source) slices of an axis of length ``n`` for y[i] = x[i - d]; None if all fill."""
+    if abs(d) >= n:
+        return None
+    return slice(max(d, 0), n + min(d, 0)), slice(max(-d, 0), n - max(d, 0))
+
+
+@_kernel("shift")
+def _shift(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    offsets = attrs["offsets"]
+    per_group = x.shape[1] // len(offsets)
+    y = np.zeros_like(x)
+    for g, (dy, dx) in enumerate(offsets):
+        rows, cols = _shift_span(x.shape[2], dy), _shift_span(x.shape[3], dx)
+        if rows is None or cols is None:
+            continue
+        chans = slice(g * per_group, (g + 1) * per_group)
+        y[:, chans, rows[0], cols[0]] = x[:, chans, rows[1], cols[1]]
+    return y
+
+
+@_kernel("unfold")
+def _unfold(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    kh, kw = attrs["kernel"]
+    win = _windows(x, attrs, (kh, kw))  # B, C, Ho, Wo, kh, kw
+    b, c, ho, wo = win.shape[:4]
+    return win.transpose(0, 1, 4, 5, 2, 3).reshape(b, c * kh * kw, ho, wo)
+
+
+@_kernel("concat")
+def _concat(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.concatenate(args, axis=attrs["axis"])
+
+
+def _split(args: list[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+    bounds = np.cumsum(attrs["sizes"])[:-1]
+    return np.split(args[0], bounds, axis=attrs["axis"])
+
+
+KERNELS["split"] = _split
+
+
+@_kernel("slice")
+def _slice(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    index = [slice(None)] * x.ndim
+    index[attrs["axis"] % x.ndim] = slice(attrs["start"], attrs["end"], attrs["step"])
+    return x[tuple(index)]
+
+
+@_kernel("pad")
+def _pad(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return _pad_spatial(args[0], attrs["pads"], attrs["mode"])
+
+
+@_kernel("roll")
+def _roll(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.roll(args[0], tuple(attrs["shifts"]), tuple(attrs["axes"]))
+
+
+@_kernel("gather")
+def _gather(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.take(args[0], args[1], axis=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+@_kernel("attention")
+def _attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    q, k, v = args[:3]
+    logits = attrs["scale"] * (q @ k.swapaxes(-1, -2))
+    if len(args) == 4:
+        logits = logits + args[3]
+    return _softmax(logits, -1) @ v
+
+
+@_kernel("local_attention")
+def _local_attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    q, k, v = args[:3]
+    heads, kern, s = attrs["heads"], attrs["kernel"], attrs["stride"]
+    b, c, h, w = q.shape
+    d = c // heads
+    p = (kern - 1) // 2
+    ho, wo = h // s, w // s
+
+    def neighbours(t: np.ndarray) -> np.ndarray:
+        """[N, ch, H, W] -> [N, ch, Ho, Wo, kern*kern]: slot a*kern+b holds reflect(s*i+a-p, s*j+b-p)."""
+        win = _sliding(_pad_spatial(t, (p, p, p, p), "reflect"), (kern, kern), (s, s), (1, 1))
+        return win.reshape(*win.shape[:4], kern * kern)
+
+    q_s = (attrs["scale"] * q[:, :, ::s, ::s]).reshape(b, heads, d, ho, wo)
+    keys = neighbours(k).reshape(b, heads, d, ho, wo, kern * kern)
+    if len(args) == 4:
+        pos = args[3]  # 1, d, H, W; broadcast over batch and heads
+        keys = keys + pos[:, None, :, ::s, ::s, None] - neighbours(pos)[:, None]
+    logits = np.einsum("bhdij,bhdijn->bhijn", q_s, keys)
+    weights = _softmax(logits, -1)
+    values = neighbours(v).reshape(b, heads, d, ho, wo, kern * kern)
+    return np.einsum("bhijn,bhdijn->bhdij", weights, values).reshape(b, c, ho, wo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling, reductions, resize
+
+
+@_kernel("avgpool")
+def _avgpool(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    # Zero padding takes part in the mean (count_include_pad); in floor mode every window lies
+    # inside the padded map, so the divisor is always kh*kw.
+    return np.mean(_windows(args[0], attrs, attrs["kernel"]), axis=(4, 5))
+
+
+@_kernel("maxpool")
+def _maxpool(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+    return np.max(_windows(x, attrs, attrs["kernel"], fill=lowest), axis=(4, 5))
+
+
+_REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max}
+
+for _name, _reduce in _REDUCTIONS.items():
+    _kernel(_name)(
+        lambda args, attrs, fn=_reduce: fn(args[0], axis=tuple(attrs["axes"]), keepdims=bool(attrs["keepdims"]))
+    )
+
+
+def _linear_taps(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """half_pixel two-tap sampling with the user factor: (i0, i1, lambda) per output index.
+
+    src = (d + 0.5) / scale - 0.5 clamped at 0, in float64. Like PyTorch, it multiplies by the
+    reciprocal of the factor (one ulp from a division at most); PyTorch does that arithmetic in
+    the tensor's dtype, so float32 tensors differ from this by ~1e-6.
+    """
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (1.0 / scale) - 0.5, 0.0)
+    # With n_out = trunc(n_in * scale) floor(src) <= n_in - 1 already; the clip only guards sizes
+    # that were set by hand.
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def _nearest_taps(n_in: int, n_out: int, scale: float) -> np.ndarray:
+    """Nearest source index per output index: floor(d / scale) clamped to n_in - 1, in float64.
+
+    PyTorch computes floor(d * float32(1 / scale)) in float32 (and d // 2 when n_out == 2 * n_in),
+    which picks the neighbouring pixel for some sizes, e.g. 14 -> 18; factors whose reciprocal is
+    exact in float32 (2, 0.5, 4, ...) agree.
+    """
+    return np.minimum(np.floor(np.arange(n_out, dtype=np.float64) / scale).astype(np.int64), n_in - 1)
+
+
+def _resize_axis(x: np.ndarray, axis: int, n_out: int, scale: float, mode: str) -> np.ndarray:
+    n_in = x.shape[axis]
+    if mode == "nearest":
+        return np.take(x, _nearest_taps(n_in, n_out, scale), axis=axis)
+    i0, i1, lam = _linear_taps(n_in, n_out, scale)
+    lam = _along(lam, axis, x.ndim)
+    return (1.0 - lam) * np.take(x, i0, axis=axis) + lam * np.take(x, i1, axis=axis)
+
+
+@_kernel("resize")
+def _resize(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    mode = attrs["mode"]
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"resize mode must be 'linear' or 'nearest', found {mode!r}")
+    (ho, wo), (sh, sw) = attrs["sizes"], attrs["scales"]
+    # Width first, then height: the same association as PyTorch's bilinear kernel,
+    # h0 * (w0 * x00 + w1 * x01) + h1 * (w0 * x10 + w1 * x11).
+    return _resize_axis(_resize_axis(args[0], 3, wo, sw, mode), 2, ho, sh, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def eval_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+    """Evaluate one node on concrete input arrays (in ``node.inputs`` order); returns its outputs.
+
+    Outputs take the dtype of the first input (the type checker requires matching dtypes), so
+    a float32 graph stays float32 even where a kernel computes in float64 internally.
+    """
+    kernel = KERNELS.get(node.op)
+    if kernel is None:
+        raise ValueError(f"the interpreter has no kernel for op {node.op!r}")
+    outs = kernel(args, node.attrs)
+    if args:
+        outs = [np.asarray(o).astype(args[0].dtype, copy=False) for o in outs]
+    return outs
+
+
+def _as_type(name: str, value: np.ndarray, type_: TensorType, dtype: npt.DTypeLike | None) -> np.ndarray:
+    """``value`` checked against ``type_``'s shape and cast to its dtype (or to ``dtype`` if floating)."""
+    arr = np.asarray(value)
+    if arr.shape != type_.shape:
+        raise ValueError(f"{name!r} must have shape {list(type_.shape)}, found {list(arr.shape)}")
+    target = np.dtype(NP_DTYPES[type_.dtype])
+    if dtype is not None and np.issubdtype(target, np.floating):
+        target = np.dtype(dtype)
+    return arr.astype(target, copy=False)
+
+
+def run_graph(
+    graph: Graph,
+    weights: dict[str, np.ndarray],
+    inputs: dict[str, np.ndarray],
+    dtype: npt.DTypeLike | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``graph`` on ``inputs`` with parameter values ``weights``; returns every output by name.
+
+    Inputs and weights are checked against their declared shapes and cast to their declared
+    dtypes. With ``dtype`` (e.g. ``np.float64``), every floating value, including constants and
+    grids, is computed in that dtype instead. Extra entries in ``weights`` are ignored.
+    Raises ValueError for a missing or misshapen input or weight, and RuntimeError if a node's
+    result disagrees with its inferred shape (an op whose kernel and type rule differ).
+    """
+    env: dict[str, np.ndarray] = {}
+    for kind, names, given in (("weight", list(graph.params), weights), ("input", graph.inputs, inputs)):
+        for name in names:
+            if name not in given:
+                raise ValueError(f"missing {kind} {name!r} of graph {graph.name!r}")
+            env[name] = _as_type(name, given[name], graph.type_of(name), dtype)
+    for node in graph.nodes:
+        outs = eval_node(node, [env[i] for i in node.inputs])
+        for name, value in zip(node.outputs, outs, strict=True):
+            declared = graph.values[name]
+            if value.shape != declared.shape:
+                raise RuntimeError(
+                    f"{node.op} ({node.provenance}) computed {name!r} with shape {list(value.shape)}, "
+                    f"but its type is {declared}"
+                )
+            if dtype is not None and np.issubdtype(value.dtype, np.floating):
+                value = value.astype(dtype, copy=False)
+            env[name] = value
+    return {name: env[name] for name in graph.outputs}

@@ -1,0 +1,630 @@
+"""The ops a spec can call, their signatures, and how each becomes IR nodes.
+
+A surface op is declared with :func:`surface` and a signature of :class:`Arg`s; the binder
+checks every argument's kind and reports located errors (unknown keyword with did-you-mean,
+missing argument, wrong type). The op body then emits IR through the elaborator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from netdsl import ast
+from netdsl.diagnostics import did_you_mean
+from netdsl.ir import Init, Provenance, Span, TensorType
+
+if TYPE_CHECKING:
+    from netdsl.elaborate import Elaborator, Scope, Tensor
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a surface op: name, kind, default (``_REQUIRED`` if none), choices for strs."""
+
+    name: str
+    kind: str  # tensor | tensors | int | float | bool | str | pair | pads | ints | floats | offsets | any
+    default: Any = _REQUIRED
+    choices: tuple[str, ...] = ()
+
+
+@dataclass
+class Bound:
+    """Arguments of one call after binding: values, spans, and the call itself."""
+
+    call: ast.Call
+    values: dict[str, Any]
+    spans: dict[str, Span]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+OpBody = Callable[["Elaborator", "Scope", Bound], Any]
+
+
+@dataclass(frozen=True)
+class SurfaceOp:
+    name: str
+    args: tuple[Arg, ...]
+    body: OpBody
+    doc: str
+    named: bool  # whether the op owns parameters (and so takes an 'as' name)
+
+
+SURFACE_OPS: dict[str, SurfaceOp] = {}
+
+
+def surface(name: str, *args: Arg, named: bool = False) -> Callable[[OpBody], OpBody]:
+    def register(fn: OpBody) -> OpBody:
+        SURFACE_OPS[name] = SurfaceOp(name, args, fn, (fn.__doc__ or "").strip(), named)
+        return fn
+
+    return register
+
+
+# ----------------------------------------------------------------------------- binding
+
+
+def _kind_ok(el: Elaborator, kind: str, v: Any) -> tuple[bool, Any]:
+    from netdsl.elaborate import Tensor
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def is_num(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if kind == "any":
+        return True, v
+    if kind == "tensor":
+        return isinstance(v, Tensor), v
+    if kind == "tensors":
+        return isinstance(v, list) and bool(v) and all(isinstance(x, Tensor) for x in v), v
+    if kind == "int":
+        return is_int(v), v
+    if kind == "float":
+        return is_num(v), float(v) if is_num(v) else v
+    if kind == "bool":
+        return isinstance(v, bool), v
+    if kind == "str":
+        return isinstance(v, str), v
+    if kind == "pair":
+        if is_int(v):
+            return True, (v, v)
+        return isinstance(v, list) and len(v) == 2 and all(map(is_int, v)), tuple(v) if isinstance(v, list) else v
+    if kind == "pads":
+        if is_int(v):
+            return True, (v, v, v, v)
+        if isinstance(v, list) and all(map(is_int, v)) and len(v) in (2, 4):
+            return True, (v[0], v[1], v[0], v[1]) if len(v) == 2 else tuple(v)
+        return False, v
+    if kind == "ints":
+        if is_int(v):
+            return True, [v]
+        return isinstance(v, list) and all(map(is_int, v)), v
+    if kind == "floats":
+        if is_num(v):
+            return True, [float(v)]
+        return isinstance(v, list) and all(map(is_num, v)), [float(x) for x in v] if isinstance(v, list) else v
+    if kind == "offsets":
+        ok = isinstance(v, list) and bool(v) and all(
+            isinstance(p, list) and len(p) == 2 and all(map(is_int, p)) for p in v)
+        return ok, [tuple(p) for p in v] if ok else v
+    raise ValueError(kind)
+
+
+KIND_WORDS = {
+    "tensor": "a tensor", "tensors": "a list of tensors", "int": "an int", "float": "a number", "bool": "a bool",
+    "str": "a string", "pair": "an int or [h, w]", "pads": "an int, [h, w] or [top, left, bottom, right]",
+    "ints": "a list of ints", "floats": "a list of numbers", "offsets": "a list of [dy, dx] pairs", "any": "a value",
+}
+
+
+def bind(el: Elaborator, scope: Scope, op: SurfaceOp, call: ast.Call) -> Bound:
+    """Match a call's arguments to the op's signature, with located errors."""
+    from netdsl.elaborate import show, type_name
+
+    sig = {a.name: a for a in op.args}
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    raw: list[tuple[str, ast.Expr]] = []
+    if len(call.args) > len(op.args):
+        raise el.error(scope, f"{op.name}() takes at most {len(op.args)} arguments, found {len(call.args)}",
+                       call.args[len(op.args)].span, help=signature_text(op))
+    for a, e in zip(op.args, call.args):
+        raw.append((a.name, e))
+    for kw in call.kwargs:
+        if kw.name not in sig:
+            raise el.error(scope, f"{op.name}() has no argument '{kw.name}'", kw.span,
+                           help=did_you_mean(kw.name, sig) or signature_text(op))
+        if any(n == kw.name for n, _ in raw):
+            raise el.error(scope, f"argument '{kw.name}' of {op.name}() given twice", kw.span)
+        raw.append((kw.name, kw.value))
+    for name, e in raw:
+        a = sig[name]
+        v = el.eval(e, scope)
+        ok, cv = _kind_ok(el, a.kind, v)
+        if not ok:
+            shown = "a tensor" if type_name(v) == "tensor" else f"{type_name(v)} {show(v)}"
+            raise el.error(scope, f"argument '{name}' of {op.name}() must be {KIND_WORDS[a.kind]}, found {shown}",
+                           e.span)
+        if a.choices and cv not in a.choices:
+            raise el.error(scope, f"argument '{name}' of {op.name}() must be one of "
+                           f"{', '.join(repr(c) for c in a.choices)}, found {show(cv)}", e.span,
+                           help=did_you_mean(cv, a.choices))
+        values[name] = cv
+        spans[name] = e.span
+    for a in op.args:
+        if a.name not in values:
+            if a.default is _REQUIRED:
+                raise el.error(scope, f"{op.name}() is missing its argument '{a.name}'", call.span,
+                               help=signature_text(op))
+            values[a.name] = _kind_ok(el, a.kind, a.default)[1] if a.default is not None else None
+    if call.name is not None and not op.named:
+        raise el.error(scope, f"{op.name}() has no parameters, so it cannot be named with 'as'", call.name.span)
+    return Bound(call, values, spans)
+
+
+def signature_text(op: SurfaceOp) -> str:
+    """``conv(x, out, kernel, stride=1, ...)`` for help messages."""
+    from netdsl.elaborate import show
+
+    parts = [a.name if a.default is _REQUIRED else f"{a.name}={show(a.default) if a.default is not None else 'none'}"
+             for a in op.args]
+    return f"signature: {op.name}({', '.join(parts)})"
+
+
+def call_op(el: Elaborator, scope: Scope, call: ast.Call) -> Any:
+    op = SURFACE_OPS[call.func]
+    return op.body(el, scope, bind(el, scope, op, call))
+
+
+# ----------------------------------------------------------------------------- helpers for bodies
+
+
+def _emit(el: Elaborator, scope: Scope, b: Bound, op: str, inputs: list[Tensor], tensor_args: list[str],
+          **attrs: Any) -> Any:
+    """Emit ``op``; type errors on input i point at the argument named tensor_args[i]."""
+    spans = [b.spans.get(n, b.call.span) for n in tensor_args]
+    return el.emit(scope, op, inputs, b.call.span, arg_spans=spans, kw_spans=b.spans, **attrs)
+
+
+def _layer_prefix(el: Elaborator, scope: Scope, b: Bound, op: str) -> str:
+    local = el.eval_path(b.call.name, scope) if b.call.name else scope.auto_name(op)
+    return scope.local_name(local)
+
+
+def _new_param(el: Elaborator, scope: Scope, b: Bound, name: str, t: TensorType, init: Init,
+               kind: str = "param") -> Tensor:
+    from netdsl.elaborate import Tensor
+
+    if name in el.builder.graph.params:
+        raise el.error(scope, f"parameter '{name}' is already defined", (b.call.name or b.call).span,
+                       help="give each layer a distinct name with 'as'")
+    el.builder.param(name, t, init, kind, Provenance(b.call.span, scope.chain))
+    return Tensor(name)
+
+
+def _fan_in_init(fan_in: int) -> Init:
+    return Init("uniform_fan_in", (("fan_in", fan_in),))
+
+
+def _weight_init(el: Elaborator, scope: Scope, b: Bound, fan_in: int, fan_out: int, kernel: int) -> Init:
+    kind = b["init"]
+    if kind == "default":
+        return _fan_in_init(fan_in)
+    if kind == "shift":
+        return Init("shift", (("kernel", kernel),))
+    if kind == "trunc_normal":
+        return Init("trunc_normal", (("std", b["std"]), ("a", -2.0), ("b", 2.0)))
+    if kind == "normal":
+        return Init("normal", (("std", b["std"]),))
+    if kind == "kaiming_fan_out":
+        return Init("kaiming_normal_fan_out", (("fan_out", fan_out),))
+    return Init("zeros")
+
+
+INIT_CHOICES = ("default", "shift", "trunc_normal", "normal", "kaiming_fan_out", "zeros")
+
+
+def _dtype(el: Elaborator, t: Tensor) -> str:
+    return el.tensor_type(t).dtype
+
+
+# ----------------------------------------------------------------------------- layers with parameters
+
+
+@surface("conv", Arg("x", "tensor"), Arg("out", "int"), Arg("kernel", "pair"), Arg("stride", "pair", 1),
+         Arg("padding", "pads", 0), Arg("dilation", "pair", 1), Arg("groups", "int", 1), Arg("bias", "bool", True),
+         Arg("init", "str", "default", INIT_CHOICES), Arg("std", "float", 0.02),
+         Arg("bias_init", "str", "default", ("default", "zeros")), named=True)
+def conv(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """2-D convolution; parameters ``NAME.weight`` [out, in/groups, kh, kw] and ``NAME.bias`` [out]."""
+    x = b["x"]
+    xt = el.tensor_type(x)
+    if xt.rank != 4:
+        raise el.error(scope, f"conv input must be NCHW (rank 4), found {xt}", b.spans["x"])
+    cin, groups, out = xt.shape[1], b["groups"], b["out"]
+    if groups < 1 or cin % groups or out % groups:
+        raise el.error(scope, f"conv groups ({groups}) must divide the input channels ({cin}) and the output "
+                       f"channels ({out})", b.spans.get("groups", b.call.span))
+    if out < 1 or min(b["kernel"]) < 1 or min(b["stride"]) < 1 or min(b["dilation"]) < 1 or min(b["padding"]) < 0:
+        raise el.error(scope, "conv sizes must be positive (padding non-negative)", b.call.span)
+    kh, kw = b["kernel"]
+    prefix = _layer_prefix(el, scope, b, "conv")
+    fan_in = cin // groups * kh * kw
+    w = _new_param(el, scope, b, f"{prefix}.weight", TensorType(xt.dtype, (out, cin // groups, kh, kw)),
+                   _weight_init(el, scope, b, fan_in, out * kh * kw, kh))
+    inputs = [x, w]
+    if b["bias"]:
+        binit = _fan_in_init(fan_in) if b["bias_init"] == "default" and b["init"] == "default" else Init("zeros")
+        inputs.append(_new_param(el, scope, b, f"{prefix}.bias", TensorType(xt.dtype, (out,)), binit))
+    return _emit(el, scope, b, "conv", inputs, ["x", "x", "x"], stride=b["stride"], pads=b["padding"],
+                 dilation=b["dilation"], groups=groups)
+
+
+@surface("linear", Arg("x", "tensor"), Arg("out", "int"), Arg("bias", "bool", True),
+         Arg("init", "str", "default", INIT_CHOICES), Arg("std", "float", 0.02), named=True)
+def linear(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Affine map over the last axis; parameters ``NAME.weight`` [out, in], ``NAME.bias`` [out]."""
+    x = b["x"]
+    xt = el.tensor_type(x)
+    prefix = _layer_prefix(el, scope, b, "linear")
+    fan_in = xt.shape[-1]
+    w = _new_param(el, scope, b, f"{prefix}.weight", TensorType(xt.dtype, (b["out"], fan_in)),
+                   _weight_init(el, scope, b, fan_in, b["out"], 1))
+    inputs = [x, w]
+    if b["bias"]:
+        binit = _fan_in_init(fan_in) if b["init"] == "default" else Init("zeros")
+        inputs.append(_new_param(el, scope, b, f"{prefix}.bias", TensorType(xt.dtype, (b["out"],)), binit))
+    return _emit(el, scope, b, "linear", inputs, ["x", "x", "x"])
+
+
+@surface("batchnorm", Arg("x", "tensor"), Arg("eps", "float", 1e-5), Arg("momentum", "float", 0.1), named=True)
+def batchnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Batch norm over axis 1 with running statistics (PyTorch BatchNorm2d names and defaults)."""
+    x = b["x"]
+    xt = el.tensor_type(x)
+    if xt.rank < 2:
+        raise el.error(scope, f"batchnorm needs a channel axis, found {xt}", b.spans["x"])
+    c = xt.shape[1]
+    prefix = _layer_prefix(el, scope, b, "batchnorm")
+    vec = TensorType(xt.dtype, (c,))
+    ins = [x, _new_param(el, scope, b, f"{prefix}.weight", vec, Init("ones")),
+           _new_param(el, scope, b, f"{prefix}.bias", vec, Init("zeros")),
+           _new_param(el, scope, b, f"{prefix}.running_mean", vec, Init("zeros"), "buffer"),
+           _new_param(el, scope, b, f"{prefix}.running_var", vec, Init("ones"), "buffer")]
+    _new_param(el, scope, b, f"{prefix}.num_batches_tracked", TensorType("i64", ()), Init("zeros"), "buffer")
+    return _emit(el, scope, b, "batchnorm", ins, ["x"], eps=b["eps"], momentum=b["momentum"])
+
+
+@surface("layernorm", Arg("x", "tensor"), Arg("axis", "int", -1), Arg("eps", "float", 1e-5),
+         Arg("affine", "bool", True), named=True)
+def layernorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Layer norm over one axis (-1: channels-last, 1: channels-first); ``NAME.weight``, ``NAME.bias``."""
+    x = b["x"]
+    xt = el.tensor_type(x)
+    if not -xt.rank <= b["axis"] < xt.rank:
+        raise el.error(scope, f"layernorm axis {b['axis']} out of range for {xt}", b.spans.get("axis", b.call.span))
+    ins = [x]
+    if b["affine"]:
+        prefix = _layer_prefix(el, scope, b, "layernorm")
+        vec = TensorType(xt.dtype, (xt.shape[b["axis"]],))
+        ins += [_new_param(el, scope, b, f"{prefix}.weight", vec, Init("ones")),
+                _new_param(el, scope, b, f"{prefix}.bias", vec, Init("zeros"))]
+    return _emit(el, scope, b, "layernorm", ins, ["x"], axis=b["axis"], eps=b["eps"])
+
+
+@surface("groupnorm", Arg("x", "tensor"), Arg("groups", "int"), Arg("eps", "float", 1e-5), named=True)
+def groupnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Group norm; ``NAME.weight``, ``NAME.bias`` of the channel count."""
+    x = b["x"]
+    xt = el.tensor_type(x)
+    prefix = _layer_prefix(el, scope, b, "groupnorm")
+    vec = TensorType(xt.dtype, (xt.shape[1],))
+    ins = [x, _new_param(el, scope, b, f"{prefix}.weight", vec, Init("ones")),
+           _new_param(el, scope, b, f"{prefix}.bias", vec, Init("zeros"))]
+    return _emit(el, scope, b, "groupnorm", ins, ["x"], groups=b["groups"], eps=b["eps"])
+
+
+# ----------------------------------------------------------------------------- element-wise
+
+
+def _unary_op(name: str, ir_op: str, doc: str) -> None:
+    def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
+        return _emit(el, scope, b, ir_op, [b["x"]], ["x"])
+
+    body.__doc__ = doc
+    surface(name, Arg("x", "tensor"))(body)
+
+
+for _n, _ir, _d in [("relu", "relu", "max(x, 0)"), ("gelu", "gelu", "GELU (exact, erf)"),
+                    ("sigmoid", "sigmoid", "logistic sigmoid"), ("silu", "silu", "x * sigmoid(x)"),
+                    ("swish", "silu", "x * sigmoid(x) (same as silu)"), ("hardswish", "hardswish", "hard swish"),
+                    ("tanh", "tanh", "tanh"), ("exp", "exp", "exp"), ("sqrt", "sqrt", "square root"),
+                    ("identity", "identity", "x unchanged")]:
+    _unary_op(_n, _ir, _d)
+
+
+@surface("softmax", Arg("x", "tensor"), Arg("axis", "int", -1))
+def softmax(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Softmax along ``axis``."""
+    return _emit(el, scope, b, "softmax", [b["x"]], ["x"], axis=b["axis"])
+
+
+@surface("matmul", Arg("a", "tensor"), Arg("b", "tensor"))
+def matmul(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Batched matrix product with broadcasting."""
+    return _emit(el, scope, b, "matmul", [b["a"], b["b"]], ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- shape ops
+
+
+@surface("reshape", Arg("x", "tensor"), Arg("shape", "ints"))
+def reshape(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Row-major reshape; one entry may be -1 (inferred)."""
+    xt = el.tensor_type(b["x"])
+    shape = list(b["shape"])
+    if shape.count(-1) > 1 or any(d < -1 or d == 0 for d in shape):
+        raise el.error(scope, f"reshape target {shape} may hold positive dims and at most one -1", b.spans["shape"])
+    if -1 in shape:
+        known = 1
+        for d in shape:
+            if d != -1:
+                known *= d
+        if xt.numel % known:
+            raise el.error(scope, f"cannot reshape {xt} ({xt.numel} elements) to {shape}: {xt.numel} is not "
+                           f"divisible by {known}", b.spans["shape"])
+        shape[shape.index(-1)] = xt.numel // known
+    return _emit(el, scope, b, "reshape", [b["x"]], ["x"], shape=tuple(shape))
+
+
+@surface("transpose", Arg("x", "tensor"), Arg("perm", "ints"))
+def transpose(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Permute axes: result axis i is input axis perm[i]."""
+    return _emit(el, scope, b, "transpose", [b["x"]], ["x"], perm=tuple(b["perm"]))
+
+
+@surface("flatten", Arg("x", "tensor"), Arg("start", "int", 1), Arg("end", "int", -1))
+def flatten(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Merge axes start..end (inclusive) into one."""
+    shape = el.tensor_type(b["x"]).shape
+    s, e = b["start"] % len(shape), b["end"] % len(shape)
+    if s > e:
+        raise el.error(scope, f"flatten start ({b['start']}) is after end ({b['end']})", b.call.span)
+    merged = 1
+    for d in shape[s:e + 1]:
+        merged *= d
+    return _emit(el, scope, b, "reshape", [b["x"]], ["x"], shape=tuple(shape[:s]) + (merged,) + tuple(shape[e + 1:]))
+
+
+@surface("squeeze", Arg("x", "tensor"), Arg("axes", "ints", None))
+def squeeze(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Drop size-1 axes (all of them when ``axes`` is not given)."""
+    shape = el.tensor_type(b["x"]).shape
+    axes = [a % len(shape) for a in b["axes"]] if b["axes"] is not None else [i for i, d in enumerate(shape) if d == 1]
+    for a in axes:
+        if shape[a] != 1:
+            raise el.error(scope, f"cannot squeeze axis {a} of size {shape[a]}", b.spans.get("axes", b.call.span))
+    return _emit(el, scope, b, "reshape", [b["x"]], ["x"], shape=tuple(d for i, d in enumerate(shape) if i not in axes))
+
+
+@surface("unsqueeze", Arg("x", "tensor"), Arg("axis", "int"))
+def unsqueeze(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Insert a size-1 axis at ``axis``."""
+    shape = list(el.tensor_type(b["x"]).shape)
+    axis = b["axis"] % (len(shape) + 1)
+    shape.insert(axis, 1)
+    return _emit(el, scope, b, "reshape", [b["x"]], ["x"], shape=tuple(shape))
+
+
+@surface("rotate", Arg("x", "tensor"), Arg("heads", "int", 1))
+def rotate(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """CSA rotation: per head, swap the channel and position axes of the (S x S) relation matrix."""
+    return _emit(el, scope, b, "rotate", [b["x"]], ["x"], heads=b["heads"])
+
+
+@surface("shift", Arg("x", "tensor"), Arg("offsets", "offsets"))
+def shift(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Shift equal channel groups by [dy, dx] each (zero fill)."""
+    return _emit(el, scope, b, "shift", [b["x"]], ["x"], offsets=tuple(b["offsets"]))
+
+
+@surface("unfold", Arg("x", "tensor"), Arg("kernel", "pair"), Arg("stride", "pair", 1), Arg("padding", "pads", 0),
+         Arg("dilation", "pair", 1))
+def unfold(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Sliding windows: [B, C, H, W] -> [B, C*kh*kw, Ho, Wo]."""
+    return _emit(el, scope, b, "unfold", [b["x"]], ["x"], kernel=b["kernel"], stride=b["stride"],
+                 pads=b["padding"], dilation=b["dilation"])
+
+
+@surface("concat", Arg("xs", "tensors"), Arg("axis", "int", 1))
+def concat(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Concatenate tensors along ``axis``."""
+    return _emit(el, scope, b, "concat", list(b["xs"]), ["xs"] * len(b["xs"]), axis=b["axis"])
+
+
+@surface("split", Arg("x", "tensor"), Arg("sizes", "ints"), Arg("axis", "int", 1))
+def split(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Split along ``axis`` into pieces of ``sizes``; returns a list of tensors."""
+    return el.emit(scope, "split", [b["x"]], b.call.span, arg_spans=[b.spans["x"]], kw_spans=b.spans,
+                   n_outputs=len(b["sizes"]), sizes=tuple(b["sizes"]), axis=b["axis"])
+
+
+@surface("slice", Arg("x", "tensor"), Arg("axis", "int"), Arg("start", "int"), Arg("end", "int"),
+         Arg("step", "int", 1))
+def slice_(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """x[start:end:step] along ``axis`` (Python semantics; step > 0)."""
+    if b["step"] < 1:
+        raise el.error(scope, f"slice step must be positive, found {b['step']}", b.spans.get("step", b.call.span))
+    return _emit(el, scope, b, "slice", [b["x"]], ["x"], axis=b["axis"], start=b["start"], end=b["end"],
+                 step=b["step"])
+
+
+@surface("pad", Arg("x", "tensor"), Arg("pads", "pads"), Arg("mode", "str", "zero", ("zero", "reflect", "edge")))
+def pad(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Pad the spatial axes by [top, left, bottom, right] with zeros, reflection or the edge value."""
+    return _emit(el, scope, b, "pad", [b["x"]], ["x"], pads=b["pads"], mode=b["mode"])
+
+
+@surface("roll", Arg("x", "tensor"), Arg("shifts", "ints"), Arg("axes", "ints"))
+def roll(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Cyclic shift of ``axes`` by ``shifts``."""
+    if len(b["shifts"]) != len(b["axes"]):
+        raise el.error(scope, "roll needs one shift per axis", b.call.span)
+    return _emit(el, scope, b, "roll", [b["x"]], ["x"], shifts=tuple(b["shifts"]), axes=tuple(b["axes"]))
+
+
+@surface("gather", Arg("table", "tensor"), Arg("index", "tensor"))
+def gather(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Rows of ``table`` picked by the integer tensor ``index``."""
+    return _emit(el, scope, b, "gather", [b["table"], b["index"]], ["table", "index"])
+
+
+# ----------------------------------------------------------------------------- attention, pooling, resize
+
+
+@surface("attention", Arg("q", "tensor"), Arg("k", "tensor"), Arg("v", "tensor"), Arg("scale", "float", None),
+         Arg("bias", "tensor", None))
+def attention(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """softmax(scale * q @ k^T + bias) @ v on [B, heads, L, d] tensors (default scale d^-1/2)."""
+    qt = el.tensor_type(b["q"])
+    scale = b["scale"] if b["scale"] is not None else qt.shape[-1] ** -0.5
+    ins = [b["q"], b["k"], b["v"]] + ([b["bias"]] if b["bias"] is not None else [])
+    return _emit(el, scope, b, "attention", ins, ["q", "k", "v", "bias"], scale=scale)
+
+
+@surface("local_attention", Arg("q", "tensor"), Arg("k", "tensor"), Arg("v", "tensor"), Arg("heads", "int"),
+         Arg("kernel", "int"), Arg("stride", "int", 1), Arg("pos", "tensor", None), Arg("scale", "float", None))
+def local_attention(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Sliding-window multi-head attention (ACmix/SASA), reflection-padded windows, optional positional term."""
+    qt = el.tensor_type(b["q"])
+    heads = b["heads"]
+    if heads < 1 or qt.rank != 4 or qt.shape[1] % heads:
+        raise el.error(scope, f"local_attention heads ({heads}) must divide the channels of {qt}",
+                       b.spans.get("heads", b.call.span))
+    scale = b["scale"] if b["scale"] is not None else (qt.shape[1] // heads) ** -0.5
+    ins = [b["q"], b["k"], b["v"]] + ([b["pos"]] if b["pos"] is not None else [])
+    return _emit(el, scope, b, "local_attention", ins, ["q", "k", "v", "pos"], heads=heads, kernel=b["kernel"],
+                 stride=b["stride"], scale=scale)
+
+
+def _pool(name: str) -> None:
+    def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
+        stride = b["stride"] if b["stride"] is not None else b["kernel"]
+        return _emit(el, scope, b, name, [b["x"]], ["x"], kernel=b["kernel"], stride=stride, pads=b["padding"])
+
+    body.__doc__ = f"{name[:3]} pooling over kernel x kernel windows (stride defaults to the kernel)"
+    surface(name, Arg("x", "tensor"), Arg("kernel", "pair"), Arg("stride", "pair", None),
+            Arg("padding", "pads", 0))(body)
+
+
+_pool("avgpool")
+_pool("maxpool")
+
+
+def _reduce(name: str, ir_op: str) -> None:
+    def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
+        rank = el.tensor_type(b["x"]).rank
+        for a in b["axes"]:
+            if not -rank <= a < rank:
+                raise el.error(scope, f"axis {a} out of range for rank {rank}", b.spans.get("axes", b.call.span))
+        return _emit(el, scope, b, ir_op, [b["x"]], ["x"], axes=tuple(sorted(a % rank for a in b["axes"])),
+                     keepdims=b["keepdims"])
+
+    body.__doc__ = f"{ir_op.split('_')[1]} over ``axes``"
+    surface(name, Arg("x", "tensor"), Arg("axes", "ints"), Arg("keepdims", "bool", False))(body)
+
+
+_reduce("reduce_mean", "reduce_mean")
+_reduce("reduce_sum", "reduce_sum")
+_reduce("reduce_max", "reduce_max")
+
+
+@surface("global_avgpool", Arg("x", "tensor"))
+def global_avgpool(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Mean over H and W, keeping them as size-1 axes."""
+    return _emit(el, scope, b, "reduce_mean", [b["x"]], ["x"], axes=(2, 3), keepdims=True)
+
+
+@surface("resize", Arg("x", "tensor"), Arg("scale", "floats", None), Arg("size", "ints", None),
+         Arg("mode", "str", "linear", ("linear", "nearest")))
+def resize(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Resize H and W by float64 factors (PyTorch rule: size = trunc(L * factor)) or to a size."""
+    xt = el.tensor_type(b["x"])
+    if xt.rank != 4:
+        raise el.error(scope, f"resize input must be NCHW, found {xt}", b.spans["x"])
+    h, w = xt.shape[2], xt.shape[3]
+    if (b["scale"] is None) == (b["size"] is None):
+        raise el.error(scope, "resize needs exactly one of scale= or size=", b.call.span)
+    if b["scale"] is not None:
+        sc = b["scale"] * 2 if len(b["scale"]) == 1 else b["scale"]
+        if len(sc) != 2 or min(sc) <= 0:
+            raise el.error(scope, f"resize scale must be one or two positive factors, found {b['scale']}",
+                           b.spans["scale"])
+        sizes = (int(h * sc[0]), int(w * sc[1]))  # trunc in float64, as PyTorch computes it
+        scales = (float(sc[0]), float(sc[1]))
+    else:
+        sz = b["size"] * 2 if len(b["size"]) == 1 else b["size"]
+        if len(sz) != 2 or min(sz) < 1:
+            raise el.error(scope, f"resize size must be one or two positive ints, found {b['size']}", b.spans["size"])
+        sizes = (sz[0], sz[1])
+        scales = (sz[0] / h, sz[1] / w)
+    return _emit(el, scope, b, "resize", [b["x"]], ["x"], mode=b["mode"], scales=scales, sizes=sizes)
+
+
+@surface("grid", Arg("height", "int"), Arg("width", "int"))
+def grid(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Positional grid f32[1, 2, height, width]: (x, y) coordinates in [-1, 1]."""
+    if b["height"] < 1 or b["width"] < 1:
+        raise el.error(scope, "grid sizes must be positive", b.call.span)
+    return _emit(el, scope, b, "grid", [], [], height=b["height"], width=b["width"])
+
+
+@surface("constant", Arg("value", "float"), Arg("shape", "ints", []), Arg("dtype", "str", "f32"))
+def constant(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """A constant tensor filled with ``value``."""
+    import numpy as np
+
+    from netdsl.initializers import NP_DTYPES
+
+    if b["dtype"] not in NP_DTYPES:
+        raise el.error(scope, f"unknown dtype '{b['dtype']}'", b.spans.get("dtype", b.call.span))
+    arr = np.full(tuple(b["shape"]), b["value"], dtype=NP_DTYPES[b["dtype"]])
+    return _emit(el, scope, b, "const", [], [], value=arr, dtype=b["dtype"])
+
+
+# ----------------------------------------------------------------------------- parameter initialisers
+
+InitFn = Callable[["Elaborator", "Scope", ast.Call, TensorType, list, dict], Init]
+
+
+def _init_fn(kind: str, params: tuple[str, ...]) -> InitFn:
+    def make(el: Elaborator, scope: Scope, call: ast.Call, t: TensorType, args: list, kws: dict) -> Init:
+        vals = dict(zip(params, args))
+        for k, v in kws.items():
+            if k not in params:
+                raise el.error(scope, f"{call.func}() has no argument '{k}'", call.span,
+                               help=did_you_mean(k, params) or f"arguments: {', '.join(params) or 'none'}")
+            vals[k] = v
+        if len(args) > len(params) or set(vals) != set(params):
+            raise el.error(scope, f"{call.func}() takes ({', '.join(params)})", call.span)
+        return Init(kind, tuple(vals.items()))
+
+    return make
+
+
+INIT_FUNCS: dict[str, InitFn] = {
+    "zeros": _init_fn("zeros", ()),
+    "ones": _init_fn("ones", ()),
+    "normal": _init_fn("normal", ("std",)),
+    "trunc_normal": _init_fn("trunc_normal", ("std",)),
+    "uniform_fan_in": _init_fn("uniform_fan_in", ("fan_in",)),
+    "shift_kernels": _init_fn("shift", ("kernel",)),
+    "relative_position_index": _init_fn("relative_position_index", ("window",)),
+}
