@@ -179,7 +179,10 @@ def _layernorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
 
 @_op("groupnorm", 3, 3)
 def _groupnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-    """Group normalisation over (C/groups, spatial...) per group; inputs x[B,C,...], weight[C], bias[C]."""
+    """Group normalisation over (C/groups, spatial...) per group; inputs x[B,C,...], weight[C], bias[C].
+
+    attrs: groups, eps.
+    """
     x = types[0]
     if x.shape[1] % attrs["groups"]:
         raise OpTypeError(f"channels ({x.shape[1]}) must be divisible by groups ({attrs['groups']})", "groups")
@@ -463,6 +466,8 @@ def _pad(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x = types[0]
     _rank(x, 4, 0, "pad input")
     t, l, b, r = attrs["pads"]
+    if attrs["mode"] not in ("zero", "reflect", "edge"):
+        raise OpTypeError(f"pad mode must be zero, reflect or edge, found {attrs['mode']!r}", "mode")
     if attrs["mode"] == "reflect" and (max(t, b) >= x.shape[2] or max(l, r) >= x.shape[3]):
         raise OpTypeError(
             f"reflection padding {t},{l},{b},{r} must be smaller than the map {x.shape[2]}x{x.shape[3]}", "pads")
@@ -476,13 +481,17 @@ def _resize(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     attrs: mode (linear|nearest), scales (sh, sw) as float64 factors, sizes (Ho, Wo).
     Sizes are trunc(L * scale) computed in float64 (PyTorch's rule); sampling uses the factors:
     linear: src = (d + 0.5) / scale - 0.5, clamped at 0, two-tap interpolation (half_pixel);
-    nearest: src = floor(d / scale) clamped to L-1. When built from a size, scales = Lout/L.
+    nearest: src = floor(d / scale) clamped to L-1, with power-of-two factors only (the front end
+    enforces it) so that every runtime's float rounding picks the same pixel.
+    When built from a size, scales = Lout/L.
     """
     x = types[0]
     _rank(x, 4, 0, "resize input")
+    if attrs["mode"] not in ("linear", "nearest"):
+        raise OpTypeError(f"resize mode must be linear or nearest, found {attrs['mode']!r}", "mode")
     ho, wo = attrs["sizes"]
     if ho < 1 or wo < 1:
-        raise OpTypeError(f"resize of {x.shape[2]}x{x.shape[3]} gives an empty {ho}x{wo} map", "scale")
+        raise OpTypeError(f"resize of {x.shape[2]}x{x.shape[3]} gives an empty {ho}x{wo} map", "scales")
     return [x.with_shape((x.shape[0], x.shape[1], ho, wo))]
 
 

@@ -227,6 +227,9 @@ class _ToAst(Transformer):
     binop = _chain
     power = _chain
 
+    def paren(self, meta: Meta, _l: Token, e: ast.Expr, _r: Token) -> ast.Expr:
+        return e
+
     def not_op(self, meta: Meta, _kw: Token, e: ast.Expr) -> ast.Expr:
         return ast.UnaryOp(self.sp(meta), "not", e)
 

@@ -7,6 +7,7 @@ missing argument, wrong type). The op body then emits IR through the elaborator.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -575,6 +576,10 @@ def resize(el: Elaborator, scope: Scope, b: Bound) -> Any:
             raise el.error(scope, f"resize size must be one or two positive ints, found {b['size']}", b.spans["size"])
         sizes = (sz[0], sz[1])
         scales = (sz[0] / h, sz[1] / w)
+    if b["mode"] == "nearest" and not all(math.log2(f).is_integer() for f in scales):
+        raise el.error(scope, f"nearest resize needs power-of-two factors, found {list(scales)}",
+                       b.spans.get("scale", b.spans.get("size", b.call.span)),
+                       help="other factors round differently across runtimes; use mode=\"linear\"")
     return _emit(el, scope, b, "resize", [b["x"]], ["x"], mode=b["mode"], scales=scales, sizes=sizes)
 
 
@@ -597,6 +602,29 @@ def constant(el: Elaborator, scope: Scope, b: Bound) -> Any:
         raise el.error(scope, f"unknown dtype '{b['dtype']}'", b.spans.get("dtype", b.call.span))
     arr = np.full(tuple(b["shape"]), b["value"], dtype=NP_DTYPES[b["dtype"]])
     return _emit(el, scope, b, "const", [], [], value=arr, dtype=b["dtype"])
+
+
+@surface("swin_mask", Arg("height", "int"), Arg("width", "int"), Arg("window", "int"), Arg("shift", "int"),
+         Arg("batch", "int", 1))
+def swin_mask(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Shifted-window attention mask as a constant f32[batch*nW, 1, N, N] (0 within a region, -100 across)."""
+    import numpy as np
+
+    h, w, ws, sh = b["height"], b["width"], b["window"], b["shift"]
+    if ws < 1 or h % ws or w % ws or not 0 <= sh < ws:
+        raise el.error(scope, f"swin_mask needs a window dividing {h}x{w} and 0 <= shift < window, "
+                       f"found window {ws}, shift {sh}", b.call.span)
+    region = np.zeros((h, w))
+    cuts = [slice(0, -ws), slice(-ws, -sh if sh else None), slice(-sh, None) if sh else slice(0, 0)]
+    label = 0
+    for rows in cuts:
+        for cols in cuts:
+            region[rows, cols] = label
+            label += 1
+    windows = region.reshape(h // ws, ws, w // ws, ws).transpose(0, 2, 1, 3).reshape(-1, ws * ws)
+    mask = np.where(windows[:, None, :] != windows[:, :, None], -100.0, 0.0).astype(np.float32)
+    mask = np.tile(mask[:, None], (b["batch"], 1, 1, 1))
+    return _emit(el, scope, b, "const", [], [], value=mask, dtype="f32")
 
 
 # ----------------------------------------------------------------------------- parameter initialisers
