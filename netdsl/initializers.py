@@ -65,7 +65,7 @@ def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
         data = _relative_position_index(init.arg("window")).reshape(shape)
     else:
         raise ValueError(f"unknown initializer kind {kind!r} for {p.name}")
-    return np.ascontiguousarray(data.astype(NP_DTYPES[p.type.dtype]))
+    return np.asarray(data, dtype=NP_DTYPES[p.type.dtype], order="C")
 
 
 def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:

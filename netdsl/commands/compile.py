@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, help="output file (.onnx, or .py for --target torch)")
     p.add_argument("--weights", type=Path, help="weights to load by name (.safetensors, .npz, .pt, .pth)")
     p.add_argument("--seed", type=int, default=0, help="seed of the default initialisation (default 0)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17, choices=range(17, 22), metavar="{17..21}",
+                   help="ONNX opset (default 17)")
     p.add_argument("--profile", help="TensorRT profile name or file (default: the target's)")
     p.add_argument("--passes", help="comma-separated passes to run instead of the target's pipeline")
     p.add_argument("--print-after", metavar="PASS", help="print the IR after this pass")

@@ -1,0 +1,656 @@
+"""ONNX emitter: a typed IR graph plus weights -> a self-contained, checked, deterministic ONNX model.
+
+Every IR op (see :mod:`netdsl.opdefs`) is lowered to standard ONNX ops with exactly the semantics
+of its docstring. The graph is built with onnx-graphsurgeon; names are deterministic:
+
+* graph inputs and outputs, and every IR value, keep their IR names;
+* each parameter becomes an initializer named by its IR parameter name (``stages.0.1.v.weight``);
+* each ONNX node is named after the IR node it lowers (``<block path>/<op>_<index>``, plus
+  ``/<OnnxOp>`` when one IR node becomes several ONNX nodes) and carries that IR node's
+  provenance in its ``doc_string`` and ``metadata_props`` (``netdsl.span``, ``netdsl.block``,
+  ``netdsl.rules``), so a runtime error can be traced back to a spec line.
+
+Resizes are emitted with a ``scales`` input (restricted TensorRT has no resize-to-size) holding,
+per axis, a float32 factor chosen so that every runtime's size rule gives the IR's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from netdsl import __version__
+from netdsl.atomic_write import atomic_paths, atomic_write_bytes
+from netdsl.initializers import NP_DTYPES
+from netdsl.ir import Graph, Node, Provenance, TensorType
+
+MIN_OPSET = 17  # LayerNormalization
+MAX_OPSET = 21
+MIN_IR_VERSION = 10  # node metadata_props
+PROTOBUF_LIMIT = 2**31 - 1  # a serialised ModelProto must stay below 2 GiB
+
+META_SPAN = "netdsl.span"
+META_BLOCK = "netdsl.block"
+META_RULES = "netdsl.rules"
+
+_UNARY = {
+    "relu": "Relu",
+    "sigmoid": "Sigmoid",
+    "hardswish": "HardSwish",
+    "tanh": "Tanh",
+    "exp": "Exp",
+    "neg": "Neg",
+    "sqrt": "Sqrt",
+    "identity": "Identity",
+}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
+_REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax"}
+_PAD_MODES = {"zero": "constant", "reflect": "reflect", "edge": "edge"}
+
+
+def exact_resize_scale(l_in: int, l_out: int, scale: float) -> np.float32:
+    """The float32 resize factor for one axis that every runtime sizes to ``l_out``.
+
+    Starting from float32(``scale``), the factor is nudged by ulps until ``l_in * f`` lies in
+    ``[l_out, l_out + 1)`` both exactly (float64 arithmetic on the float32 value is exact here)
+    and when the product is rounded to float32, so floor or trunc in float or double all give
+    ``l_out``. When ``scale`` is ``l_out / l_in`` this is the smallest float32 with
+    ``l_in * f >= l_out``. Raises ValueError when ``scale`` cannot produce ``l_out``.
+    """
+    product = l_in * scale
+    if not (l_out <= product * (1 + 1e-9) and product < l_out + 1):
+        raise ValueError(f"resize factor {scale!r} does not size {l_in} to {l_out}")
+    f = np.float32(scale)
+    while float(f) * l_in < l_out:
+        f = np.nextafter(f, np.float32(np.inf))
+    while float(f) * l_in >= l_out + 1 or np.float32(l_in) * f >= l_out + 1:
+        f = np.nextafter(f, np.float32(0))
+    if float(f) * l_in < l_out:
+        raise ValueError(f"no float32 resize factor sizes {l_in} to {l_out}")
+    return f
+
+
+def _pads4(pads: Sequence[int]) -> list[int]:
+    """IR (t, l, b, r) pads of the two spatial axes -> ONNX Pad pads of a rank-4 tensor."""
+    t, l, b, r = pads
+    return [0, 0, t, l, 0, 0, b, r]
+
+
+class _Emitter:
+    """Lowers IR nodes one by one into a list of onnx-graphsurgeon nodes with deterministic names."""
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int):
+        self.graph = graph
+        self.weights = weights
+        self.opset = opset
+        self.tensors: dict[str, gs.Tensor] = {}
+        self.nodes: list[gs.Node] = []
+        self.provenance: dict[str, Provenance] = {}
+        self._used: set[str] = set(graph.values) | set(graph.params)
+        self._shared_consts: dict[tuple[str, tuple[int, ...], bytes], gs.Constant] = {}
+        self._base = ""
+        self._prov = Provenance()
+        self._op_counts: dict[str, int] = {}
+        for name in graph.inputs:
+            self.tensors[name] = self._typed_variable(name)
+
+    # ---- names and tensors ------------------------------------------------------------------
+
+    def _fresh(self, hint: str) -> str:
+        name, i = hint, 1
+        while name in self._used:
+            name = f"{hint}_{i}"
+            i += 1
+        self._used.add(name)
+        return name
+
+    def _typed_variable(self, name: str) -> gs.Variable:
+        t = self.graph.values[name]
+        return gs.Variable(name, dtype=NP_DTYPES[t.dtype], shape=list(t.shape))
+
+    def type_of(self, name: str) -> TensorType:
+        return self.graph.type_of(name)
+
+    def np_dtype(self, name: str) -> type:
+        return NP_DTYPES[self.type_of(name).dtype]
+
+    def value(self, name: str) -> gs.Tensor:
+        """The tensor of an IR value, or the initializer of a parameter (created on first use)."""
+        if name not in self.tensors:
+            param = self.graph.params[name]
+            if name not in self.weights:
+                raise ValueError(f"no weight given for parameter {name} {param.type}")
+            data = np.asarray(self.weights[name], dtype=NP_DTYPES[param.type.dtype], order="C")
+            if data.shape != param.type.shape:
+                raise ValueError(f"weight {name} has shape {list(data.shape)}, the graph declares {param.type}")
+            self.tensors[name] = gs.Constant(name, data)
+        return self.tensors[name]
+
+    def const(self, values: Any, dtype: type = np.int64) -> gs.Constant:
+        """A small constant (shapes, axes, scalars), shared by every user of the same value."""
+        array = np.asarray(values, dtype=dtype, order="C")
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._shared_consts:
+            if array.size <= 8:
+                label = "[" + ",".join(repr(v) for v in array.ravel().tolist()) + "]"
+            else:  # long constants are named by a digest of their content, still deterministic
+                label = "." + hashlib.sha256(key[2]).hexdigest()[:12]
+            self._shared_consts[key] = gs.Constant(self._fresh(f"const.{array.dtype.name}{label}"), array)
+        return self._shared_consts[key]
+
+    def bind_constant(self, name: str, array: np.ndarray, out: gs.Variable) -> None:
+        """Make IR value ``name`` the initializer ``array`` (through an Identity if it is a graph output)."""
+        if name in self.graph.outputs:
+            self.emit("Identity", [gs.Constant(self._fresh(f"{name}.value"), array)], out=out)
+        else:
+            self.tensors[name] = gs.Constant(name, array)
+
+    # ---- node emission ----------------------------------------------------------------------
+
+    def emit(self, op: str, inputs: Sequence[gs.Tensor], attrs: dict[str, Any] | None = None,
+             out: gs.Variable | None = None) -> gs.Variable:
+        """Append one ONNX node; returns its output (``out`` or a fresh untyped variable)."""
+        return self.emit_multi(op, inputs, attrs, [out] if out is not None else 1)[0]
+
+    def emit_multi(self, op: str, inputs: Sequence[gs.Tensor], attrs: dict[str, Any] | None,
+                   outputs: list[gs.Variable] | int) -> list[gs.Variable]:
+        """Append one ONNX node with several outputs (given, or this many fresh ones)."""
+        k = self._op_counts.get(op, 0)
+        self._op_counts[op] = k + 1
+        name = f"{self._base}/{op}" + (f"_{k}" if k else "")
+        if isinstance(outputs, int):
+            outputs = [gs.Variable(self._fresh(name if outputs == 1 else f"{name}.{j}")) for j in range(outputs)]
+        self.nodes.append(gs.Node(op, name=name, attrs=dict(attrs or {}), inputs=list(inputs), outputs=outputs))
+        return outputs
+
+    def lower(self, index: int, node: Node) -> None:
+        """Emit the ONNX nodes of IR node ``node`` (the ``index``-th of the graph)."""
+        block = node.provenance.block_path
+        self._base = f"{block}/{node.op}_{index}" if block else f"{node.op}_{index}"
+        self._prov = node.provenance
+        first = len(self.nodes)
+        self._op_counts = {}
+        outs = [self._typed_variable(o) for o in node.outputs]
+        for o, var in zip(node.outputs, outs, strict=True):
+            self.tensors[o] = var
+        _LOWERINGS[node.op](self, node, outs)
+        emitted = self.nodes[first:]
+        if len(emitted) == 1:
+            emitted[0].name = self._base
+        for n in emitted:
+            self.provenance[n.name] = self._prov
+
+    # ---- building blocks shared by several lowerings -----------------------------------------
+
+    def inputs(self, node: Node) -> list[gs.Tensor]:
+        return [self.value(i) for i in node.inputs]
+
+    def reshape(self, x: gs.Tensor, shape: Sequence[int], out: gs.Variable | None = None) -> gs.Variable:
+        return self.emit("Reshape", [x, self.const(shape)], out=out)
+
+    def transpose(self, x: gs.Tensor, perm: Sequence[int], out: gs.Variable | None = None) -> gs.Variable:
+        return self.emit("Transpose", [x], {"perm": [int(p) for p in perm]}, out=out)
+
+    def slice(self, x: gs.Tensor, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int],
+              steps: Sequence[int] | None = None, out: gs.Variable | None = None) -> gs.Variable:
+        ins = [x, self.const(starts), self.const(ends), self.const(axes)]
+        if steps is not None:
+            ins.append(self.const(steps))
+        return self.emit("Slice", ins, out=out)
+
+    def pad(self, x: gs.Tensor, pads: Sequence[int], mode: str, out: gs.Variable | None = None) -> gs.Tensor:
+        """Pad the spatial axes of a rank-4 tensor by IR (t, l, b, r) pads; mode is an ONNX Pad mode."""
+        if not any(pads) and out is None:
+            return x
+        return self.emit("Pad", [x, self.const(_pads4(pads))], {"mode": mode}, out=out)
+
+    def reduce(self, op: str, x: gs.Tensor, axes: Sequence[int], keepdims: bool,
+               out: gs.Variable | None = None) -> gs.Variable:
+        # ReduceSum takes its axes as an input since opset 13, the other reductions since 18.
+        attrs: dict[str, Any] = {"keepdims": int(keepdims)}
+        axes = [int(a) for a in axes]
+        if op == "ReduceSum" or self.opset >= 18:
+            return self.emit(op, [x, self.const(axes)], attrs, out=out)
+        return self.emit(op, [x], {**attrs, "axes": axes}, out=out)
+
+    def concat(self, parts: Sequence[gs.Tensor], axis: int, out: gs.Variable | None = None) -> gs.Variable:
+        return self.emit("Concat", parts, {"axis": int(axis)}, out=out)
+
+    def scalar(self, value: float, like: str) -> gs.Constant:
+        """A scalar constant of the dtype of IR value ``like``."""
+        return self.const(value, self.np_dtype(like))
+
+
+Lowering = Callable[[_Emitter, Node, list[gs.Variable]], None]
+_LOWERINGS: dict[str, Lowering] = {}
+
+
+def _lowers(*ops: str) -> Callable[[Lowering], Lowering]:
+    def register(fn: Lowering) -> Lowering:
+        for op in ops:
+            _LOWERINGS[op] = fn
+        return fn
+
+    return register
+
+
+# ---- dense ops ---------------------------------------------------------------------------------
+
+
+@_lowers("conv")
+def _conv(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    a = node.attrs
+    w = em.type_of(node.inputs[1])
+    em.emit("Conv", em.inputs(node), {
+        "kernel_shape": list(w.shape[2:]),
+        "strides": [int(s) for s in a["stride"]],
+        "pads": [int(p) for p in a["pads"]],
+        "dilations": [int(d) for d in a.get("dilation", (1, 1))],
+        "group": int(a["groups"]),
+    }, out=ys[0])
+
+
+@_lowers("linear")
+def _linear(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    x, w, *bias = em.inputs(node)
+    if em.type_of(node.inputs[0]).rank == 2:
+        em.emit("Gemm", [x, w, *bias], {"transB": 1}, out=ys[0])
+        return
+    y = em.emit("MatMul", [x, em.transpose(w, (1, 0))], out=None if bias else ys[0])
+    if bias:
+        em.emit("Add", [y, bias[0]], out=ys[0])
+
+
+@_lowers("matmul")
+def _matmul(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.emit("MatMul", em.inputs(node), out=ys[0])
+
+
+# ---- normalisations ----------------------------------------------------------------------------
+
+
+@_lowers("batchnorm")
+def _batchnorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.emit("BatchNormalization", em.inputs(node), {"epsilon": float(node.attrs["eps"])}, out=ys[0])
+
+
+@_lowers("layernorm")
+def _layernorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    x, *affine = em.inputs(node)
+    xt = em.type_of(node.inputs[0])
+    axis = node.attrs["axis"] % xt.rank
+    if not affine:  # LayerNormalization requires a scale
+        affine = [em.const(np.ones(xt.shape[axis]), em.np_dtype(node.inputs[0]))]
+    attrs = {"axis": -1, "epsilon": float(node.attrs["eps"])}
+    if axis == xt.rank - 1:
+        em.emit("LayerNormalization", [x, *affine], attrs, out=ys[0])
+        return
+    # LayerNormalization normalises every axis from `axis` on; move the one axis last and back.
+    perm = [i for i in range(xt.rank) if i != axis] + [axis]
+    normed = em.emit("LayerNormalization", [em.transpose(x, perm), *affine], attrs)
+    em.transpose(normed, list(np.argsort(perm)), out=ys[0])
+
+
+@_lowers("groupnorm")
+def _groupnorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    x, weight, bias = em.inputs(node)
+    xt = em.type_of(node.inputs[0])
+    groups = node.attrs["groups"]
+    dtype = em.np_dtype(node.inputs[0])
+    # Normalise each (batch, group) slice as one instance; then the per-channel affine map.
+    grouped = em.reshape(x, (xt.shape[0], groups, xt.numel // (xt.shape[0] * groups)))
+    normed = em.emit("InstanceNormalization", [grouped, em.const(np.ones(groups), dtype),
+                                               em.const(np.zeros(groups), dtype)],
+                     {"epsilon": float(node.attrs.get("eps", 1e-5))})
+    per_channel = (xt.shape[1],) + (1,) * (xt.rank - 2)
+    scaled = em.emit("Mul", [em.reshape(normed, xt.shape), em.reshape(weight, per_channel)])
+    em.emit("Add", [scaled, em.reshape(bias, per_channel)], out=ys[0])
+
+
+# ---- element-wise ------------------------------------------------------------------------------
+
+
+@_lowers(*_UNARY)
+def _unary(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.emit(_UNARY[node.op], em.inputs(node), out=ys[0])
+
+
+@_lowers("silu")
+def _silu(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    (x,) = em.inputs(node)
+    em.emit("Mul", [x, em.emit("Sigmoid", [x])], out=ys[0])
+
+
+@_lowers("gelu")
+def _gelu(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    (x,) = em.inputs(node)
+    if em.opset >= 20:
+        em.emit("Gelu", [x], {"approximate": "none"}, out=ys[0])
+        return
+    like = node.inputs[0]
+    erf = em.emit("Erf", [em.emit("Mul", [x, em.scalar(1 / np.sqrt(2.0), like)])])
+    half_x = em.emit("Mul", [x, em.scalar(0.5, like)])
+    em.emit("Mul", [half_x, em.emit("Add", [erf, em.scalar(1.0, like)])], out=ys[0])
+
+
+@_lowers("softmax")
+def _softmax(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.emit("Softmax", em.inputs(node), {"axis": int(node.attrs["axis"])}, out=ys[0])
+
+
+@_lowers(*_BINARY)
+def _binary(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.emit(_BINARY[node.op], em.inputs(node), out=ys[0])
+
+
+# ---- constants ---------------------------------------------------------------------------------
+
+
+@_lowers("const")
+def _const(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    value = np.asarray(node.attrs["value"], dtype=NP_DTYPES[node.attrs["dtype"]], order="C")
+    em.bind_constant(node.outputs[0], value, ys[0])
+
+
+def grid_values(height: int, width: int) -> np.ndarray:
+    """The IR ``grid`` op's value: f32[1, 2, H, W], channel 0 = x (width) and 1 = y (height) in [-1, 1]."""
+    xs = np.linspace(-1.0, 1.0, width, dtype=np.float32)
+    ys = np.linspace(-1.0, 1.0, height, dtype=np.float32)
+    out = np.empty((1, 2, height, width), dtype=np.float32)
+    out[0, 0] = xs[None, :]
+    out[0, 1] = ys[:, None]
+    return out
+
+
+@_lowers("grid")
+def _grid(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.bind_constant(node.outputs[0], grid_values(node.attrs["height"], node.attrs["width"]), ys[0])
+
+
+# ---- shape ops ---------------------------------------------------------------------------------
+
+
+@_lowers("reshape")
+def _reshape(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.reshape(em.inputs(node)[0], node.attrs["shape"], out=ys[0])
+
+
+@_lowers("transpose")
+def _transpose(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.transpose(em.inputs(node)[0], node.attrs["perm"], out=ys[0])
+
+
+@_lowers("rotate")
+def _rotate(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    # Per head, x is an (S channels) x (S positions) matrix; rotation is its transpose.
+    b, c, h, w = em.type_of(node.inputs[0]).shape
+    heads = node.attrs["heads"]
+    per_head = em.reshape(em.inputs(node)[0], (b, heads, c // heads, h * w))
+    em.reshape(em.transpose(per_head, (0, 1, 3, 2)), (b, c, h, w), out=ys[0])
+
+
+@_lowers("shift")
+def _shift(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    # Pad once by the largest shift in each direction, then cut each channel group's window:
+    # y[i] = x[i - dy] = xpad[i - dy + top].
+    b, c, h, w = em.type_of(node.inputs[0]).shape
+    offsets = [(int(dy), int(dx)) for dy, dx in node.attrs["offsets"]]
+    top = max(0, *(dy for dy, _ in offsets))
+    left = max(0, *(dx for _, dx in offsets))
+    bottom = max(0, *(-dy for dy, _ in offsets))
+    right = max(0, *(-dx for _, dx in offsets))
+    padded = em.pad(em.inputs(node)[0], (top, left, bottom, right), "constant")
+    size = c // len(offsets)
+    parts = [
+        em.slice(padded, (g * size, top - dy, left - dx), ((g + 1) * size, top - dy + h, left - dx + w), (1, 2, 3))
+        for g, (dy, dx) in enumerate(offsets)
+    ]
+    em.concat(parts, 1, out=ys[0])
+
+
+def _window_slices(em: _Emitter, x: gs.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                   dilation: tuple[int, int], out_hw: tuple[int, int], axes: tuple[int, int]) -> list[gs.Variable]:
+    """One strided Slice per kernel offset (row-major): slot (u, v) holds x[.., i*sh + u*dh, j*sw + v*dw]."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    return [
+        em.slice(x, (u * dh, v * dw), (u * dh + (ho - 1) * sh + 1, v * dw + (wo - 1) * sw + 1), axes, (sh, sw))
+        for u in range(kh)
+        for v in range(kw)
+    ]
+
+
+@_lowers("unfold")
+def _unfold(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    a = node.attrs
+    b, c, _, _ = em.type_of(node.inputs[0]).shape
+    _, _, ho, wo = em.type_of(node.outputs[0]).shape
+    kh, kw = a["kernel"]
+    padded = em.pad(em.inputs(node)[0], a["pads"], "constant")
+    windows = _window_slices(em, padded, (kh, kw), a["stride"], a.get("dilation", (1, 1)), (ho, wo), (2, 3))
+    # Concat gives slot-major channels (n*C + c); the IR wants channel-major (c*K + n).
+    slot_major = em.reshape(em.concat(windows, 1), (b, kh * kw, c, ho * wo))
+    em.reshape(em.transpose(slot_major, (0, 2, 1, 3)), (b, c * kh * kw, ho, wo), out=ys[0])
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+
+@_lowers("attention")
+def _attention(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    q, k, v, *bias = em.inputs(node)
+    logits = em.emit("Mul", [em.emit("MatMul", [q, em.transpose(k, (0, 1, 3, 2))]),
+                             em.scalar(node.attrs["scale"], node.inputs[0])])
+    if bias:
+        logits = em.emit("Add", [logits, bias[0]])
+    em.emit("MatMul", [em.emit("Softmax", [logits], {"axis": -1}), v], out=ys[0])
+
+
+@_lowers("local_attention")
+def _local_attention(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    """ACmix attention without materialising unfolded windows.
+
+    Heads live on axis 1 and the in-head dim on axis 2 of [B, heads, d, H, W] views. Keys,
+    values and positions are reflect-padded once; window slot n = (a, b) is then one strided
+    Slice. logit_n = sum_e (scale*q_s) * (K_n + (pos_s - R_n)), a ReduceSum over d; softmax over
+    the slot axis; y = sum_n A_n * V_n.
+    """
+    q, k, v, *pos = em.inputs(node)
+    b, c, h, w = em.type_of(node.inputs[0]).shape
+    heads, kern, s = node.attrs["heads"], node.attrs["kernel"], node.attrs["stride"]
+    d, p, ho, wo = c // heads, (kern - 1) // 2, h // s, w // s
+    pads = (p, p, p, p)
+
+    def at_outputs(t: gs.Tensor) -> gs.Tensor:
+        return t if s == 1 else em.slice(t, (0, 0), (h, w), (2, 3), (s, s))
+
+    def windows(t: gs.Tensor, lead: tuple[int, int]) -> list[gs.Variable]:
+        padded = em.reshape(em.pad(t, pads, "reflect"), (*lead, d, h + 2 * p, w + 2 * p))
+        return _window_slices(em, padded, (kern, kern), (s, s), (1, 1), (ho, wo), (3, 4))
+
+    query = em.reshape(em.emit("Mul", [at_outputs(q), em.scalar(node.attrs["scale"], node.inputs[0])]),
+                       (b, heads, d, ho, wo))
+    keys = windows(k, (b, heads))
+    if pos:
+        pos_at_query = em.reshape(at_outputs(pos[0]), (1, 1, d, ho, wo))
+        keys = [em.emit("Add", [key, em.emit("Sub", [pos_at_query, pos_n])])
+                for key, pos_n in zip(keys, windows(pos[0], (1, 1)), strict=True)]
+    logits = [em.reduce("ReduceSum", em.emit("Mul", [query, key]), (2,), True) for key in keys]
+    attn = em.emit("Softmax", [em.concat(logits, 2)], {"axis": 2})
+    out = None
+    for n, value in enumerate(windows(v, (b, heads))):
+        term = em.emit("Mul", [em.slice(attn, (n,), (n + 1,), (2,)), value])
+        out = term if out is None else em.emit("Add", [out, term])
+    em.reshape(out, (b, c, ho, wo), out=ys[0])
+
+
+# ---- pooling and reductions --------------------------------------------------------------------
+
+
+@_lowers("avgpool", "maxpool")
+def _pool(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    a = node.attrs
+    attrs: dict[str, Any] = {
+        "kernel_shape": [int(k) for k in a["kernel"]],
+        "strides": [int(s) for s in a["stride"]],
+        "pads": [int(p) for p in a["pads"]],
+    }
+    dilation = [int(d) for d in a.get("dilation", (1, 1))]
+    if node.op == "maxpool":
+        em.emit("MaxPool", em.inputs(node), {**attrs, "dilations": dilation}, out=ys[0])
+        return
+    if dilation != [1, 1]:
+        if em.opset < 19:
+            raise ValueError(f"dilated average pooling needs opset 19 or later (asked for {em.opset})")
+        attrs["dilations"] = dilation
+    em.emit("AveragePool", em.inputs(node), {**attrs, "count_include_pad": 1}, out=ys[0])
+
+
+@_lowers(*_REDUCE)
+def _reduce(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.reduce(_REDUCE[node.op], em.inputs(node)[0], node.attrs["axes"], node.attrs["keepdims"], out=ys[0])
+
+
+# ---- joining, splitting, slicing, padding ------------------------------------------------------
+
+
+@_lowers("concat")
+def _concat(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.concat(em.inputs(node), node.attrs["axis"], out=ys[0])
+
+
+@_lowers("split")
+def _split(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    (x,) = em.inputs(node)
+    em.emit_multi("Split", [x, em.const(node.attrs["sizes"])], {"axis": int(node.attrs["axis"])}, ys)
+
+
+@_lowers("slice")
+def _slice(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    a = node.attrs
+    xt = em.type_of(node.inputs[0])
+    axis = a["axis"] % xt.rank
+    # Resolve Python slice semantics here so the emitted bounds are plain non-negative numbers.
+    start, stop, step = slice(a["start"], a["end"], a["step"]).indices(xt.shape[axis])
+    em.slice(em.inputs(node)[0], (start,), (stop,), (axis,), (step,), out=ys[0])
+
+
+@_lowers("pad")
+def _pad(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.pad(em.inputs(node)[0], node.attrs["pads"], _PAD_MODES[node.attrs["mode"]], out=ys[0])
+
+
+@_lowers("resize")
+def _resize(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    a = node.attrs
+    _, _, h, w = em.type_of(node.inputs[0]).shape
+    ho, wo = a["sizes"]
+    sh, sw = a["scales"]
+    scales = [1.0, 1.0, exact_resize_scale(h, ho, sh), exact_resize_scale(w, wo, sw)]
+    if a["mode"] == "linear":
+        attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    else:
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    em.emit("Resize", [em.inputs(node)[0], gs.Variable.empty(), em.const(scales, np.float32)], attrs, out=ys[0])
+
+
+@_lowers("roll")
+def _roll(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    xt = em.type_of(node.inputs[0])
+    # numpy.roll broadcasts shifts against axes; each (shift, axis) pair applies in turn.
+    shifts, axes = np.broadcast_arrays(np.atleast_1d(node.attrs["shifts"]), np.atleast_1d(node.attrs["axes"]))
+    # numpy.roll: y[i] = x[(i - k) mod n], i.e. the last k entries move to the front.
+    moves = [(int(ax) % xt.rank, int(sh) % xt.shape[ax]) for sh, ax in zip(shifts, axes, strict=True)]
+    moves = [(ax, k) for ax, k in moves if k]
+    cur = em.inputs(node)[0]
+    if not moves:
+        em.emit("Identity", [cur], out=ys[0])
+        return
+    for j, (ax, k) in enumerate(moves):
+        n = xt.shape[ax]
+        head = em.slice(cur, (n - k,), (n,), (ax,))
+        tail = em.slice(cur, (0,), (n - k,), (ax,))
+        cur = em.concat([head, tail], ax, out=ys[0] if j == len(moves) - 1 else None)
+
+
+@_lowers("gather")
+def _gather(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+    em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])
+
+
+def supported_ops() -> frozenset[str]:
+    """The IR ops this backend can lower."""
+    return frozenset(_LOWERINGS)
+
+
+# ---- model assembly ----------------------------------------------------------------------------
+
+
+def _attach_provenance(model: onnx.ModelProto, provenance: dict[str, Provenance]) -> None:
+    # onnx-graphsurgeon nodes have no doc_string / metadata_props; set them on the exported protos.
+    for proto in model.graph.node:
+        prov = provenance[proto.name]
+        proto.doc_string = str(prov)
+        for key, value in (
+            (META_SPAN, str(prov.span) if prov.span else ""),
+            (META_BLOCK, prov.block_path),
+            (META_RULES, ">".join(prov.rules)),
+        ):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+
+
+def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
+    """Lower ``graph`` with ``weights`` (by parameter name) to an ONNX model of the given opset.
+
+    The result passes ``onnx.checker.check_model(full_check=True)``, runs in ONNX Runtime, and is
+    byte-identical for the same inputs in any process. Raises ValueError for an unsupported opset,
+    a missing or mis-shaped weight, or an op with no lowering.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset} is not supported (use {MIN_OPSET}..{MAX_OPSET})")
+    unknown = sorted({n.op for n in graph.nodes} - set(_LOWERINGS))
+    if unknown:
+        raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
+    em = _Emitter(graph, weights, opset)
+    for index, node in enumerate(graph.nodes):
+        em.lower(index, node)
+    gs_graph = gs.Graph(
+        nodes=em.nodes,
+        inputs=[em.tensors[name] for name in graph.inputs],
+        outputs=[em.tensors[name] for name in graph.outputs],
+        name=graph.name,
+        opset=opset,
+        producer_name="netdsl",
+        producer_version=__version__,
+    )
+    model = gs.export_onnx(gs_graph)
+    model.ir_version = max(MIN_IR_VERSION, onnx.helper.find_min_ir_version_for(list(model.opset_import)))
+    _attach_provenance(model, em.provenance)
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str], max_proto_bytes: int = PROTOBUF_LIMIT) -> None:
+    """Write ``model`` to ``path`` atomically.
+
+    A model larger than ``max_proto_bytes`` (protobuf's 2 GiB limit by default) is saved with
+    its large tensors in ONNX external data, in ``<file name>.data`` next to ``path``; both files
+    are published only once both are complete.
+    """
+    target = Path(path)
+    if model.ByteSize() <= max_proto_bytes:
+        atomic_write_bytes(target, model.SerializeToString())
+        return
+    data_name = f"{target.name}.data"
+    staged_model = onnx.ModelProto()
+    staged_model.CopyFrom(model)  # onnx.save_model moves tensor data out of the proto it is given
+    # Data first: the model file must never point at a data file that is not there yet.
+    with atomic_paths(target.with_name(data_name), target) as (_, tmp_model):
+        onnx.save_model(staged_model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
