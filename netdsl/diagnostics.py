@@ -80,7 +80,9 @@ def render(diag: Diagnostic) -> str:
             width = max(1, end - span.col)
             out.append(f"{pad} |")
             out.append(f"{num} | {src}")
-            out.append(f"{pad} | {' ' * (span.col - 1)}{'^' * width}")
+            # Keep the source's tabs so the caret lines up under the span.
+            lead = "".join(c if c == "\t" else " " for c in src[: span.col - 1])
+            out.append(f"{pad} | {lead}{'^' * width}")
     for note in diag.notes:
         out.append(f"   = note: {note}")
     for frame in reversed(diag.chain):

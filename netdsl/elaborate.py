@@ -102,7 +102,8 @@ class Elaborator:
 
     # ------------------------------------------------------------------ errors
     def error(self, scope: Scope | None, message: str, span: Span | None, **kw: Any) -> NetdslError:
-        return NetdslError(Diagnostic(message, span, chain=scope.chain if scope else (), **kw))
+        kw.setdefault("chain", scope.chain if scope else ())
+        return NetdslError(Diagnostic(message, span, **kw))
 
     @property
     def builder(self) -> GraphBuilder:
@@ -127,6 +128,8 @@ class Elaborator:
                 raise self.error(None, f"{entry.name} has no input '{name}' (from --input)", entry.name_span,
                                  help=did_you_mean(name, [i.name for i in inputs]))
         scope = Scope(entry, "", (Frame(entry.name, "", None),))
+        params = {k: [v] if decls[k].type.list_of is not None and not isinstance(v, list) else v
+                  for k, v in params.items()}
         self._bind_params(scope, entry, [], {k: (v, None) for k, v in params.items()}, entry.name_span)
         outs = self._run_body(scope, entry, tensor_args=None, input_shapes=input_shapes)
         graph = self.builder.graph
@@ -142,7 +145,9 @@ class Elaborator:
     def _publish_output(self, name: str, t: Tensor) -> None:
         graph = self.builder.graph
         producer = graph.producers().get(t.name)
-        if producer is not None and t.name not in graph.outputs and name not in graph.values:
+        if producer is not None and t.name == name and name not in graph.outputs:
+            graph.outputs.append(name)
+        elif producer is not None and t.name not in graph.outputs and name not in graph.values:
             self._rename_value(t.name, name)
             graph.outputs.append(name)
         else:
@@ -161,8 +166,9 @@ class Elaborator:
                      named: dict[str, tuple[Any, Span | None]], call_span: Span) -> None:
         decls = block.params
         if len(positional) > len(decls):
-            raise self.error(scope, f"{block.name} takes {len(decls)} parameters, found {len(positional)} "
-                             f"positional arguments", positional[len(decls)][1], help=self._param_list(block))
+            raise self.error(scope, f"{block.name} takes {_count(len(decls), 'parameter')}, found "
+                             f"{_count(len(positional), 'positional argument')}", positional[len(decls)][1],
+                             help=self._param_list(block))
         given: dict[str, tuple[Any, Span | None]] = {}
         for decl, (val, span) in zip(decls, positional):
             given[decl.name] = (val, span)
@@ -195,8 +201,8 @@ class Elaborator:
         self._exec_stmts(scope, block.body, tensor_args, input_shapes, state)
         if tensor_args is not None and state["inputs"] < len(tensor_args):
             _, span = tensor_args[state["inputs"]]
-            raise self.error(scope, f"{block.name} takes {state['inputs']} tensor inputs, found {len(tensor_args)}",
-                             span)
+            raise self.error(scope, f"{block.name} takes {_count(state['inputs'], 'tensor input')}, found "
+                             f"{len(tensor_args)}", span)
         return scope.outputs
 
     def instantiate(self, caller: Scope, block: ast.BlockDef, call: ast.Call) -> Any:
@@ -206,11 +212,15 @@ class Elaborator:
                              f"(is '{block.name}' recursive?)", call.func_span)
         tensors: list[tuple[Tensor, Span]] = []
         positional: list[tuple[Any, Span]] = []
+        inputs = [st for st in block.body if isinstance(st, ast.InputDecl)]
         for a in call.args:
             v = self.eval(a, caller)
-            if isinstance(v, Tensor):
-                if positional:
-                    raise self.error(caller, "tensor arguments must come before parameters", a.span)
+            if len(tensors) < len(inputs):
+                if not isinstance(v, Tensor):
+                    decl = inputs[len(tensors)]
+                    raise self.error(caller, f"input '{decl.name}' of {block.name} expects a tensor, found "
+                                     f"{type_name(v)} {show(v)}", a.span, notes=[f"'{decl.name}' is declared at "
+                                                                                 f"{decl.span}"])
                 tensors.append((v, a.span))
             else:
                 positional.append((v, a.span))
@@ -304,10 +314,14 @@ class Elaborator:
 
     def _interpolate(self, message: str, scope: Scope, span: Span) -> str:
         def repl(m: re.Match[str]) -> str:
-            sub = parse_source(f"block __msg() {{ let __v = {m.group(1)} }}", span.file + "<message>")
-            stmt = sub.blocks[0].body[0]
-            assert isinstance(stmt, ast.Let)
-            v = self.eval(stmt.value, scope)
+            try:
+                sub = parse_source(f"block __msg() {{ let __v = {m.group(1)} }}", "<message>")
+                stmt = sub.blocks[0].body[0]
+                assert isinstance(stmt, ast.Let)
+                v = self.eval(stmt.value, scope)
+            except NetdslError as err:
+                raise self.error(scope, f"in the message's {{{m.group(1)}}}: {err.diag.message}", span,
+                                 help=err.diag.help) from None
             if isinstance(v, Tensor):
                 return str(self.tensor_type(v))
             return show(v) if not isinstance(v, str) else v
@@ -690,6 +704,10 @@ def _coerce(t: ast.TypeName, v: Any) -> tuple[bool, Any]:
     if t.base == "tensor":
         return isinstance(v, Tensor), v
     return False, v
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _src(e: ast.Expr) -> str:

@@ -364,8 +364,9 @@ def _local_attention(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
     q, k, v = types[:3]
     for i, t in enumerate(types[:3]):
         _rank(t, 4, i, ["query", "key", "value"][i])
-    if not (q.shape == k.shape == v.shape):
-        raise OpTypeError(f"query, key and value must have equal shapes, found {q}, {k}, {v}", 1)
+    for i, t in ((1, k), (2, v)):
+        if t.shape != q.shape:
+            raise OpTypeError(f"{['key', 'value'][i - 1]} {t} must have the query's shape {fmt_shape(q.shape)}", i)
     heads, kern, s = attrs["heads"], attrs["kernel"], attrs["stride"]
     b, c, h, w = q.shape
     if c % heads:

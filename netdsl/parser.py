@@ -119,6 +119,9 @@ def _syntax_error(err: UnexpectedInput, path: str, text: str) -> NetdslError:
     if isinstance(err, UnexpectedCharacters):
         ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
         span = Span(path, line, col, line, col + 1)
+        if ch == '"':
+            return NetdslError(Diagnostic("syntax error: unterminated string", span,
+                                          help="a string ends with '\"' on the same line"))
         hint = "strings use double quotes" if ch == "'" else None
         return NetdslError(Diagnostic(f"syntax error: unexpected character {ch!r}", span, help=hint))
     if isinstance(err, UnexpectedEOF):

@@ -134,7 +134,8 @@ def bind(el: Elaborator, scope: Scope, op: SurfaceOp, call: ast.Call) -> Bound:
     spans: dict[str, Span] = {}
     raw: list[tuple[str, ast.Expr]] = []
     if len(call.args) > len(op.args):
-        raise el.error(scope, f"{op.name}() takes at most {len(op.args)} arguments, found {len(call.args)}",
+        raise el.error(scope, f"{op.name}() takes at most {len(op.args)} argument{'s' * (len(op.args) != 1)}, "
+                       f"found {len(call.args)}",
                        call.args[len(op.args)].span, help=signature_text(op))
     for a, e in zip(op.args, call.args):
         raw.append((a.name, e))
