@@ -830,7 +830,7 @@ def test_acmix_edit_channel_count(check_fails, acmix_copy) -> None:
 def test_acmix_edit_value_channels_points_at_the_value(check_fails, acmix_copy) -> None:
     path, text = acmix_copy("v = conv(x, out_planes, kernel=1)", "v = conv(x, out_planes // 2, kernel=1)")
     r = check_fails(path)
-    assert "value f32[1,32,14,14] must have the query's shape [1, 64, 14, 14]" in r.message and "f32[1,32,14,14]" in r.message
+    assert "value f32[1,32,14,14] must have the query's shape [1, 64, 14, 14]" in r.message
     assert r.location == "acmix.net:" + locate(text, "v, heads=head")
     assert r.underlined == "v"
 
