@@ -88,7 +88,7 @@ def show(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-BUILTIN_FUNCS = ("range", "len", "sum", "min", "max", "int", "float", "abs", "prod", "ceil", "floor", "sqrt")
+BUILTIN_FUNCS = ("range", "len", "sum", "min", "max", "int", "float", "str", "abs", "prod", "ceil", "floor", "sqrt")
 
 
 class Elaborator:
@@ -350,7 +350,10 @@ class Elaborator:
         hint = f"{scope.prefix.rstrip('.')}/{var}" if scope.prefix else var
         new = graph.fresh_name(hint)
         if new != t.name:
-            self._rename_value(t.name, new)
+            # The value is the newest one: only its producer (the last node) mentions it.
+            last = graph.nodes[-1]
+            graph.values[new] = graph.values.pop(t.name)
+            last.outputs = [new if o == t.name else o for o in last.outputs]
             # Rebind every variable of this scope that referred to the old name.
             for k, v in scope.vars.items():
                 if v == t:
@@ -529,7 +532,7 @@ class Elaborator:
             return (left == right) == (e.op == "==")
         for side, v in ((e.left, left), (e.right, right)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                if e.op == "+" and isinstance(left, list) and isinstance(right, list):
+                if e.op == "+" and type(left) is type(right) and isinstance(left, (list, str)):
                     return left + right
                 raise self.error(scope, f"'{e.op}' needs numbers, found {type_name(v)} {show(v)}", side.span)
         try:
@@ -642,6 +645,8 @@ class Elaborator:
                 if not items or any(isinstance(x, (bool, Tensor, list, str)) for x in items):
                     raise self.error(scope, f"{f}() needs a non-empty list of numbers", e.span)
                 return {"sum": sum, "min": min, "max": max, "prod": math.prod}[f](items)
+            if f == "str" and isinstance(a, (int, str)) and not isinstance(a, bool):
+                return str(a)
             if isinstance(a, (bool, Tensor, list, str)):
                 raise self.error(scope, f"{f}() needs a number, found {type_name(a)}", e.args[0].span)
             if f == "int":

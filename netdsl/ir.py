@@ -82,7 +82,8 @@ class Provenance:
 
     @property
     def block_path(self) -> str:
-        return ".".join(f.path for f in self.chain if f.path)
+        """Full instance path of the innermost named block (each frame holds its full path)."""
+        return next((f.path for f in reversed(self.chain) if f.path), "")
 
     def __str__(self) -> str:
         parts = [str(self.span) if self.span else "<generated>"]
