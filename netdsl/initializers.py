@@ -56,7 +56,11 @@ def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
         data = rng.normal(0.0, init.arg("std"), shape)
     elif kind == "trunc_normal":
         std, lo, hi = init.arg("std"), init.arg("a", -2.0), init.arg("b", 2.0)
-        data = np.clip(rng.normal(0.0, std, shape), lo, hi)
+        data = rng.normal(0.0, std, shape)
+        outside = (data < lo) | (data > hi)
+        while outside.any():  # redraw (not clip): a truncated normal has no mass at the bounds
+            data[outside] = rng.normal(0.0, std, int(outside.sum()))
+            outside = (data < lo) | (data > hi)
     elif kind == "kaiming_normal_fan_out":
         data = rng.normal(0.0, np.sqrt(2.0 / init.arg("fan_out")), shape)
     elif kind == "shift":
