@@ -368,6 +368,9 @@ def _local_attention(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
         if t.shape != q.shape:
             raise OpTypeError(f"{['key', 'value'][i - 1]} {t} must have the query's shape {fmt_shape(q.shape)}", i)
     heads, kern, s = attrs["heads"], attrs["kernel"], attrs["stride"]
+    for key, val in (("heads", heads), ("kernel", kern), ("stride", s)):
+        if val < 1:
+            raise OpTypeError(f"local_attention {key} must be positive, found {val}", key)
     b, c, h, w = q.shape
     if c % heads:
         raise OpTypeError(f"channels ({c}) must be divisible by heads ({heads})", "heads")

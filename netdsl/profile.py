@@ -50,7 +50,7 @@ CHECKS: dict[str, CheckSpec] = {
     "in_channels": CheckSpec("numeric", "input channels of a convolution"),
     "out_channels": CheckSpec("numeric", "output channels of a convolution"),
     "spatial_rank": CheckSpec("numeric", "number of spatial axes of a convolution or pooling window"),
-    "rank": CheckSpec("numeric", "rank of the first input"),
+    "rank": CheckSpec("numeric", "rank of the first run-time (non-constant) input"),
     "axis": CheckSpec("numeric", "the op's axis attribute, normalised to 0..rank-1"),
     "axis_from_end": CheckSpec("numeric", "rank minus the normalised axis (3 = third from last, e.g. C of NCHW)"),
     "axis_length": CheckSpec("numeric", "length of the first input along the op's axis"),
@@ -172,7 +172,7 @@ class Profile:
     tensorrt: str = ""
     unlisted: str = "not listed in this profile"
     sources: dict[str, str] = field(default_factory=dict)
-    globals: dict[str, GlobalRule] = field(default_factory=dict)
+    global_rules: dict[str, GlobalRule] = field(default_factory=dict)
     ops: dict[str, OpRule] = field(default_factory=dict)
 
     def rule_for(self, op: str) -> OpRule | None:
@@ -181,7 +181,7 @@ class Profile:
 
     def global_value(self, check: str, default: Any = None) -> Any:
         """The value of a global rule, or ``default`` when the profile does not set it."""
-        rule = self.globals.get(check)
+        rule = self.global_rules.get(check)
         return default if rule is None else rule.value
 
     def source_url(self, tag: str) -> str:
@@ -217,7 +217,8 @@ def parse_profile(text: str, path: str, default_name: str = "profile") -> Profil
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ProfileError(path, None, f"invalid TOML: {e}") from e
+        where = re.search(r"at line (\d+)", str(e))
+        raise ProfileError(path, None, f"invalid TOML: {e}", int(where.group(1)) if where else None) from e
     return _Validator(text, path).profile(data, default_name)
 
 
@@ -293,7 +294,7 @@ class _Validator:
             tensorrt=self.string(head, "tensorrt", "profile.tensorrt", ""),
             unlisted=self.string(head, "unlisted", "profile.unlisted", "not listed in this profile"),
             sources=dict(sources),
-            globals={k: self.global_rule(k, v) for k, v in rules.items()},
+            global_rules={k: self.global_rule(k, v) for k, v in rules.items()},
             ops={op: self.op_rule(op, v) for op, v in ops.items()},
         )
 

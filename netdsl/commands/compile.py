@@ -16,6 +16,8 @@ from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.driver import add_spec_args, graph_from_args
 
 if TYPE_CHECKING:
+    import onnx
+
     from netdsl.passes.pipeline import PipelineResult
 
 TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
@@ -64,6 +66,15 @@ def lower(args: argparse.Namespace, target: str) -> PipelineResult:
     return run_pipeline(graph, target, weights=weights, passes=passes, print_after=getattr(args, "print_after", None))
 
 
+def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
+    """The ONNX model of the spec in ``args`` lowered for ``target`` (the shared spec flags,
+    ``--weights``/``--seed``, and optionally ``--passes``/``--opset``)."""
+    from netdsl.backends.onnx_backend import to_onnx
+
+    result = lower(args, target)
+    return to_onnx(result.graph, result.weights, opset=getattr(args, "opset", 17))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise NetdslError(Diagnostic("compile needs an output file: -o OUT"))
@@ -101,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         save_onnx(model, args.output)
         print(f"wrote {args.output} ({report.total}/{report.total} nodes covered by '{profile.name}')")
         print("build the engine on the target with:")
-        print("  " + trtexec_command(args.output, profile.name, args.precision))
+        print("  " + trtexec_command(args.output, profile.flow or profile.name, args.precision))
         return 0
     save_onnx(model, args.output)
     print(f"wrote {args.output} ({len(model.graph.node)} nodes, opset {args.opset})")

@@ -1,0 +1,532 @@
+"""Latency benchmarks of ONNX models (ONNX Runtime or TensorRT) and PyTorch modules.
+
+Several models are measured side by side in one process: for every batch size, each run times
+every model once, in an order rotated from run to run, so that thermal or background drift hits all
+models alike and ratios to a baseline are fair. Per batch size the table gives the median and 90th
+percentile latency (ms, wall clock around one inference call) and images per second.
+
+Models exported with a fixed batch are re-batched on a copy: the batch dimension of the graph
+inputs is rewritten, output shapes are re-inferred, and constant shapes that bake the old batch in
+(the leading entry of Reshape shapes on batch-carrying tensors; Expand shapes, Resize sizes and
+ConstantOfShape shapes whose leading entry is the old batch) are scaled. The re-batched model is then
+verified against the original on distinct random samples with ONNX Runtime, so a model that mixes
+samples or cannot be re-batched is reported as such instead of being timed wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+from rich.table import Table
+
+from netdsl.atomic_write import atomic_paths
+
+DEFAULT_BATCHES = (1, 4, 8, 16)
+BACKENDS = ("ort", "trt", "torch")
+
+
+class RebatchError(ValueError):
+    """A fixed-batch model cannot be run at another batch size."""
+
+
+@dataclass
+class TorchModel:
+    """A PyTorch module to benchmark, with the shape of one sample (without the batch axis)."""
+
+    module: Any
+    sample_shape: tuple[int, ...]
+
+
+@dataclass
+class PerBatchModel:
+    """An ONNX model built natively for each batch size (e.g. a spec compiled with its batch bound),
+    so it needs no re-batching."""
+
+    build: Callable[[int], onnx.ModelProto]
+
+
+ModelLike = onnx.ModelProto | str | Path | TorchModel | PerBatchModel
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class BatchTiming:
+    """Latency statistics of one model at one batch size (or why it could not be measured)."""
+
+    batch: int
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    images_per_s: float | None = None
+    runs: int = 0
+    latency_vs_baseline: float | None = None  # median / baseline median at the same batch (< 1: faster)
+    error: str | None = None
+
+
+@dataclass
+class BenchResult:
+    """All batch sizes of one model."""
+
+    name: str
+    rows: list[BatchTiming] = field(default_factory=list)
+
+    def row(self, batch: int) -> BatchTiming | None:
+        """The row of ``batch``, if it was run."""
+        return next((r for r in self.rows if r.batch == batch), None)
+
+
+@dataclass
+class BenchTable:
+    """A side-by-side benchmark of several models."""
+
+    backend: str
+    batches: list[int]
+    warmup: int
+    runs: int
+    baseline: str | None
+    results: list[BenchResult]
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def result(self, name: str) -> BenchResult:
+        """The results of the model called ``name``."""
+        return next(r for r in self.results if r.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the settings, environment and every model's rows."""
+        return {
+            "backend": self.backend,
+            "batches": self.batches,
+            "warmup": self.warmup,
+            "runs": self.runs,
+            "baseline": self.baseline,
+            "environment": self.environment,
+            "models": [{"name": r.name, "rows": [asdict(row) for row in r.rows]} for r in self.results],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+# --------------------------------------------------------------------------- re-batching
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in initializers]
+
+
+def batch_size_of(model: onnx.ModelProto) -> int | None:
+    """The fixed batch (first dim shared by all graph inputs), or None when it is symbolic."""
+    firsts = set()
+    for vi in _graph_inputs(model):
+        dims = vi.type.tensor_type.shape.dim
+        if not dims:
+            raise RebatchError(f"graph input '{vi.name}' has no batch axis (rank 0 or unknown shape)")
+        firsts.add(dims[0].dim_value if dims[0].HasField("dim_value") else None)
+    if None in firsts:
+        return None
+    if len(firsts) != 1:
+        raise RebatchError(f"graph inputs disagree on the batch size: {sorted(firsts)}")
+    return firsts.pop()
+
+
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    int64 = onnx.TensorProto.INT64
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == int64}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            if node.attribute[0].t.data_type == onnx.TensorProto.INT64:
+                values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _batch_carrying(model: onnx.ModelProto) -> set[str]:
+    """Tensors whose element count grows with the batch (downstream of the inputs, not shapes)."""
+    carrying = {vi.name for vi in _graph_inputs(model)}
+    for node in model.graph.node:
+        if node.op_type not in ("Shape", "Size") and any(i in carrying for i in node.input):
+            carrying.update(node.output)
+    return carrying
+
+
+# (op, index of the constant shape-like input, rule): "scale" multiplies the leading entry by
+# new/old batch (Reshape of a batch-carrying tensor); "replace" swaps a leading entry equal to the old
+# batch for the new one (Expand / Resize sizes / ConstantOfShape may broadcast a constant up to it)
+_SHAPE_INPUTS = {"Reshape": (1, "scale"), "Expand": (1, "replace"), "Resize": (3, "replace"),
+                 "ConstantOfShape": (0, "replace")}
+
+
+def _rewrite_constant_shapes(model: onnx.ModelProto, old: int, new: int) -> None:
+    values = _constant_values(model)
+    carrying = _batch_carrying(model)
+    for node in model.graph.node:
+        if node.op_type not in _SHAPE_INPUTS:
+            continue
+        index, rule = _SHAPE_INPUTS[node.op_type]
+        if index >= len(node.input) or node.input[index] not in values:
+            continue
+        shape = values[node.input[index]].copy()
+        if shape.ndim != 1 or shape.size == 0:
+            continue
+        lead = int(shape[0])
+        if rule == "scale":
+            if node.input[0] not in carrying or lead <= 0:
+                continue  # -1 and 0 already follow the input; constants do not carry the batch
+            if (lead * new) % old:
+                what = f"{node.op_type} '{node.name}'"
+                raise RebatchError(f"{what} has leading dim {lead}, not a multiple of the exported batch {old}")
+            shape[0] = lead * new // old
+        elif lead == old:
+            shape[0] = new
+        else:
+            continue
+        # a fresh initializer per node: the original constant may be shared with other nodes
+        name = f"{node.input[index]}__batch{new}_{node.name or id(node)}"
+        model.graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), name))
+        node.input[index] = name
+
+
+def rebatch_model(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy of ``model`` that runs at ``batch``; raises :class:`RebatchError` when it cannot."""
+    old = batch_size_of(model)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for vi in _graph_inputs(copy):
+        dim = vi.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = batch
+    # outputs and intermediates are re-inferred: not every output has a batch axis (squeeze at batch 1)
+    for vi in copy.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    del copy.graph.value_info[:]
+    if old is not None and old != batch:
+        _rewrite_constant_shapes(copy, old, batch)
+    try:
+        return onnx.shape_inference.infer_shapes(copy, strict_mode=True)
+    except Exception as e:  # noqa: BLE001 - onnx raises several error types for one meaning
+        raise RebatchError(f"the model does not type-check at batch {batch}: {str(e).strip().splitlines()[-1]}") from e
+
+
+def random_inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random float (normal) / zero integer and bool inputs of the model's static input shapes."""
+    feeds = {}
+    for vi in _graph_inputs(model):
+        tensor_type = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[vi.name] = np.zeros(dims, dtype=dtype)
+    return feeds
+
+
+def verify_rebatch(original: Any, rebatched: Any, old: int, batch: int, feeds: dict[str, np.ndarray]) -> None:
+    """Check that ``rebatched`` (a session at ``batch``) equals ``original`` (a session at ``old``)
+    run chunk by chunk on the same distinct samples; raises :class:`RebatchError` when not."""
+    chunks = []
+    for start in range(0, batch, old):
+        index = np.arange(start, start + old) % batch  # the last chunk wraps around to stay full
+        chunks.append(original.run(None, {k: v[index] for k, v in feeds.items()}))
+    actual = rebatched.run(None, feeds)
+    names = [o.name for o in rebatched.get_outputs()]
+    for i, name in enumerate(names):
+        exported = chunks[0][i].shape
+        if not exported or exported[0] != old:
+            raise RebatchError(
+                f"output '{name}' has shape {exported} at the exported batch {old}: its first axis is not the batch "
+                "(e.g. squeeze() dropped a size-1 batch axis), so the model cannot be re-batched; export it at each "
+                "batch size"
+            )
+        expected = np.concatenate([c[i] for c in chunks])[:batch]
+        if actual[i].shape != expected.shape:
+            raise RebatchError(
+                f"at batch {batch} output '{name}' has shape {actual[i].shape}, but the batch-{old} model run sample "
+                f"by sample gives {expected.shape}; export the model at this batch"
+            )
+        if not np.allclose(actual[i], expected, rtol=1e-3, atol=1e-4):
+            raise RebatchError(
+                f"at batch {batch} output '{name}' differs from the batch-{old} model run sample by sample: the "
+                "model mixes samples across the batch or bakes the batch size into a constant; export it at this batch"
+            )
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class _Runner(Protocol):
+    def run(self) -> None: ...
+
+
+class _OnnxSource:
+    """An ONNX model with its original batch and a lazily created original-batch ORT session, or a
+    :class:`PerBatchModel` that builds the model for each batch."""
+
+    def __init__(self, model: onnx.ModelProto | PerBatchModel, threads: int | None):
+        self.per_batch = model if isinstance(model, PerBatchModel) else None
+        self.model = None if self.per_batch else model
+        self.old = None if self.per_batch else batch_size_of(model)
+        self.threads = threads
+        self._original: Any = None
+
+    def session(self, model: onnx.ModelProto) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: re-batched copies leave harmless unused constants
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def at_batch(self, batch: int, verify: bool) -> onnx.ModelProto:
+        """The model at ``batch``, verified against the original when it had to be rewritten."""
+        if self.per_batch is not None:
+            return self.per_batch.build(batch)
+        if self.old == batch:
+            return self.model
+        rebatched = rebatch_model(self.model, batch)
+        if verify and self.old is not None:
+            if self._original is None:
+                self._original = self.session(self.model)
+            feeds = random_inputs(rebatched, np.random.default_rng(batch))
+            verify_rebatch(self._original, self.session(rebatched), self.old, batch, feeds)
+        return rebatched
+
+
+class _OrtRunner:
+    def __init__(self, source: _OnnxSource, batch: int, verify: bool):
+        model = source.at_batch(batch, verify)
+        self.session = source.session(model)
+        self.feeds = random_inputs(model, np.random.default_rng(0))
+
+    def run(self) -> None:
+        self.session.run(None, self.feeds)
+
+
+class _TrtRunner:
+    """Builds an FP16 (or ``precision``) engine of the re-batched model and executes it."""
+
+    def __init__(self, source: _OnnxSource, batch: int, verify: bool, precision: str):
+        from netdsl.backends import trt_engine
+
+        trt_engine.require_tensorrt()  # fail fast, before re-batching
+        model = source.at_batch(batch, verify)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = Path(tmp) / "model.onnx"
+            onnx.save(model, onnx_path)
+            options = trt_engine.EngineOptions(precision=precision)
+            built = trt_engine.build_engine(onnx_path, Path(tmp) / "model.engine", options)
+            self.runner = trt_engine.EngineRunner(built.engine_path)
+
+    def run(self) -> None:
+        self.runner.run()
+
+
+class _TorchRunner:
+    def __init__(self, model: TorchModel, batch: int):
+        import torch
+
+        self.torch = torch
+        self.module = model.module.eval()
+        self.input = torch.randn(batch, *model.sample_shape)
+
+    def run(self) -> None:
+        with self.torch.inference_mode():
+            self.module(self.input)
+
+
+def _load(model: ModelLike) -> onnx.ModelProto | TorchModel | PerBatchModel:
+    if isinstance(model, str | Path):
+        return onnx.load(str(model))
+    return model
+
+
+def _runner_factory(model: onnx.ModelProto | TorchModel | PerBatchModel, backend: str, threads: int | None,
+                    verify: bool, precision: str) -> Callable[[int], _Runner]:
+    if isinstance(model, TorchModel):
+        if backend != "torch":
+            raise ValueError(f"a PyTorch module runs with backend 'torch', not '{backend}'")
+        return lambda batch: _TorchRunner(model, batch)
+    if backend == "torch":
+        raise ValueError("backend 'torch' runs PyTorch modules (TorchModel); ONNX models run with 'ort' or 'trt'")
+    source = _OnnxSource(model, threads)
+    if backend == "trt":
+        return lambda batch: _TrtRunner(source, batch, verify, precision)
+    return lambda batch: _OrtRunner(source, batch, verify)
+
+
+# --------------------------------------------------------------------------- benchmark loop
+
+
+def _environment(backend: str, threads: int | None) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "intra_op_threads": threads or "default",
+    }
+    if backend == "ort":
+        import onnxruntime as ort
+
+        env["onnxruntime"] = ort.__version__
+    return env
+
+
+def _stats(batch: int, times_ms: list[float]) -> BatchTiming:
+    median = float(np.median(times_ms))
+    return BatchTiming(batch=batch, median_ms=median, p90_ms=float(np.percentile(times_ms, 90)),
+                       images_per_s=batch * 1000.0 / median if median > 0 else None, runs=len(times_ms))
+
+
+def _error_text(e: Exception) -> str:
+    return str(e) if isinstance(e, RebatchError | ValueError) else f"{type(e).__name__}: {e}"
+
+
+def bench_many(models: Mapping[str, ModelLike], batches: Sequence[int] = DEFAULT_BATCHES, warmup: int = 10,
+               runs: int = 50, backend: str = "ort", baseline: str | None = None, progress: bool = True,
+               threads: int | None = None, verify: bool = True, precision: str = "fp16",
+               console: Console | None = None) -> BenchTable:
+    """Benchmark several models side by side (round-robin per run) at each batch size.
+
+    ``backend``: ``ort`` (ONNX Runtime, CPU), ``trt`` (TensorRT engines, ``precision``) or
+    ``torch`` (:class:`TorchModel` values); ONNX models are protos, paths, or :class:`PerBatchModel`.
+    A model that fails at a batch size gets a row with the error and the others go on.
+    ``baseline`` names the model ratios are taken against."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
+    if baseline is not None and baseline not in models:
+        raise ValueError(f"baseline '{baseline}' is not one of the models: {', '.join(models)}")
+    if warmup < 0 or runs < 1 or not batches or any(b < 1 for b in batches):
+        raise ValueError("need warmup >= 0, runs >= 1 and batch sizes >= 1")
+    factories = {name: _runner_factory(_load(m), backend, threads, verify, precision) for name, m in models.items()}
+    results = {name: BenchResult(name) for name in models}
+    with Progress(console=console, transient=True, disable=not progress) as bar:
+        task = bar.add_task("benchmark", total=len(batches) * len(models) * (warmup + runs))
+        for batch in batches:
+            runners: dict[str, _Runner] = {}
+            for name, factory in factories.items():
+                bar.update(task, description=f"batch {batch}: preparing {name}")
+                try:
+                    runners[name] = factory(batch)
+                except Exception as e:  # noqa: BLE001 - one model's failure must not stop the others
+                    results[name].rows.append(BatchTiming(batch=batch, error=_error_text(e)))
+                    bar.advance(task, warmup + runs)
+            times = _measure(runners, warmup, runs, lambda: bar.advance(task), bar, task, batch)
+            for name, samples in times.items():
+                results[name].rows.append(_stats(batch, samples))
+            del runners
+    table = BenchTable(backend, list(batches), warmup, runs, baseline, [results[n] for n in models],
+                       _environment(backend, threads))
+    _apply_baseline(table)
+    return table
+
+
+def _measure(runners: dict[str, _Runner], warmup: int, runs: int, tick: Callable[[], None], bar: Progress,
+             task: Any, batch: int) -> dict[str, list[float]]:
+    names = list(runners)
+    bar.update(task, description=f"batch {batch}: warming up")
+    for _ in range(warmup):
+        for name in names:
+            runners[name].run()
+            tick()
+    bar.update(task, description=f"batch {batch}: timing {len(names)} model(s)")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:  # rotate the order so no model always goes first
+            start = time.perf_counter()
+            runners[name].run()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+            tick()
+    return times
+
+
+def _apply_baseline(table: BenchTable) -> None:
+    if table.baseline is None:
+        return
+    base = table.result(table.baseline)
+    for result in table.results:
+        for row in result.rows:
+            ref = base.row(row.batch)
+            if row.median_ms is not None and ref is not None and ref.median_ms:
+                row.latency_vs_baseline = row.median_ms / ref.median_ms
+
+
+def bench_onnx(model_or_path: onnx.ModelProto | str | Path, batches: Sequence[int] = DEFAULT_BATCHES,
+               warmup: int = 10, runs: int = 50, backend: str = "ort", progress: bool = True,
+               threads: int | None = None, verify: bool = True, precision: str = "fp16") -> BenchResult:
+    """Benchmark one ONNX model at each batch size (see :func:`bench_many`)."""
+    table = bench_many({"model": model_or_path}, batches, warmup, runs, backend, None, progress, threads, verify,
+                       precision)
+    return table.results[0]
+
+
+# --------------------------------------------------------------------------- output
+
+
+def render_bench(table: BenchTable, console: Console) -> None:
+    """Print one row per model, one column per batch: median (p90) ms, images/s, ratio."""
+    title = f"latency, backend {table.backend} ({table.runs} runs after {table.warmup} warm-up, interleaved)"
+    rich_table = Table(title=title)
+    rich_table.add_column("model")
+    for batch in table.batches:
+        rich_table.add_column(f"batch {batch}", justify="right")
+    for result in table.results:
+        cells = []
+        for batch in table.batches:
+            row = result.row(batch)
+            if row is None or row.error:
+                cells.append(f"[red]{escape(row.error if row else 'not run')}[/red]")
+                continue
+            cell = f"{row.median_ms:.3f} ms (p90 {row.p90_ms:.3f})\n{row.images_per_s:.1f} img/s"
+            if row.latency_vs_baseline is not None and result.name != table.baseline:
+                cell += f"\n{row.latency_vs_baseline:.2f}x {escape(table.baseline or '')}"
+            cells.append(cell)
+        name = f"{result.name} (baseline)" if result.name == table.baseline else result.name
+        rich_table.add_row(escape(name), *cells)
+    console.print(rich_table)
+
+
+def plot_bench(table: BenchTable, path: str | Path) -> None:
+    """Save a latency-vs-batch plot (one line per model, median with p90 whiskers) as an image.
+
+    Uses a bare matplotlib Figure (Agg canvas), leaving pyplot's global backend alone."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for result in table.results:
+        rows = [r for r in result.rows if r.median_ms is not None and r.p90_ms is not None]
+        if not rows:
+            continue
+        spread = [r.p90_ms - r.median_ms for r in rows]
+        ax.errorbar([r.batch for r in rows], [r.median_ms for r in rows], yerr=[[0] * len(rows), spread],
+                    marker="o", capsize=3, label=result.name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(table.batches, [str(b) for b in table.batches])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("median latency (ms)")
+    ax.set_title(f"latency vs batch ({table.backend})")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    with atomic_paths(path) as (staged,):
+        fig.savefig(staged)

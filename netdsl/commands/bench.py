@@ -1,0 +1,160 @@
+"""``netdsl bench SPEC|MODEL.onnx [more ...] --batch 1,4,8,16``: side-by-side latency table.
+
+All models run in one process, interleaved run by run, so ratios to ``--baseline`` are fair.
+Backends: ``ort`` (ONNX Runtime, CPU), ``trt`` (TensorRT engines; where TensorRT or a GPU is
+missing this says so and measures with ONNX Runtime instead) and ``torch`` (PyTorch modules
+generated from specs). Fixed-batch ONNX models are re-batched and verified against the original.
+Exit status 0 when every model was measured at every batch size, 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from netdsl.commands.coverage import add_model_input_args, load_model_input, wide_console
+from netdsl.diagnostics import Diagnostic, NetdslError, render
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``netdsl bench``."""
+    p = subparsers.add_parser("bench", help="benchmark models side by side at several batch sizes",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="SPEC|MODEL.onnx", help=".net specs or ONNX models")
+    p.add_argument("--batch", default="1,4,8,16", help="comma-separated batch sizes (default 1,4,8,16)")
+    p.add_argument("--backend", choices=("ort", "trt", "torch"), default="ort", help="runtime (default ort)")
+    p.add_argument("--baseline", metavar="NAME", help="model the ratios refer to (a file name without suffix)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model and batch (default 50)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8", "qdq"), default="fp16",
+                   help="TensorRT precision for --backend trt (default fp16)")
+    p.add_argument("--target", default="onnx", choices=("onnx", "trt", "trt-restricted", "trt-dla"),
+                   help="compile target for specs (default onnx)")
+    p.add_argument("--no-verify", action="store_true", help="do not check re-batched models against the original")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="also save a latency-vs-batch plot")
+    add_model_input_args(p)
+    p.set_defaults(run=run)
+
+
+def parse_batches(text: str) -> list[int]:
+    """``"1,4,8,16"`` -> ``[1, 4, 8, 16]``; a located error for anything else."""
+    try:
+        batches = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1 or len(set(batches)) != len(batches):
+        raise NetdslError(Diagnostic(f"--batch expects distinct positive integers like 1,4,8,16, found '{text}'"))
+    return batches
+
+
+def model_names(paths: list[str]) -> list[str]:
+    """Display names: the file stem, made unique with the parent folder, then a counter."""
+    stems = [Path(p).stem for p in paths]
+    names: list[str] = []
+    for path, stem in zip(paths, stems, strict=True):
+        base = stem if stems.count(stem) == 1 else f"{Path(path).parent.name}/{stem}"
+        name, count = base, 1
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names.append(name)
+    return names
+
+
+def _torch_model(path: str, args: argparse.Namespace) -> Any:
+    """A spec as a PyTorch module (with the spec's weights) and its per-sample input shape."""
+    if Path(path).suffix == ".onnx":
+        raise NetdslError(Diagnostic(f"{path}: --backend torch runs .net specs; ONNX models run with ort or trt"))
+    from netdsl.backends.bench import TorchModel
+    from netdsl.backends.torch_backend import build_module
+    from netdsl.commands.compile import lower
+
+    result = lower(argparse.Namespace(**{**vars(args), "spec": Path(path)}), "torch")
+    graph = result.graph
+    if len(graph.inputs) != 1:
+        raise NetdslError(Diagnostic(f"{path}: the torch benchmark feeds one input, the model has {graph.inputs}"))
+    return TorchModel(build_module(graph, result.weights), graph.values[graph.inputs[0]].shape[1:])
+
+
+def _onnx_model(path: str, args: argparse.Namespace) -> Any:
+    """An ONNX file as it is; a spec as a :class:`PerBatchModel` compiled with its input's batch
+    bound to each batch size (specs need no re-batching, and keep batch-dependent semantics such as
+    squeeze() exact)."""
+    model = load_model_input(path, args, args.target)
+    if Path(path).suffix == ".onnx":
+        return model
+    from netdsl.backends.bench import PerBatchModel
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in initializers]
+    if len(inputs) != 1:
+        return model  # several inputs: fall back to re-batching the compiled model
+    name = inputs[0].name
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    others = [binding for binding in args.inputs if binding.partition("=")[0].strip() != name]
+
+    def build(batch: int) -> Any:
+        if batch == dims[0]:
+            return model
+        shape = "x".join(str(d) for d in [batch, *dims[1:]])
+        return load_model_input(path, argparse.Namespace(**{**vars(args), "inputs": [*others, f"{name}={shape}"]}),
+                                args.target)
+
+    return PerBatchModel(build)
+
+
+def _backend(requested: str, console: Any) -> str:
+    from rich.markup import escape
+
+    if requested != "trt":
+        return requested
+    from netdsl.backends.trt_engine import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable as err:
+        console.print(f"[yellow]TensorRT is not usable here: {escape(str(err))}.[/yellow] "
+                      "Benchmarking with ONNX Runtime instead.")
+        return "ort"
+    return "trt"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Benchmark; 0 when every model was measured at every batch size, 2 otherwise."""
+    from rich.markup import escape
+
+    from netdsl.backends.bench import bench_many, plot_bench, render_bench
+
+    console = wide_console()
+    try:
+        batches = parse_batches(args.batch)
+        names = model_names(args.models)
+        if args.baseline is not None and args.baseline not in names:
+            raise NetdslError(Diagnostic(f"--baseline '{args.baseline}' is not one of the models: {', '.join(names)}"))
+        backend = _backend(args.backend, console)
+        if backend == "torch":
+            models = {n: _torch_model(p, args) for n, p in zip(names, args.models, strict=True)}
+        else:
+            models = {n: _onnx_model(p, args) for n, p in zip(names, args.models, strict=True)}
+        if args.warmup < 0 or args.runs < 1:
+            raise NetdslError(Diagnostic("--warmup must be >= 0 and --runs >= 1"))
+    except NetdslError as err:
+        print(render(err.diag), file=sys.stderr)
+        return 2
+    table = bench_many(models, batches, args.warmup, args.runs, backend, args.baseline, progress=True,
+                       threads=args.threads, verify=not args.no_verify, precision=args.precision, console=console)
+    render_bench(table, console)
+    if args.json is not None:
+        from netdsl.atomic_write import atomic_write_text
+
+        atomic_write_text(args.json, table.to_json() + "\n")
+    if args.plot is not None:
+        plot_bench(table, args.plot)
+    failed = [f"{r.name} at batch {row.batch}" for r in table.results for row in r.rows if row.error]
+    if failed:
+        console.print("[red]not measured:[/red] " + escape(", ".join(failed)))
+    return 2 if failed else 0

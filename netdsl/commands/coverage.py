@@ -1,0 +1,97 @@
+"""``netdsl coverage MODEL.onnx|SPEC --profile P [--json OUT]``: TensorRT layer coverage of a model.
+
+Checks every node against a TensorRT profile (``trt``, ``trt-restricted``, ``trt-dla`` or a
+profile TOML file) and prints, per node, the ONNX op, the TensorRT layer, the verdict, the violated
+limit, the spec location and the suggested rewrite. Exit status 0 when every node is covered, 2
+when some node is not (or the input or profile is bad).
+
+A ``.net`` spec is compiled first (for ``--target``, by default the profile's own target) with
+:func:`netdsl.commands.compile.compile_to_onnx`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from netdsl.diagnostics import Diagnostic, NetdslError, render
+from netdsl.driver import add_spec_args
+from netdsl.profile import BUNDLED_PROFILES
+
+SPEC_TARGETS = ("onnx", "trt", "trt-restricted", "trt-dla")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``netdsl coverage``."""
+    p = subparsers.add_parser("coverage", help="check every node of a model against a TensorRT profile",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL.onnx|SPEC", help="an ONNX model or a .net spec")
+    p.add_argument("--profile", default="trt-restricted",
+                   help=f"profile name ({', '.join(BUNDLED_PROFILES)}) or a profile TOML file (default trt-restricted)")
+    p.add_argument("--target", choices=SPEC_TARGETS,
+                   help="compile target for a spec (default: the profile's name, trt-restricted for profile files)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
+    p.add_argument("--violations-only", action="store_true", help="list only the nodes that are not covered")
+    add_model_input_args(p)
+    p.set_defaults(run=run)
+
+
+def add_model_input_args(p: argparse.ArgumentParser) -> None:
+    """The flags a spec input needs (shared with ``netdsl bench``)."""
+    p.add_argument("--weights", type=Path, help="weights for a spec (.safetensors, .npz, .pt, .pth)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a spec's default initialisation (default 0)")
+    add_spec_args(p)
+
+
+def load_model_input(path: str | Path, args: argparse.Namespace, target: str) -> Any:
+    """An ``onnx.ModelProto`` from an ``.onnx`` file, or from a spec compiled for ``target``.
+
+    Raises :class:`NetdslError` for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NetdslError(Diagnostic(f"{path}: no such file"))
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            return onnx.load(str(path))
+        except Exception as err:  # noqa: BLE001 - protobuf and onnx raise several error types
+            raise NetdslError(Diagnostic(f"{path}: not a readable ONNX model: {err}")) from None
+    from netdsl.commands import compile as compile_command
+
+    return compile_command.compile_to_onnx(argparse.Namespace(**{**vars(args), "spec": path}), target)
+
+
+def wide_console() -> Any:
+    """A rich console; 160 columns when the output is not a terminal (files, pipes, CI logs),
+    where rich would otherwise squeeze wide tables into 80."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check coverage; 0 if every node is covered, 2 if not or on bad input."""
+    from netdsl.backends.trt_coverage import check_coverage, render_coverage
+    from netdsl.profile import ProfileError, load_profile
+
+    try:
+        try:
+            profile = load_profile(args.profile)
+        except ProfileError as err:
+            raise NetdslError(Diagnostic(str(err))) from None
+        target = args.target or (args.profile if args.profile in BUNDLED_PROFILES else "trt-restricted")
+        model = load_model_input(args.model, args, target)
+    except NetdslError as err:
+        print(render(err.diag), file=sys.stderr)
+        return 2
+    report = check_coverage(model, profile)
+    render_coverage(report, wide_console(), violations_only=args.violations_only)
+    if args.json is not None:
+        from netdsl.atomic_write import atomic_write_text
+
+        atomic_write_text(args.json, report.to_json() + "\n")
+    return 0 if report.covered else 2

@@ -1,0 +1,80 @@
+"""Pass infrastructure: what a rewrite pass is, and how it records what it did.
+
+A pass is a :class:`Pass`: a name, the phase it runs in, a function ``Graph -> Graph`` and
+optional pre/postcondition checks (tests assert them). Nodes a pass creates get the
+provenance of the node they replace plus the pass's name (:func:`derived`), so every
+lowered op can be traced back to its spec line and the chain of rules applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netdsl.ir import Graph, Node, Provenance
+
+# Phases run in this order; within a phase, passes run in the order the pipeline lists them.
+PHASES = ("canonicalize", "lower", "optimize", "cleanup")
+
+
+@dataclass
+class RewriteLog:
+    """What a pass run changed: (rule, spec location, replaced op, new op types)."""
+
+    entries: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+
+    def record(self, rule: str, old: Node, new_ops: list[str]) -> None:
+        where = str(old.provenance.span) if old.provenance.span else "<generated>"
+        self.entries.append((rule, where, old.op, new_ops))
+
+
+Check = Callable[[Graph], list[str]]  # returns a list of violations (empty = holds)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A graph rewrite.
+
+    ``run(graph, log)`` returns the rewritten graph (it may mutate and return the same object).
+    ``pre``/``post`` return lists of violated conditions; tests check them around ``run``.
+    """
+
+    name: str
+    phase: str
+    run: Callable[[Graph, RewriteLog], Graph]
+    doc: str
+    pre: Check | None = None
+    post: Check | None = None
+
+
+Weights = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class WeightedPass:
+    """A pass that reads or rewrites parameter values, which are data rather than IR.
+
+    ``bind(weights)`` returns the :class:`Pass`; running it updates ``weights`` in place so that
+    it keeps naming every parameter the rewritten graph uses (e.g. a folded conv weight).
+    """
+
+    name: str
+    phase: str
+    doc: str
+    bind: Callable[[Weights], Pass]
+
+
+def derived(node: Node, rule: str) -> Provenance:
+    """Provenance for a node created by ``rule`` while rewriting ``node``."""
+    return node.provenance.with_rule(rule)
+
+
+def ops_absent(*ops: str) -> Check:
+    """A postcondition: none of ``ops`` is left in the graph."""
+
+    def check(graph: Graph) -> list[str]:
+        return [f"{n.op} node {n.outputs[0]} left" for n in graph.nodes if n.op in ops]
+
+    return check

@@ -1,0 +1,130 @@
+"""Per-target pass pipelines: which rewrites each backend gets, in which order, checked after every step.
+
+:data:`PIPELINES` names the passes of each target:
+
+* ``onnx`` keeps what ONNX Runtime runs fastest: its fused kernels (attention, softmax,
+  batch norm, which ORT fuses into convs itself) stay; only constant folding, CSE, cleanup of
+  data movement and DCE run;
+* ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
+  batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
+  shuffle cleanup;
+* ``trt`` (standard TensorRT) additionally folds batch norms into convolutions;
+* ``trt-restricted`` lowers everything it can to the restricted layer set (conv, elementwise,
+  shuffle, concat, slice, softmax, resize by scales): attention, shift, unfold, roll, max
+  pooling, padding, reductions, linear maps and activations outside the set, then folds batch
+  norms and parameter-only subgraphs into constants. Layer norm and GELU have no exact form in
+  that set and stay (the coverage report names them);
+* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, and
+  that concats are moved to the channel axis (the only one DLA concatenates along).
+
+Passes run by phase (:data:`netdsl.passes.base.PHASES`), in list order within a phase; a
+``passes`` list given by the user replaces the target's list and is ordered the same way. After
+each pass the IR is verified; a broken graph is an internal error naming the pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
+from netdsl.ir import Graph
+from netdsl.passes.base import PHASES, RewriteLog, Weights
+from netdsl.passes.registry import get_pass, lookup, needs_weights
+from netdsl.printer import format_graph
+from netdsl.verifier import verify
+
+_FOLD_AND_CLEAN = ["fold_batchnorm", "fold_params", "constant_folding", "cse", "cleanup_shuffles", "dce"]
+
+PIPELINES: dict[str, list[str]] = {
+    "onnx": ["constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "torch": ["cse", "cleanup_shuffles"],
+    "trt": ["fold_batchnorm", "constant_folding", "cse", "cleanup_shuffles", "dce"],
+    # Order matters within the lower phase: the attention lowerings emit pads, reductions and
+    # concats, and the maxpool lowering emits an edge pad, all lowered by the passes after them.
+    "trt-restricted": [
+        "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "maxpool_to_elementwise", "pad_to_slice_concat", "reduce_to_conv", "reduce_max_to_elementwise",
+        "linear_to_conv", "hardswish_decompose", "tanh_decompose", *_FOLD_AND_CLEAN,
+    ],
+    "trt-dla": [
+        "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "pad_to_slice_concat", "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose",
+        "concat_to_channels", *_FOLD_AND_CLEAN,
+    ],
+}
+
+PRINT_ALL = "all"
+
+
+class PassFailure(RuntimeError):
+    """A pass raised or left an invalid graph: an internal error, named after the pass."""
+
+
+@dataclass
+class PipelineResult:
+    """The lowered graph, its weights (pruned to its parameters; None if none were given), and the log."""
+
+    graph: Graph
+    weights: Weights | None
+    log: RewriteLog
+    passes: list[str]
+
+
+def pipeline_passes(target: str, passes: list[str] | None = None) -> list[str]:
+    """The pass names to run for ``target`` (or the given ``passes``), in run order; user errors for unknown names."""
+    if passes is None:
+        if target not in PIPELINES:
+            raise NetdslError(Diagnostic(f"unknown target '{target}'", help=did_you_mean(target, PIPELINES),
+                                         notes=["targets: " + ", ".join(PIPELINES)]))
+        passes = PIPELINES[target]
+    phases = [PHASES.index(lookup(name).phase) for name in passes]
+    return [name for _, _, name in sorted(zip(phases, range(len(passes)), passes))]
+
+
+def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, passes: list[str] | None = None,
+                 print_after: str | None = None, printer: Callable[[str], None] = print) -> PipelineResult:
+    """Run the pipeline of ``target`` (or ``passes`` instead) on a copy of ``graph``.
+
+    ``weights`` (by parameter name) are needed by passes that rewrite parameter values
+    (``fold_batchnorm``, ``fold_params``); the caller's dict is not modified. ``print_after``
+    names a pass (or ``all``) after which the IR is given to ``printer``.
+    Raises NetdslError for an unknown target, pass or ``print_after`` name, ValueError when
+    weights are missing, and :class:`PassFailure` when a pass breaks the IR.
+    """
+    names = pipeline_passes(target, passes)
+    if print_after is not None and print_after != PRINT_ALL and print_after not in names:
+        raise NetdslError(Diagnostic(f"--print-after '{print_after}' is not one of the passes run",
+                                     help=did_you_mean(print_after, names),
+                                     notes=["passes run: " + (", ".join(names) or "none")]))
+    work = _checked_weights(graph, weights, names)
+    graph = copy.deepcopy(graph)
+    log = RewriteLog()
+    for name in names:
+        step = get_pass(name, work)
+        try:
+            graph = step.run(graph, log)
+            verify(graph)
+        except NetdslError:
+            raise
+        except Exception as err:
+            raise PassFailure(f"pass '{name}' failed on graph '{graph.name}': {type(err).__name__}: {err}") from err
+        if print_after in (name, PRINT_ALL):
+            printer(f"# IR after {name}\n" + format_graph(graph))
+    if work is not None:
+        work = {p: work[p] for p in graph.params}
+    return PipelineResult(graph, work, log, names)
+
+
+def _checked_weights(graph: Graph, weights: Weights | None, names: list[str]) -> Weights | None:
+    """A copy of ``weights`` after checking it names every parameter when a pass needs it."""
+    if weights is None:
+        needing = [n for n in names if needs_weights(n)]
+        if needing:
+            raise ValueError(f"passes {', '.join(needing)} rewrite parameter values and need the weights")
+        return None
+    missing = [p for p in graph.params if p not in weights]
+    if missing:
+        raise ValueError(f"weights miss parameters: {', '.join(missing)}")
+    return dict(weights)

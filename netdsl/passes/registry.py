@@ -1,0 +1,101 @@
+"""The pass registry: pass name -> :class:`Pass` (or :class:`WeightedPass`), collected from the pass modules.
+
+Each module listed in :data:`PASS_MODULES` defines its passes as module-level ``Pass`` /
+``WeightedPass`` objects; the registry imports the modules and collects every such object. A
+module that is not part of this build (``ModuleNotFoundError`` for the module itself) makes its
+pass unavailable rather than breaking the others: by convention that pass is named like its
+module, and :func:`get_pass` reports it as not available, never skips it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+
+from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
+from netdsl.passes.base import Pass, WeightedPass, Weights
+
+PASS_MODULES = (
+    "lower_attention",
+    "lower_local_attention",
+    "shift_to_conv",
+    "unfold_to_conv",
+    "roll_to_slice_concat",
+    "maxpool_to_elementwise",
+    "pad_to_slice_concat",
+    "softmax_decompose",
+    "reduce_max_to_elementwise",
+    "reduce_to_conv",
+    "concat_to_channels",
+    "linear_to_conv",
+    "hardswish_decompose",
+    "tanh_decompose",
+    "fold_batchnorm",
+    "constant_folding",
+    "cse",
+    "cleanup_shuffles",
+    "dce",
+)
+
+AnyPass = Pass | WeightedPass
+
+
+@cache
+def _load() -> tuple[dict[str, AnyPass], dict[str, str]]:
+    """(available passes by name, unavailable pass name -> why)."""
+    passes: dict[str, AnyPass] = {}
+    missing: dict[str, str] = {}
+    for module_name in PASS_MODULES:
+        full = f"netdsl.passes.{module_name}"
+        try:
+            module = importlib.import_module(full)
+        except ModuleNotFoundError as err:
+            if err.name != full:
+                raise
+            missing[module_name] = f"module {full} is not part of this build"
+            continue
+        for obj in vars(module).values():
+            if not isinstance(obj, (Pass, WeightedPass)):
+                continue
+            known = passes.get(obj.name)
+            if known is not None and known is not obj:
+                raise RuntimeError(f"two passes are named '{obj.name}' ({full} and another module)")
+            passes[obj.name] = obj
+    return passes, missing
+
+
+def all_passes() -> dict[str, AnyPass]:
+    """Every available pass by name."""
+    return dict(_load()[0])
+
+
+def unavailable_passes() -> dict[str, str]:
+    """Passes expected by name whose module is missing, with the reason."""
+    return dict(_load()[1])
+
+
+def lookup(name: str) -> AnyPass:
+    """The pass called ``name``; a :class:`NetdslError` with did-you-mean if there is none."""
+    passes, missing = _load()
+    if name in passes:
+        return passes[name]
+    if name in missing:
+        raise NetdslError(Diagnostic(f"pass '{name}' is not available: {missing[name]}"))
+    known = sorted(passes)
+    raise NetdslError(Diagnostic(f"unknown pass '{name}'", help=did_you_mean(name, known),
+                                 notes=["known passes: " + ", ".join(known)]))
+
+
+def needs_weights(name: str) -> bool:
+    """True when pass ``name`` reads or rewrites parameter values."""
+    return isinstance(lookup(name), WeightedPass)
+
+
+def get_pass(name: str, weights: Weights | None = None) -> Pass:
+    """The runnable pass ``name``, bound to ``weights`` if it needs them (ValueError if they are missing)."""
+    found = lookup(name)
+    if isinstance(found, Pass):
+        return found
+    if weights is None:
+        raise ValueError(f"pass '{name}' rewrites parameter values and needs the weights")
+    return found.bind(weights)

@@ -1,0 +1,88 @@
+"""Helpers of the pass tests: build small graphs with located nodes, run a pass, compare in ONNX Runtime."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import numpy as np
+import onnxruntime as ort
+
+from netdsl.backends.onnx_backend import to_onnx
+from netdsl.builder import GraphBuilder
+from netdsl.ir import Graph, Init, Provenance, Span, TensorType
+from netdsl.passes.base import Pass, RewriteLog
+from netdsl.verifier import verify
+
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def at(line: int) -> Provenance:
+    """A provenance pointing at line ``line`` of a made-up spec file."""
+    return Provenance(Span("t.net", line, 5, line, 20))
+
+
+def f32(*shape: int) -> TensorType:
+    return TensorType("f32", tuple(shape))
+
+
+def builder_with_input(*shape: int, name: str = "G") -> tuple[GraphBuilder, str]:
+    b = GraphBuilder(name)
+    return b, b.input("x", f32(*shape))
+
+
+def add_param(b: GraphBuilder, name: str, value: np.ndarray, kind: str = "param") -> str:
+    dtype = {np.dtype(np.float32): "f32", np.dtype(np.int64): "i64"}[value.dtype]
+    return b.param(name, TensorType(dtype, value.shape), Init("zeros"), kind)
+
+
+def random_feeds(graph: Graph, seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {i: (scale * rng.standard_normal(graph.values[i].shape)).astype(np.float32) for i in graph.inputs}
+
+
+def run_ort(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Emit ``graph`` to ONNX and run it in ONNX Runtime on the CPU."""
+    model = to_onnx(graph, {k: v for k, v in weights.items() if k in graph.params})
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def op_counts(graph: Graph) -> Counter[str]:
+    return Counter(n.op for n in graph.nodes)
+
+
+def check_rewrite(p: Pass, graph: Graph, expected_ops: dict[str, int], weights: dict[str, np.ndarray] | None = None,
+                  feeds: dict[str, np.ndarray] | None = None) -> tuple[Graph, RewriteLog]:
+    """Run pass ``p`` on a copy of ``graph`` and check what every rule test checks.
+
+    The rewritten graph verifies, satisfies the pass's pre/postconditions, leaves exactly
+    ``expected_ops``, computes the same outputs in ONNX Runtime (``weights`` are read after the
+    run, so passes that rewrite them in place are covered), keeps the output names, and every
+    node the pass created carries the span of an original node (the one it replaced, or one it
+    absorbed, e.g. the conv a batch norm is folded into) plus the pass's rule name.
+    """
+    verify(graph)
+    weights = {} if weights is None else weights
+    feeds = random_feeds(graph) if feeds is None else feeds
+    before = run_ort(graph, weights, feeds)
+    if p.pre is not None:
+        assert p.pre(graph) == []
+    log = RewriteLog()
+    out = p.run(copy.deepcopy(graph), log)
+    verify(out)
+    if p.post is not None:
+        assert p.post(out) == []
+    assert op_counts(out) == Counter(expected_ops)
+    assert out.outputs == graph.outputs and out.inputs == graph.inputs
+    after = run_ort(out, weights, feeds)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(b, a, **TOL)
+    original_spans = {str(n.provenance.span) for n in graph.nodes}
+    assert log.entries and {e[0] for e in log.entries} == {p.name}
+    assert {where for _, where, _, _ in log.entries} <= original_spans
+    for node in out.nodes:
+        if p.name in node.provenance.rules:
+            assert node.provenance.rules[-1] == p.name
+            assert str(node.provenance.span) in original_spans
+    return out, log

@@ -1,0 +1,243 @@
+"""Benchmarks: re-batching fixed-batch ONNX models (checked in ONNX Runtime), interleaved timing,
+baseline ratios, JSON/plot output and the ``netdsl bench`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from netdsl.backends.bench import (
+    BenchTable,
+    PerBatchModel,
+    RebatchError,
+    TorchModel,
+    _measure,
+    batch_size_of,
+    bench_many,
+    bench_onnx,
+    plot_bench,
+    rebatch_model,
+)
+from netdsl.commands import bench as bench_cmd
+
+
+def const(name: str, value: object, dtype: type = np.float32) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def model_of(nodes: list[onnx.NodeProto], x_shape: list, y_shape: list | None,
+             inits: list[onnx.TensorProto]) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def attention_like(batch: int = 2) -> onnx.ModelProto:
+    """Conv, then softmax over positions through Reshapes whose constant shapes bake ``batch`` in."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "flat"], ["f"]),
+        helper.make_node("Softmax", ["f"], ["s"], axis=2),
+        helper.make_node("Reshape", ["s", "map"], ["y"]),
+    ]
+    inits = [const("w", rng.standard_normal((8, 4, 3, 3))), const("flat", [batch, 8, 36], np.int64),
+             const("map", [batch, 8, 6, 6], np.int64)]
+    return model_of(nodes, [batch, 4, 6, 6], [batch, 8, 6, 6], inits)
+
+
+def batch_mean_model() -> onnx.ModelProto:
+    """Subtracts the mean over the batch: samples depend on each other."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+             helper.make_node("Sub", ["x", "m"], ["y"])]
+    return model_of(nodes, [2, 3], [2, 3], [])
+
+
+def pairing_model() -> onnx.ModelProto:
+    """Flattens the batch of 2 into one row: runs only at even batch sizes."""
+    nodes = [helper.make_node("Reshape", ["x", "row"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["p"]),
+             helper.make_node("Reshape", ["p", "back"], ["y"])]
+    inits = [const("row", [1, 8], np.int64), const("w", np.eye(8)), const("back", [2, 4], np.int64)]
+    return model_of(nodes, [2, 4], [2, 4], inits)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+
+
+def test_rebatch_rewrites_baked_batch_and_matches_per_sample_runs() -> None:
+    original = attention_like(2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4, 6, 6)).astype(np.float32)
+    expected = np.concatenate([run(original, x[i:i + 2]) for i in range(0, 6, 2)])
+    for batch in (1, 3, 6):
+        rebatched = rebatch_model(original, batch)
+        assert batch_size_of(rebatched) == batch and batch_size_of(original) == 2
+        np.testing.assert_allclose(run(rebatched, x[:batch]), expected[:batch], rtol=1e-5, atol=1e-6)
+
+
+def test_rebatch_failures_are_reported() -> None:
+    with pytest.raises(RebatchError, match="not a multiple of the exported batch 2"):
+        rebatch_model(pairing_model(), 3)
+    result = bench_onnx(batch_mean_model(), batches=[2, 4], warmup=0, runs=2, progress=False)
+    at2, at4 = result.rows
+    assert at2.error is None and at2.median_ms > 0
+    assert at4.median_ms is None and "mixes samples across the batch" in at4.error
+
+
+def test_squeezed_batch_axis_is_reported() -> None:
+    nodes = [helper.make_node("Squeeze", ["x"], ["y"])]
+    model = model_of(nodes, [1, 5], None, [])
+    (row,) = bench_onnx(model, batches=[3], warmup=0, runs=1, progress=False).rows
+    assert "has shape (5,) at the exported batch 1: its first axis is not the batch" in row.error
+
+
+def test_per_batch_models_are_built_not_rebatched() -> None:
+    built: list[int] = []
+
+    def build(batch: int) -> onnx.ModelProto:
+        built.append(batch)
+        return attention_like(batch)
+
+    result = bench_onnx(PerBatchModel(build), batches=[1, 3], warmup=0, runs=2, progress=False)
+    assert built == [1, 3] and all(row.error is None for row in result.rows)
+
+
+def test_symbolic_batch_runs_without_rewriting() -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    model = model_of(nodes, ["N", 3], ["N", 3], [])
+    assert batch_size_of(model) is None
+    assert run(rebatch_model(model, 5), -np.ones((5, 3), np.float32)).tolist() == np.zeros((5, 3)).tolist()
+
+
+def test_bench_many_interleaves_and_takes_ratios() -> None:
+    models = {"base": attention_like(2), "other": attention_like(1), "broken": pairing_model()}
+    table = bench_many(models, batches=[1, 4], warmup=1, runs=3, baseline="base", progress=False)
+    base, other, broken = table.results
+    for row in base.rows + other.rows:
+        assert row.error is None and row.runs == 3 and 0 < row.median_ms <= row.p90_ms
+        assert row.images_per_s == pytest.approx(row.batch * 1000 / row.median_ms)
+    assert [r.latency_vs_baseline for r in base.rows] == [1.0, 1.0]
+    for mine, ref in zip(other.rows, base.rows, strict=True):
+        assert mine.latency_vs_baseline == pytest.approx(mine.median_ms / ref.median_ms)
+    assert broken.rows[0].error and broken.rows[1].error is None  # batch 1 cannot pair samples; 4 can
+    data = json.loads(table.to_json())
+    assert set(data) == {"backend", "batches", "warmup", "runs", "baseline", "environment", "models"}
+    assert data["environment"]["onnxruntime"] == ort.__version__
+    assert set(data["models"][0]["rows"][0]) == {"batch", "median_ms", "p90_ms", "images_per_s", "runs",
+                                                 "latency_vs_baseline", "error"}
+
+
+def test_measure_rotates_the_order_of_models() -> None:
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str):
+            self.name = name
+
+        def run(self) -> None:
+            calls.append(self.name)
+
+    class Bar:
+        def update(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    times = _measure({n: Fake(n) for n in "abc"}, warmup=1, runs=3, tick=lambda: None, bar=Bar(), task=0, batch=1)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert all(len(t) == 3 for t in times.values())
+
+
+def test_torch_backend_and_argument_errors() -> None:
+    torch = pytest.importorskip("torch")
+    conv = TorchModel(torch.nn.Conv2d(3, 4, 3), (3, 8, 8))
+    table = bench_many({"conv": conv}, batches=[2], warmup=0, runs=2, backend="torch", progress=False)
+    assert table.results[0].rows[0].median_ms > 0
+    with pytest.raises(ValueError, match="runs with backend 'torch'"):
+        bench_many({"conv": conv}, batches=[1], backend="ort", progress=False)
+    with pytest.raises(ValueError, match="ONNX models run with 'ort' or 'trt'"):
+        bench_many({"m": attention_like()}, batches=[1], backend="torch", progress=False)
+    with pytest.raises(ValueError, match="baseline 'nope'"):
+        bench_many({"m": attention_like()}, batches=[1], baseline="nope", progress=False)
+    with pytest.raises(ValueError, match="backend 'tf'"):
+        bench_many({"m": attention_like()}, batches=[1], backend="tf", progress=False)
+
+
+def test_plot(tmp_path: Path) -> None:
+    table = bench_many({"m": attention_like()}, batches=[1, 2], warmup=0, runs=2, progress=False)
+    path = tmp_path / "latency.png"
+    plot_bench(table, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["latency.png"]  # no staging leftovers
+    assert isinstance(table, BenchTable)
+
+
+def run_command(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    bench_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", *argv])
+    return args.run(args)
+
+
+def test_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = tmp_path / "a.onnx", tmp_path / "b" / "a.onnx"
+    b.parent.mkdir()
+    onnx.save(attention_like(2), a)
+    onnx.save(attention_like(1), b)
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert bench_cmd.model_names([str(a), str(b)]) == [f"{tmp_path.name}/a", "b/a"]
+    code = run_command(str(a), str(b), "--batch", "1,2", "--runs", "2", "--warmup", "0", "--json", str(out),
+                       "--plot", str(plot), "--baseline", f"{tmp_path.name}/a")
+    assert code == 0 and plot.is_file()
+    data = json.loads(out.read_text())
+    assert [m["name"] for m in data["models"]] == [f"{tmp_path.name}/a", "b/a"] and data["batches"] == [1, 2]
+    capsys.readouterr()
+    assert run_command(str(a), "--batch", "1,x") == 2
+    assert "--batch expects" in capsys.readouterr().err
+    assert run_command(str(a), "--baseline", "zzz") == 2
+    assert run_command(str(tmp_path / "missing.onnx")) == 2
+    pairing = tmp_path / "pairing.onnx"
+    onnx.save(pairing_model(), pairing)
+    assert run_command(str(pairing), "--batch", "1", "--runs", "1", "--warmup", "0") == 2
+    assert "not measured: pairing at batch 1" in capsys.readouterr().out
+
+
+def test_command_falls_back_to_ort_without_tensorrt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from netdsl.backends.trt_engine import TensorRTUnavailable, require_tensorrt
+
+    try:
+        require_tensorrt()
+        pytest.skip("TensorRT and a GPU are available here")
+    except TensorRTUnavailable:
+        pass
+    path = tmp_path / "m.onnx"
+    onnx.save(attention_like(), path)
+    assert run_command(str(path), "--backend", "trt", "--batch", "2", "--runs", "1", "--warmup", "0") == 0
+    out = capsys.readouterr().out
+    assert "Benchmarking with ONNX Runtime instead" in out and "backend ort" in out
+
+
+def test_command_compiles_specs_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import netdsl.commands.compile
+
+    calls: list[list[str]] = []
+
+    def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
+        assert target == "onnx" and args.spec == spec
+        calls.append(list(args.inputs))
+        bound = [b for b in args.inputs if b.startswith("x=")]
+        return attention_like(int(bound[0].split("=")[1].split("x")[0]) if bound else 2)
+
+    monkeypatch.setattr(netdsl.commands.compile, "compile_to_onnx", compile_to_onnx)
+    spec = tmp_path / "block.net"
+    spec.write_text("# compiled by the stand-in driver hook\n")
+    assert run_command(str(spec), "--batch", "2,5", "--runs", "1", "--warmup", "0", "--set", "dim=8") == 0
+    assert calls == [[], ["x=5x4x6x6"]]  # compiled once as written, then with the input bound to batch 5
