@@ -17,11 +17,10 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 BUNDLED_PROFILES = ("trt", "trt-restricted", "trt-dla")
 
