@@ -376,7 +376,7 @@ class Elaborator:
             dims = []
             for k, d in enumerate(decl.dims):
                 if shape is not None:
-                    dims.append(self._bind_dim(scope, d, shape[k], st.name, decl, None))
+                    dims.append(self._bind_dim(scope, d, shape[k], st.name, decl, (d.span, TensorType(decl.dtype, shape))))
                 elif d.default is not None:
                     dims.append(self._bind_dim(scope, d, self._int(self.eval(d.default, scope), d.default.span, scope),
                                                st.name, decl, None))
@@ -415,7 +415,7 @@ class Elaborator:
             found = str(arg[1]) if arg else f"{actual}"
             raise self.error(scope, f"shape mismatch for input '{name}': expected {decl.dtype}[{dims_txt}] with "
                              f"{_src(d.expr)} = {want}, found {found}", where,
-                             notes=[f"'{name}' is declared at {decl.span}"],
+                             notes=[f"'{name}' is declared at {decl.span}"] if where.line != decl.span.line else [],
                              chain=scope.chain[:-1] if arg else scope.chain)
         return actual
 
