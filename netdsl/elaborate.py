@@ -376,7 +376,8 @@ class Elaborator:
             dims = []
             for k, d in enumerate(decl.dims):
                 if shape is not None:
-                    dims.append(self._bind_dim(scope, d, shape[k], st.name, decl, (d.span, TensorType(decl.dtype, shape))))
+                    given = (d.span, TensorType(decl.dtype, shape))
+                    dims.append(self._bind_dim(scope, d, shape[k], st.name, decl, given))
                 elif d.default is not None:
                     dims.append(self._bind_dim(scope, d, self._int(self.eval(d.default, scope), d.default.span, scope),
                                                st.name, decl, None))
