@@ -85,9 +85,14 @@ def render(diag: Diagnostic) -> str:
             out.append(f"{pad} | {lead}{'^' * width}")
     for note in diag.notes:
         out.append(f"   = note: {note}")
-    for frame in reversed(diag.chain):
-        if frame.call is None:
-            continue  # the entry block itself: the span above already names its file
+    frames = [f for f in reversed(diag.chain) if f.call is not None]  # the entry has no call site
+    if len(frames) > 8:  # deep (often recursive) chains: the innermost and outermost frames tell the story
+        hidden = len(frames) - 6
+        frames = frames[:3] + [None] + frames[-3:]  # type: ignore[list-item]
+    for frame in frames:
+        if frame is None:
+            out.append(f"   = ... {hidden} more instantiations ...")
+            continue
         where = f" instantiated at {frame.call}" if frame.call else ""
         label = f" '{frame.path}'" if frame.path else ""
         out.append(f"   = in block {frame.block}{label}{where}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,9 @@ class Limits:
     max_depth: int = 64
     max_loop_iterations: int = 100_000
     max_tensor_bytes: int = 1 << 40
+    max_steps: int = 1_000_000  # statements executed, over all loops and blocks
+    max_int_bits: int = 64
+    max_list_items: int = 100_000
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Elaborator:
         self.limits = limits or Limits()
         self.b: GraphBuilder | None = None
         self.depth = 0
+        self.steps = 0
 
     # ------------------------------------------------------------------ errors
     def error(self, scope: Scope | None, message: str, span: Span | None, **kw: Any) -> NetdslError:
@@ -257,6 +262,10 @@ class Elaborator:
 
     def _exec(self, scope: Scope, st: ast.Stmt, tensor_args: list[tuple[Tensor, Span]] | None,
               input_shapes: dict[str, tuple[int, ...]] | None, state: dict[str, int]) -> None:
+        self.steps += 1
+        if self.steps > self.limits.max_steps:
+            raise self.error(scope, f"elaboration exceeds the limit of {self.limits.max_steps} statements executed",
+                             st.span, help="a loop runs too many times (nested loops multiply)")
         if isinstance(st, ast.InputDecl):
             self._exec_input(scope, st, tensor_args, input_shapes, state)
         elif isinstance(st, ast.Let):
@@ -293,6 +302,10 @@ class Elaborator:
             if len(items) > self.limits.max_loop_iterations:
                 raise self.error(scope, f"loop of {len(items)} iterations exceeds the limit of "
                                  f"{self.limits.max_loop_iterations}", st.iterable.span)
+            self.steps += len(items)  # empty bodies still cost their iterations
+            if self.steps > self.limits.max_steps:
+                raise self.error(scope, f"elaboration exceeds the limit of {self.limits.max_steps} statements "
+                                 "executed", st.iterable.span, help="nested loops multiply their iterations")
             for item in items:
                 scope.vars[st.var] = item
                 self._exec_stmts(scope, st.body, tensor_args, input_shapes, state)
@@ -388,7 +401,7 @@ class Elaborator:
                 else:
                     dims.append(self._int(self.eval(d.expr, scope), d.span, scope))
             t = TensorType(decl.dtype, tuple(dims))
-            self._check_size(scope, t, st.span)
+            self.check_size(scope, t, st.span)
             scope.vars[st.name] = Tensor(self.builder.input(st.name, t))
             return
         if idx >= len(tensor_args):
@@ -420,7 +433,8 @@ class Elaborator:
                              chain=scope.chain[:-1] if arg else scope.chain)
         return actual
 
-    def _check_size(self, scope: Scope, t: TensorType, span: Span) -> None:
+    def check_size(self, scope: Scope, t: TensorType, span: Span) -> None:
+        """Located error when a tensor type has an empty dim or is over the byte limit."""
         if any(d < 1 for d in t.shape):
             raise self.error(scope, f"tensor type {t} has a dim below 1", span)
         nbytes = t.numel * (8 if t.dtype in ("i64", "f64") else 4)
@@ -435,7 +449,7 @@ class Elaborator:
                              help=did_you_mean(decl.dtype, DTYPES))
         dims = tuple(self._int(self.eval(d.expr, scope), d.span, scope) for d in decl.dims)
         t = TensorType(decl.dtype, dims)
-        self._check_size(scope, t, decl.span)
+        self.check_size(scope, t, decl.span)
         init = self._init(scope, st.init, t)
         full = scope.local_name(st.name)
         if full in self.builder.graph.params:
@@ -534,8 +548,20 @@ class Elaborator:
         for side, v in ((e.left, left), (e.right, right)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 if e.op == "+" and type(left) is type(right) and isinstance(left, (list, str)):
+                    if len(left) + len(right) > self.limits.max_list_items:
+                        raise self.error(scope, f"{type_name(left)} of {len(left) + len(right)} items exceeds the "
+                                         f"limit of {self.limits.max_list_items}", e.span)
                     return left + right
                 raise self.error(scope, f"'{e.op}' needs numbers, found {type_name(v)} {show(v)}", side.span)
+        result = self._arith(e, scope, left, right)
+        if isinstance(result, complex):
+            raise self.error(scope, f"{show(left)} ** {show(right)} is not a real number", e.span)
+        if isinstance(result, int) and not isinstance(result, bool) and \
+                result.bit_length() > self.limits.max_int_bits:
+            raise self.error(scope, f"integer result exceeds the limit of {self.limits.max_int_bits} bits", e.span)
+        return result
+
+    def _arith(self, e: ast.BinOp, scope: Scope, left: Any, right: Any) -> Any:
         try:
             if e.op == "+":
                 return left + right
@@ -580,6 +606,16 @@ class Elaborator:
 
         from netdsl.initializers import NP_DTYPES
 
+        kind = np.dtype(NP_DTYPES[dtype]).kind
+        if kind in "iu" and not float(value).is_integer():
+            raise self.error(scope, f"cannot combine a {dtype} tensor with the non-integer {show(value)}", span)
+        if kind in "iu":
+            info = np.iinfo(NP_DTYPES[dtype])
+            fits = info.min <= int(value) <= info.max
+        else:
+            fits = math.isfinite(value) and abs(value) <= float(np.finfo(NP_DTYPES[dtype]).max)
+        if not fits:
+            raise self.error(scope, f"the constant {show(value)} does not fit a {dtype} tensor", span)
         arr = np.asarray(value, dtype=NP_DTYPES[dtype])
         return self.emit(scope, "const", [], span, value=arr, dtype=dtype)
 
@@ -628,10 +664,14 @@ class Elaborator:
             if not 1 <= len(args) <= 3:
                 raise self.error(scope, f"range() takes 1 to 3 ints, found {len(args)} arguments", e.span)
             ints = [self._int(a, s.span, scope) for a, s in zip(args, e.args)]
-            r = range(*ints)
-            if len(r) > self.limits.max_loop_iterations:
-                raise self.error(scope, f"range of {len(r)} items exceeds the limit of "
+            if len(ints) == 3 and ints[2] == 0:
+                raise self.error(scope, "range() step must not be zero", e.args[2].span)
+            start, stop, step = (0, ints[0], 1) if len(ints) == 1 else (ints[0], ints[1], ints[2:] and ints[2] or 1)
+            n = max(0, (stop - start + step - (1 if step > 0 else -1)) // step)  # len() overflows for huge ranges
+            if n > self.limits.max_loop_iterations:
+                raise self.error(scope, f"range of {n} items exceeds the limit of "
                                  f"{self.limits.max_loop_iterations}", e.span)
+            r = range(start, stop, step)
             return list(r)
         if len(args) != 1 and f not in ("min", "max"):
             raise self.error(scope, f"{f}() takes 1 argument, found {len(args)}", e.span)
@@ -680,7 +720,7 @@ class Elaborator:
                 where = kw_spans[err.arg]
             raise self.error(scope, err.message, where, notes=[err.note] if err.note else []) from None
         for o in outs:
-            self._check_size(scope, self.builder.graph.values[o], span)
+            self.check_size(scope, self.builder.graph.values[o], span)
         tensors = [Tensor(o) for o in outs]
         return tensors[0] if n_outputs == 1 else tensors
 
@@ -739,4 +779,10 @@ def elaborate_program(program: Program, entry: str | None = None, params: dict[s
                       input_shapes: dict[str, tuple[int, ...]] | None = None, limits: Limits | None = None) -> Graph:
     """Elaborate ``entry`` (default: the main file's model) into a typed graph."""
     block = program.entry(entry)
-    return Elaborator(program, limits).elaborate(block, params or {}, input_shapes or {})
+    # Nesting is bounded by Limits.max_depth and the parser's tree-depth limit; the Python stack
+    # must hold that much recursion.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
+    try:
+        return Elaborator(program, limits).elaborate(block, params or {}, input_shapes or {})
+    except RecursionError:
+        raise NetdslError(Diagnostic(f"{block.name} is nested too deeply to elaborate", block.name_span)) from None

@@ -156,6 +156,8 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     values: dict[str, TensorType] = field(default_factory=dict)
     params: dict[str, Parameter] = field(default_factory=dict)
+    # Next suffix to try per name hint, so that fresh_name does not rescan from _1 every time.
+    _next_suffix: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def type_of(self, name: str) -> TensorType:
         """Type of a value or parameter."""
@@ -179,10 +181,11 @@ class Graph:
         return users
 
     def fresh_name(self, hint: str) -> str:
-        """A value name not used yet, derived from ``hint``."""
+        """A value name not used yet, derived from ``hint`` (amortised constant time)."""
         if hint not in self.values and hint not in self.params:
             return hint
-        i = 1
+        i = self._next_suffix.get(hint, 1)
         while f"{hint}_{i}" in self.values or f"{hint}_{i}" in self.params:
             i += 1
+        self._next_suffix[hint] = i + 1
         return f"{hint}_{i}"

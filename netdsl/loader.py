@@ -13,7 +13,8 @@ from pathlib import Path
 
 from netdsl import ast
 from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
-from netdsl.parser import parse_source
+from netdsl.ir import Span
+from netdsl.parser import parse_source, too_large
 
 MAX_IMPORT_DEPTH = 32
 
@@ -33,7 +34,10 @@ class Program:
             return models[-1]
         if len(self.main.blocks) == 1:
             return self.main.blocks[0]
-        names = ", ".join(b.name for b in self.main.blocks) or "none"
+        if not self.main.blocks:
+            raise NetdslError(Diagnostic(f"{self.main.path} defines no block or model",
+                                         Span(self.main.path, 1, 1, 1, 2)))
+        names = ", ".join(b.name for b in self.main.blocks)
         raise NetdslError(Diagnostic(
             f"{self.main.path} has no model and {len(self.main.blocks)} blocks ({names}); choose one with --entry",
             None))
@@ -59,6 +63,10 @@ def _display_path(path: Path) -> str:
 
 def _read(path: Path, shown: str, span: object = None) -> str:
     try:
+        # Check the size before reading: a huge file must not be loaded into memory first.
+        err = too_large(_display_path(path.resolve()) if span else shown, path.stat().st_size)
+        if err:
+            raise err
         data = path.read_bytes()
     except FileNotFoundError:
         raise NetdslError(Diagnostic(f"file not found: {shown}", span)) from None  # type: ignore[arg-type]
@@ -69,7 +77,11 @@ def _read(path: Path, shown: str, span: object = None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise NetdslError(Diagnostic(f"{shown} is not UTF-8 text (byte {e.start})", span)) from None  # type: ignore[arg-type]
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        where = Span(shown if span is None else _display_path(path), line, col, line, col + 1)
+        raise NetdslError(Diagnostic(f"{shown} is not UTF-8 text (byte {e.start})", where,
+                                     notes=[f"imported at {span}"] if span else [])) from None
 
 
 def load_program(path: str | Path, search_path: list[Path] | None = None) -> Program:
@@ -108,10 +120,10 @@ def _resolve(imp: ast.Import, importer: Path, search: list[Path]) -> Path:
 
 def _load_imports(prog: Program, sf: ast.SourceFile, path: Path, done: dict[Path, ast.SourceFile],
                   stack: list[Path], search: list[Path]) -> None:
-    if len(stack) > MAX_IMPORT_DEPTH:
-        raise NetdslError(Diagnostic(f"imports nested deeper than the limit of {MAX_IMPORT_DEPTH} files",
-                                     sf.imports[0].span if sf.imports else None))
     for imp in sf.imports:
+        if len(stack) >= MAX_IMPORT_DEPTH:
+            raise NetdslError(Diagnostic(f"imports nested deeper than the limit of {MAX_IMPORT_DEPTH} files",
+                                         imp.span))
         target = _resolve(imp, path, search)
         if target in stack:
             cycle = " -> ".join(_display_path(p) for p in stack[stack.index(target):] + [target])

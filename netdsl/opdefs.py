@@ -82,6 +82,11 @@ def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tu
     sh, sw = attrs["stride"]
     pt, pl, pb, pr = attrs["pads"]
     dh, dw = attrs.get("dilation", (1, 1))
+    for key, vals in (("kernel", (kh, kw)), ("stride", (sh, sw)), ("dilation", (dh, dw))):
+        if min(vals) < 1:
+            raise OpTypeError(f"{what} {key} must be positive, found {list(vals)}", key)
+    if min(pt, pl, pb, pr) < 0:
+        raise OpTypeError(f"{what} padding must not be negative, found {[pt, pl, pb, pr]}", "pads")
     ho = conv_out_len(x.shape[2], kh, sh, pt, pb, dh)
     wo = conv_out_len(x.shape[3], kw, sw, pl, pr, dw)
     if ho < 1 or wo < 1:
@@ -184,6 +189,8 @@ def _groupnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     attrs: groups, eps.
     """
     x = types[0]
+    if attrs["groups"] < 1:
+        raise OpTypeError(f"groupnorm groups must be positive, found {attrs['groups']}", "groups")
     if x.shape[1] % attrs["groups"]:
         raise OpTypeError(f"channels ({x.shape[1]}) must be divisible by groups ({attrs['groups']})", "groups")
     return [x]
@@ -284,6 +291,8 @@ def _rotate(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x = types[0]
     _rank(x, 4, 0, "rotate input")
     heads = attrs["heads"]
+    if heads < 1:
+        raise OpTypeError(f"rotate heads must be positive, found {heads}", "heads")
     if x.shape[1] % heads:
         raise OpTypeError(f"channels ({x.shape[1]}) must be divisible by heads ({heads})", "heads")
     s = x.shape[1] // heads
@@ -403,6 +412,8 @@ _pool("maxpool", "Max pooling; attrs kernel, stride, pads; padding never wins th
 def _reduce(name: str, doc: str) -> None:
     def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = types[0]
+        if x.rank == 0:
+            raise OpTypeError(f"{name} needs a tensor of rank 1 or more, found {x}", 0)
         axes = [a % x.rank for a in attrs["axes"]]
         if attrs["keepdims"]:
             return [x.with_shape(tuple(1 if i in axes else d for i, d in enumerate(x.shape)))]
@@ -470,6 +481,8 @@ def _pad(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x = types[0]
     _rank(x, 4, 0, "pad input")
     t, l, b, r = attrs["pads"]
+    if min(t, l, b, r) < 0:
+        raise OpTypeError(f"padding must not be negative, found {[t, l, b, r]}", "pads")
     if attrs["mode"] not in ("zero", "reflect", "edge"):
         raise OpTypeError(f"pad mode must be zero, reflect or edge, found {attrs['mode']!r}", "mode")
     if attrs["mode"] == "reflect" and (max(t, b) >= x.shape[2] or max(l, r) >= x.shape[3]):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ast as pyast
+import os
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from lark.tree import Meta
 
@@ -60,6 +61,7 @@ _EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "TRUE", "FALSE"
 _STMT_START = {"INPUT", "OUTPUT", "LET", "REQUIRE", "FOR", "IF", "PARAM_KW"}
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
+MAX_TREE_DEPTH = 600  # parse-tree levels; deeper sources are refused before recursive stages run
 
 
 @lru_cache(maxsize=1)
@@ -277,6 +279,8 @@ class _ToAst(Transformer):
         return ast.Attribute(self.sp(meta), obj, str(name))
 
     def int_lit(self, meta: Meta, t: Token) -> ast.Expr:
+        if len(t) > 19:  # beyond 64 bits; also keeps int() clear of Python's digit limit
+            raise NetdslError(Diagnostic("integer literal exceeds the limit of 64 bits", self.sp(meta)))
         return ast.Num(self.sp(meta), int(t))
 
     def float_lit(self, meta: Meta, t: Token) -> ast.Expr:
@@ -298,26 +302,55 @@ class _ToAst(Transformer):
         return ast.ListExpr(self.sp(meta), [r for r in rest if isinstance(r, ast.Expr)])
 
 
+def max_source_bytes() -> int:
+    """The source size limit: :data:`MAX_SOURCE_BYTES`, or ``NETDSL_MAX_SOURCE_BYTES`` if set."""
+    value = os.environ.get("NETDSL_MAX_SOURCE_BYTES", "")
+    return int(value) if value.isdigit() else MAX_SOURCE_BYTES
+
+
+def too_large(path: str, size: int) -> NetdslError | None:
+    """The located error for a source of ``size`` bytes over the limit, or None."""
+    limit = max_source_bytes()
+    if size <= limit:
+        return None
+    return NetdslError(Diagnostic(f"file is larger than the limit of {limit} bytes", Span(path, 1, 1, 1, 2),
+                                  help="raise the limit with NETDSL_MAX_SOURCE_BYTES if this is intended"))
+
+
+def _check_depth(tree: Tree, path: str) -> None:
+    """Refuse trees deeper than :data:`MAX_TREE_DEPTH` (walked without recursion), before the
+    recursive stages (AST building, elaboration) could run out of stack."""
+    stack: list[tuple[Tree, int, bool]] = [(tree, 1, False)]
+    while stack:
+        node, depth, in_body = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            meta = node.meta
+            span = Span(path, getattr(meta, "line", 1), getattr(meta, "column", 1), getattr(meta, "line", 1),
+                        getattr(meta, "column", 1) + 1)
+            what = "statements" if in_body and node.data in ("body", "if_stmt", "for_stmt") else "expression"
+            raise NetdslError(Diagnostic(f"{what} nested too deeply to parse", span,
+                                         notes=[f"the limit is {MAX_TREE_DEPTH} levels of nesting"]))
+        for child in node.children:
+            if isinstance(child, Tree):
+                stack.append((child, depth + 1, in_body or node.data == "body"))
+
+
 def parse_source(text: str, path: str) -> ast.SourceFile:
     """Parse ``text`` (shown in diagnostics as ``path``) into a :class:`~netdsl.ast.SourceFile`."""
     SourceCache.add(path, text)
-    if len(text.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
-        raise NetdslError(Diagnostic(
-            f"file is larger than the limit of {MAX_SOURCE_BYTES} bytes", Span(path, 1, 1, 1, 2),
-            help="raise the limit with NETDSL_MAX_SOURCE_BYTES if this is intended"))
+    err = too_large(path, len(text.encode("utf-8", "replace")))
+    if err:
+        raise err
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, path, text) from None
-    except RecursionError:
-        raise NetdslError(Diagnostic("expression nested too deeply to parse", Span(path, 1, 1, 1, 2))) from None
+    _check_depth(tree, path)
     try:
         sf = _ToAst(path).transform(tree)
     except VisitError as err:
         if isinstance(err.orig_exc, NetdslError):
             raise err.orig_exc from None
         raise
-    except RecursionError:
-        raise NetdslError(Diagnostic("expression nested too deeply to parse", Span(path, 1, 1, 1, 2))) from None
     sf.text = text
     return sf

@@ -207,8 +207,15 @@ def _new_param(el: Elaborator, scope: Scope, b: Bound, name: str, t: TensorType,
     if name in el.builder.graph.params:
         raise el.error(scope, f"parameter '{name}' is already defined", (b.call.name or b.call).span,
                        help="give each layer a distinct name with 'as'")
+    el.check_size(scope, t, b.call.span)
     el.builder.param(name, t, init, kind, Provenance(b.call.span, scope.chain))
     return Tensor(name)
+
+
+def _need_rank(el: Elaborator, scope: Scope, b: Bound, op: str, rank: int) -> None:
+    t = el.tensor_type(b["x"])
+    if t.rank < rank:
+        raise el.error(scope, f"{op} needs a tensor of rank {rank} or more, found {t}", b.spans["x"])
 
 
 def _fan_in_init(fan_in: int) -> Init:
@@ -275,6 +282,7 @@ def linear(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Affine map over the last axis; parameters ``NAME.weight`` [out, in], ``NAME.bias`` [out]."""
     x = b["x"]
     xt = el.tensor_type(x)
+    _need_rank(el, scope, b, "linear", 1)
     prefix = _layer_prefix(el, scope, b, "linear")
     fan_in = xt.shape[-1]
     w = _new_param(el, scope, b, f"{prefix}.weight", TensorType(xt.dtype, (b["out"], fan_in)),
@@ -310,6 +318,7 @@ def layernorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Layer norm over one axis (-1: channels-last, 1: channels-first); ``NAME.weight``, ``NAME.bias``."""
     x = b["x"]
     xt = el.tensor_type(x)
+    _need_rank(el, scope, b, "layernorm", 1)
     if not -xt.rank <= b["axis"] < xt.rank:
         raise el.error(scope, f"layernorm axis {b['axis']} out of range for {xt}", b.spans.get("axis", b.call.span))
     ins = [x]
@@ -326,6 +335,7 @@ def groupnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Group norm; ``NAME.weight``, ``NAME.bias`` of the channel count."""
     x = b["x"]
     xt = el.tensor_type(x)
+    _need_rank(el, scope, b, "groupnorm", 2)
     prefix = _layer_prefix(el, scope, b, "groupnorm")
     vec = TensorType(xt.dtype, (xt.shape[1],))
     ins = [x, _new_param(el, scope, b, f"{prefix}.weight", vec, Init("ones")),
@@ -395,6 +405,7 @@ def transpose(el: Elaborator, scope: Scope, b: Bound) -> Any:
 @surface("flatten", Arg("x", "tensor"), Arg("start", "int", 1), Arg("end", "int", -1))
 def flatten(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Merge axes start..end (inclusive) into one."""
+    _need_rank(el, scope, b, "flatten", 1)
     shape = el.tensor_type(b["x"]).shape
     s, e = b["start"] % len(shape), b["end"] % len(shape)
     if s > e:
@@ -408,6 +419,7 @@ def flatten(el: Elaborator, scope: Scope, b: Bound) -> Any:
 @surface("squeeze", Arg("x", "tensor"), Arg("axes", "ints", None))
 def squeeze(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Drop size-1 axes (all of them when ``axes`` is not given)."""
+    _need_rank(el, scope, b, "squeeze", 1)
     shape = el.tensor_type(b["x"]).shape
     axes = [a % len(shape) for a in b["axes"]] if b["axes"] is not None else [i for i, d in enumerate(shape) if d == 1]
     for a in axes:
@@ -532,6 +544,7 @@ _pool("maxpool")
 
 def _reduce(name: str, ir_op: str) -> None:
     def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
+        _need_rank(el, scope, b, name, 1)
         rank = el.tensor_type(b["x"]).rank
         for a in b["axes"]:
             if not -rank <= a < rank:
@@ -539,7 +552,7 @@ def _reduce(name: str, ir_op: str) -> None:
         return _emit(el, scope, b, ir_op, [b["x"]], ["x"], axes=tuple(sorted(a % rank for a in b["axes"])),
                      keepdims=b["keepdims"])
 
-    body.__doc__ = f"{ir_op.split('_')[1]} over ``axes``"
+    body.__doc__ = f"{ir_op.split('_')[1]} over ``axes`` (rank >= 1)"
     surface(name, Arg("x", "tensor"), Arg("axes", "ints"), Arg("keepdims", "bool", False))(body)
 
 
@@ -551,6 +564,7 @@ _reduce("reduce_max", "reduce_max")
 @surface("global_avgpool", Arg("x", "tensor"))
 def global_avgpool(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Mean over H and W, keeping them as size-1 axes."""
+    _need_rank(el, scope, b, "global_avgpool", 4)
     return _emit(el, scope, b, "reduce_mean", [b["x"]], ["x"], axes=(2, 3), keepdims=True)
 
 
@@ -566,8 +580,9 @@ def resize(el: Elaborator, scope: Scope, b: Bound) -> Any:
         raise el.error(scope, "resize needs exactly one of scale= or size=", b.call.span)
     if b["scale"] is not None:
         sc = b["scale"] * 2 if len(b["scale"]) == 1 else b["scale"]
-        if len(sc) != 2 or min(sc) <= 0:
-            raise el.error(scope, f"resize scale must be one or two positive factors, found {b['scale']}",
+        if len(sc) != 2 or min(sc) <= 0 or max(h * sc[0], w * sc[1]) > 2**31:
+            raise el.error(scope, f"resize scale must be one or two positive factors giving a map under 2^31 "
+                       f"pixels a side, found {b['scale']}",
                            b.spans["scale"])
         sizes = (int(h * sc[0]), int(w * sc[1]))  # trunc in float64, as PyTorch computes it
         scales = (float(sc[0]), float(sc[1]))
@@ -601,6 +616,9 @@ def constant(el: Elaborator, scope: Scope, b: Bound) -> Any:
 
     if b["dtype"] not in NP_DTYPES:
         raise el.error(scope, f"unknown dtype '{b['dtype']}'", b.spans.get("dtype", b.call.span))
+    if any(d < 1 for d in b["shape"]):
+        raise el.error(scope, f"constant shape {b['shape']} needs positive dims", b.spans.get("shape", b.call.span))
+    el.check_size(scope, TensorType(b["dtype"], tuple(b["shape"])), b.call.span)  # before numpy allocates
     arr = np.full(tuple(b["shape"]), b["value"], dtype=NP_DTYPES[b["dtype"]])
     return _emit(el, scope, b, "const", [], [], value=arr, dtype=b["dtype"])
 

@@ -4,6 +4,12 @@ All models run in one process, interleaved run by run, so ratios to ``--baseline
 Backends: ``ort`` (ONNX Runtime, CPU), ``trt`` (TensorRT engines; where TensorRT or a GPU is
 missing this says so and measures with ONNX Runtime instead) and ``torch`` (PyTorch modules
 generated from specs). Fixed-batch ONNX models are re-batched and verified against the original.
+
+Beside the latencies, each model gets its parameters, MACs and bytes moved per frame (from
+``netdsl stats`` for specs, from the ONNX graph for ONNX files) and, per ``--coverage`` profile,
+its TensorRT coverage: ``100%`` when every node is allowed, else covered/total nodes, with the
+refused nodes grouped by op and reason. A spec is compiled for the profile's target for this; an
+ONNX file is checked as it is.
 Exit status 0 when every model was measured at every batch size, 2 otherwise.
 """
 
@@ -16,6 +22,9 @@ from typing import Any
 
 from netdsl.commands.coverage import add_model_input_args, load_model_input, wide_console
 from netdsl.diagnostics import Diagnostic, NetdslError, render
+from netdsl.profile import BUNDLED_PROFILES
+
+DEFAULT_COVERAGE = "trt-restricted,trt-dla"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="+", metavar="SPEC|MODEL.onnx", help=".net specs or ONNX models")
     p.add_argument("--batch", default="1,4,8,16", help="comma-separated batch sizes (default 1,4,8,16)")
     p.add_argument("--backend", choices=("ort", "trt", "torch"), default="ort", help="runtime (default ort)")
-    p.add_argument("--baseline", metavar="NAME", help="model the ratios refer to (a file name without suffix)")
+    p.add_argument("--baseline", metavar="NAME",
+                   help="model the ratios refer to (its name in the table: the file name without suffix)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model and batch (default 50)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
@@ -36,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true", help="do not check re-batched models against the original")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="also save a latency-vs-batch plot")
+    p.add_argument("--coverage", default=DEFAULT_COVERAGE, metavar="PROFILES",
+                   help=f"comma-separated TensorRT profiles (names or TOML files) to check each model against, "
+                        f"or 'none' (default {DEFAULT_COVERAGE})")
+    p.add_argument("--no-size", action="store_true", help="do not compute parameters, MACs and bytes per frame")
     add_model_input_args(p)
     p.set_defaults(run=run)
 
@@ -52,11 +66,18 @@ def parse_batches(text: str) -> list[int]:
 
 
 def model_names(paths: list[str]) -> list[str]:
-    """Display names: the file stem, made unique with the parent folder, then a counter."""
+    """Display names: the file stem, made unique with the suffix (``m.net``, ``m.onnx``) or else the
+    parent folder, then a counter."""
     stems = [Path(p).stem for p in paths]
+    file_names = [Path(p).name for p in paths]
     names: list[str] = []
-    for path, stem in zip(paths, stems, strict=True):
-        base = stem if stems.count(stem) == 1 else f"{Path(path).parent.name}/{stem}"
+    for path, stem, file_name in zip(paths, stems, file_names, strict=True):
+        if stems.count(stem) == 1:
+            base = stem
+        elif file_names.count(file_name) == 1:
+            base = file_name
+        else:
+            base = f"{Path(path).parent.name}/{stem}"
         name, count = base, 1
         while name in names:
             count += 1
@@ -107,6 +128,53 @@ def _onnx_model(path: str, args: argparse.Namespace) -> Any:
     return PerBatchModel(build)
 
 
+def parse_profiles(text: str) -> list[Any]:
+    """The profiles of ``--coverage`` (``none`` or empty: no coverage column); a located error for a bad one."""
+    from netdsl.profile import ProfileError, load_profile
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if names == ["none"]:
+        return []
+    try:
+        return [load_profile(name) for name in dict.fromkeys(names)]
+    except ProfileError as err:
+        raise NetdslError(Diagnostic(f"--coverage: {err}")) from None
+
+
+def _spec_args(path: str, args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "spec": Path(path)})
+
+
+def model_size(path: str, args: argparse.Namespace) -> Any:
+    """A spec's :class:`ModelSize` from :func:`netdsl.traffic.graph_stats` (as ``netdsl stats`` shows it),
+    an ONNX file's from its graph."""
+    from netdsl.backends.model_facts import ModelSize, onnx_size
+
+    if Path(path).suffix == ".onnx":
+        return onnx_size(load_model_input(path, args, args.target))
+    from netdsl.driver import graph_from_args
+    from netdsl.traffic import graph_stats
+
+    totals = graph_stats(graph_from_args(_spec_args(path, args))).to_json()
+    return ModelSize(totals["params"], totals["macs"], totals["bytes_per_frame"])
+
+
+def model_coverage(path: str, args: argparse.Namespace, profile: Any) -> Any:
+    """The :class:`CoverageSummary` of a model under ``profile``: a spec compiled for the profile's target
+    (``trt-restricted`` for a profile file), an ONNX file as it is. A spec that does not compile for
+    that target gets a summary with the error instead of stopping the benchmark."""
+    from netdsl.backends.model_facts import CoverageSummary, summarize_coverage
+    from netdsl.backends.trt_coverage import check_coverage
+
+    target = profile.name if profile.name in BUNDLED_PROFILES else "trt-restricted"
+    try:
+        model = load_model_input(path, args, target)
+    except NetdslError as err:
+        where = f"{err.diag.span}: " if err.diag.span else ""
+        return CoverageSummary(profile.name, error=where + err.diag.message)
+    return summarize_coverage(check_coverage(model, profile))
+
+
 def _backend(requested: str, console: Any) -> str:
     from rich.markup import escape
 
@@ -142,11 +210,19 @@ def run(args: argparse.Namespace) -> int:
             models = {n: _onnx_model(p, args) for n, p in zip(names, args.models, strict=True)}
         if args.warmup < 0 or args.runs < 1:
             raise NetdslError(Diagnostic("--warmup must be >= 0 and --runs >= 1"))
+        profiles = parse_profiles(args.coverage)
+        facts = {}
+        for name, path in zip(names, args.models, strict=True):
+            with console.status(f"{name}: size and coverage"):
+                size = None if args.no_size else model_size(path, args)
+                facts[name] = (size, {profile.name: model_coverage(path, args, profile) for profile in profiles})
     except NetdslError as err:
         print(render(err.diag), file=sys.stderr)
         return 2
     table = bench_many(models, batches, args.warmup, args.runs, backend, args.baseline, progress=True,
                        threads=args.threads, verify=not args.no_verify, precision=args.precision, console=console)
+    for name, (size, coverage) in facts.items():
+        table.result(name).size, table.result(name).coverage = size, coverage
     render_bench(table, console)
     if args.json is not None:
         from netdsl.atomic_write import atomic_write_text

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise NetdslError(Diagnostic(f"{args.model}: no such file"))
+    if not args.output.absolute().parent.is_dir():
+        raise NetdslError(Diagnostic(f"{args.output}: the folder {args.output.absolute().parent} does not exist"))
     try:
         profile = load_profile(args.profile)
     except ProfileError as err:

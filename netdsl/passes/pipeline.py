@@ -2,9 +2,11 @@
 
 :data:`PIPELINES` names the passes of each target:
 
-* ``onnx`` keeps what ONNX Runtime runs fastest: its fused kernels (attention, softmax,
-  batch norm, which ORT fuses into convs itself) stay; only constant folding, CSE, cleanup of
-  data movement and DCE run;
+* ``onnx`` keeps what ONNX Runtime runs fastest: its fused kernels (attention, softmax, layer
+  norm) stay; batch norms are folded into the convs before them (ONNX Runtime would fuse those
+  too, but only folded ones can move), 1x1 convs move in front of enlarging resizes
+  (``conv_before_resize``: CSA's projections run on the small map), then constant folding, CSE,
+  cleanup of data movement and DCE run;
 * ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
   batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
   shuffle cleanup;
@@ -38,7 +40,7 @@ from netdsl.verifier import verify
 _FOLD_AND_CLEAN = ["fold_batchnorm", "fold_params", "constant_folding", "cse", "cleanup_shuffles", "dce"]
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": ["constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "onnx": ["fold_batchnorm", "conv_before_resize", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     "torch": ["cse", "cleanup_shuffles"],
     "trt": ["fold_batchnorm", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and

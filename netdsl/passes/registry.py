@@ -31,6 +31,7 @@ PASS_MODULES = (
     "hardswish_decompose",
     "tanh_decompose",
     "fold_batchnorm",
+    "conv_before_resize",
     "constant_folding",
     "cse",
     "cleanup_shuffles",

@@ -1,0 +1,220 @@
+"""Fuzzing support: run ``netdsl check`` in-process on one input and judge how it ended.
+
+The contract under test (DESIGN.md: "bad input of any kind gets a located, human error"):
+every input ends in exit 0, or in exit 2 with a message that starts with ``error:`` and
+either points into a file (a ``-->`` line) or is about command-line flags. Never exit 1
+(internal error), never a traceback, never a hang, never unbounded memory.
+
+:func:`run_check` enforces the last two itself: a wall-clock deadline (``SIGALRM``) and an
+address-space budget (``RLIMIT_AS``) for the duration of one run, so a runaway input becomes
+a reported problem instead of a stuck or swapping test process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import os
+import resource
+import signal
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netdsl.cli import main
+
+DEFAULT_DEADLINE_S = 5.0
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of address space one run may add to the process
+
+# An exit-2 message without a location must be about one of these flags.
+FLAG_WORDS = ("--entry", "--set", "--input", "--lib")
+
+SPEC_NAME = "fuzz.net"
+
+
+class FuzzTimeout(BaseException):
+    """Raised by the alarm when a run passes its deadline.
+
+    A BaseException, so that the CLI's ``except Exception`` (internal-error reporting) cannot
+    swallow it and the hang is seen as a hang.
+    """
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one ``netdsl check`` run ended."""
+
+    code: int | None  # None when the run was stopped at its deadline
+    stdout: str
+    stderr: str
+    seconds: float
+    deadline_s: float = field(default=DEFAULT_DEADLINE_S)
+    where: str = ""  # for a run stopped at its deadline: the front-end line it was running
+    warnings: tuple[str, ...] = ()  # Python warnings the run raised (a user would see them on stderr)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.code is None
+
+    def problems(self) -> list[str]:
+        """Every way this outcome breaks the contract; empty when it is acceptable."""
+        if self.timed_out:
+            return [f"no result within {self.deadline_s:g} s (hang or runaway work) at {self.where}"]
+        found: list[str] = []
+        both = self.stdout + self.stderr
+        if "Traceback (most recent call last)" in both:
+            found.append("a traceback was printed")
+        if self.code == 1:
+            what = "memory budget exceeded" if "MemoryError" in self.stderr else "internal error"
+            found.append(f"{what} (exit 1): {first_line(self.stderr)}")
+        elif self.code == 0:
+            if not self.stdout.startswith("ok:"):
+                found.append(f"exit 0 without an 'ok:' line: {first_line(self.stdout)!r}")
+        elif self.code == 2:
+            if not self.stderr.startswith("error:"):
+                found.append(f"exit 2 whose message does not start with 'error:': {first_line(self.stderr)!r}")
+            elif "\n  --> " not in self.stderr and not any(f in first_line(self.stderr) for f in FLAG_WORDS):
+                found.append(f"exit 2 without a location: {first_line(self.stderr)!r}")
+        else:
+            found.append(f"unexpected exit status {self.code}: {first_line(self.stderr)!r}")
+        # Last, so that the first problem is the most severe one.
+        return found + [f"a Python warning reached the user: {w}" for w in self.warnings]
+
+    def describe(self) -> str:
+        """A report of this outcome for an assertion message."""
+        return (f"exit {self.code} after {self.seconds:.2f} s\n--- problems\n" + "\n".join(self.problems())
+                + f"\n--- stdout\n{self.stdout[:2000]}\n--- stderr\n{self.stderr[:4000]}")
+
+
+def first_line(text: str) -> str:
+    """The first line of ``text`` (empty for empty text)."""
+    return text.split("\n", 1)[0]
+
+
+def innermost_netdsl_frame(frames: list[tuple[str, int, str]]) -> str:
+    """``netdsl/elaborate.py:412 in _eval_binop`` for the last (file, line, function) inside the package."""
+    for filename, line, func in reversed(frames):
+        parts = Path(filename).parts
+        for package in ("netdsl", "backends"):
+            if package in parts:
+                rel = "/".join(parts[len(parts) - parts[::-1].index(package) - 1:])
+                return f"{rel}:{line} in {func}" if func else f"{rel}:{line}"
+    return "outside netdsl"
+
+
+def _address_space_bytes() -> int:
+    """Current virtual memory size of this process (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[0])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block.
+
+    A collection of the whole process's heap (large after thousands of examples) would count
+    against one run's deadline, and an alarm landing in a collector callback is swallowed.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def memory_budget(extra_bytes: int) -> Iterator[None]:
+    """Cap the address space at its current size plus ``extra_bytes`` (restored afterwards).
+
+    Only the soft limit is lowered, so it can always be raised back to what it was.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = _address_space_bytes() + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@dataclass
+class Alarm:
+    """Whether a :func:`deadline` has passed (even if its exception was swallowed on the way)."""
+
+    fired: bool = False
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[Alarm]:
+    """Raise :class:`FuzzTimeout` in this (main) thread once ``seconds`` have passed."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("the fuzz deadline needs SIGALRM, which only the main thread receives")
+    alarm = Alarm()
+
+    def on_alarm(signum: int, frame: object) -> None:
+        alarm.fired = True
+        raise FuzzTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield alarm
+    finally:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:  # even if the alarm fired just before it was cancelled
+            signal.signal(signal.SIGALRM, previous)
+
+
+def run_cli(argv: list[str], deadline_s: float = DEFAULT_DEADLINE_S,
+            memory_bytes: int = DEFAULT_MEMORY_BUDGET) -> Outcome:
+    """Run ``netdsl ARGV`` in this process with captured output, a deadline and a memory budget."""
+    out, err = io.StringIO(), io.StringIO()
+    start = time.monotonic()
+    code: int | None
+    where = ""
+    alarm = Alarm()
+    # Record every warning: by default Python shows each one once per process, which would make
+    # whether a run "printed a warning" depend on the runs before it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                with gc_paused(), memory_budget(memory_bytes), deadline(deadline_s) as alarm:
+                    try:
+                        code = main(argv)
+                    except SystemExit as ex:  # argparse reports bad flags this way
+                        code = ex.code if isinstance(ex.code, int) else 2
+        except FuzzTimeout as stop:
+            code = None
+            frames = traceback.extract_tb(stop.__traceback__)
+            where = innermost_netdsl_frame([(f.filename, f.lineno or 0, f.name) for f in frames])
+    if alarm.fired and code is not None:  # something swallowed the FuzzTimeout: still over the deadline
+        code, where = None, "an unknown place (the stop was swallowed)"
+    shown = tuple(f"{w.category.__name__}: {w.message} ({innermost_netdsl_frame([(w.filename, w.lineno, '')])})"
+                  for w in caught)
+    return Outcome(code, out.getvalue(), err.getvalue(), time.monotonic() - start, deadline_s, where, shown)
+
+
+def run_check(source: str | bytes, workdir: Path, deadline_s: float = DEFAULT_DEADLINE_S,
+              memory_bytes: int = DEFAULT_MEMORY_BUDGET) -> Outcome:
+    """Write ``source`` to a spec file in ``workdir`` and run ``netdsl check`` on it.
+
+    The file name is always the same, so that repeated runs do not grow the CLI's cache of
+    source texts (it keeps one text per path).
+    """
+    path = workdir / SPEC_NAME
+    path.write_bytes(source.encode("utf-8") if isinstance(source, str) else source)
+    return run_cli(["check", str(path)], deadline_s, memory_bytes)
