@@ -607,6 +607,8 @@ class Elaborator:
         from netdsl.initializers import NP_DTYPES
 
         kind = np.dtype(NP_DTYPES[dtype]).kind
+        if kind == "b":
+            raise self.error(scope, f"arithmetic on a {dtype} tensor is not defined", span)
         if kind in "iu" and not float(value).is_integer():
             raise self.error(scope, f"cannot combine a {dtype} tensor with the non-integer {show(value)}", span)
         if kind in "iu":

@@ -158,3 +158,11 @@ def test_regression(workdir: Path, name: str) -> None:
     assert_clean(outcome, source)
     if expected != "clean":
         assert outcome.code == (0 if expected == "ok" else 2), outcome.describe()
+
+
+def test_arithmetic_on_a_bool_tensor_is_a_located_error(workdir: Path) -> None:
+    spec = workdir / "bool.net"
+    spec.write_text("model m() {\n  input x: bool[1, 4]\n  output y = x * 2.5\n}\n")
+    outcome = run_cli(["check", str(spec)])
+    assert outcome.code == 2 and not outcome.problems(), outcome.describe()
+    assert "arithmetic on a bool tensor is not defined" in outcome.stderr
