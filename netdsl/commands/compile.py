@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
         render_coverage(report, console)
         if not report.covered:
             raise NetdslError(Diagnostic(
-                f"{report.uncovered_count} of {report.total} nodes are not allowed by profile "
-                f"'{profile.name}'; nothing was written", None,
-                notes=[v for v in report.violation_lines()]))
+                f"{report.uncovered_count} of {report.total} nodes and {len(report.graph_violations)} graph-level "
+                f"rule(s) are not allowed by profile '{profile.name}'; nothing was written", None,
+                notes=report.violation_lines()))
         save_onnx(model, args.output)
         print(f"wrote {args.output} ({report.total}/{report.total} nodes covered by '{profile.name}')")
         print("build the engine on the target with:")
