@@ -37,6 +37,10 @@ def _relative_position_index(window: int) -> np.ndarray:
     return rel[0] * (2 * window - 1) + rel[1]
 
 
+def _normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+
+
 def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
     """The value of parameter ``p`` given by its :class:`Init`, reproducible from ``seed``."""
     init: Init = p.init
@@ -51,18 +55,19 @@ def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
         data = np.ones(shape)
     elif kind == "uniform_fan_in":
         bound = 1.0 / np.sqrt(init.arg("fan_in"))
-        data = rng.uniform(-bound, bound, shape)
+        # Drawn in float32 directly: half the work of float64 draws for large models.
+        data = (rng.random(shape, dtype=np.float32) * np.float32(2 * bound) - np.float32(bound))
     elif kind == "normal":
-        data = rng.normal(0.0, init.arg("std"), shape)
+        data = _normal(rng, shape, init.arg("std"))
     elif kind == "trunc_normal":
         std, lo, hi = init.arg("std"), init.arg("a", -2.0), init.arg("b", 2.0)
-        data = rng.normal(0.0, std, shape)
+        data = _normal(rng, shape, std)
         outside = (data < lo) | (data > hi)
         while outside.any():  # redraw (not clip): a truncated normal has no mass at the bounds
-            data[outside] = rng.normal(0.0, std, int(outside.sum()))
+            data[outside] = _normal(rng, (int(outside.sum()),), std)
             outside = (data < lo) | (data > hi)
     elif kind == "kaiming_normal_fan_out":
-        data = rng.normal(0.0, np.sqrt(2.0 / init.arg("fan_out")), shape)
+        data = _normal(rng, shape, np.sqrt(2.0 / init.arg("fan_out")))
     elif kind == "shift":
         data = _shift_kernels(shape, init.arg("kernel"))
     elif kind == "relative_position_index":
