@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -25,6 +26,9 @@ from netdsl.cli import main
 from netdsl.driver import load_graph
 
 TOL = 1e-4
+# What a trt-restricted lowering may leave: no MatMul, Gather, Pad, Reduce or BatchNormalization.
+RESTRICTED_OPS = {"Conv", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Clip", "Softmax", "Reshape",
+                  "Transpose", "Concat", "Slice", "Resize"}
 
 
 def _f32(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -41,6 +45,9 @@ def _compile_and_run(tmp_path: Path, spec: str, entry: str, sets: list[str], sha
     for s in sets:
         argv += ["--set", s]
     assert main(argv) == 0
+    if target == "trt-restricted":
+        ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+        assert ops <= RESTRICTED_OPS, ops - RESTRICTED_OPS
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return sess.run(None, {"x": x})[0]
 
@@ -64,16 +71,17 @@ ACMIX_CASES = [
 ]
 
 
+@pytest.mark.parametrize("target", ["onnx", "trt-restricted"])
 @pytest.mark.parametrize("cin,cout,ka,head,stride,h,w", ACMIX_CASES)
 def test_acmix_matches_reference(tmp_path: Path, cin: int, cout: int, ka: int, head: int, stride: int, h: int,
-                                 w: int) -> None:
+                                 w: int, target: str) -> None:
     rng = np.random.default_rng(cin * 1000 + cout + ka + h)
     sd = _f32(random_acmix_state(rng, in_planes=cin, out_planes=cout, head=head))
     x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
     sets = [f"in_planes={cin}", f"out_planes={cout}", f"kernel_att={ka}", f"head={head}", f"stride={stride}"]
     expected = acmix(x.astype(np.float64), {k: v.astype(np.float64) for k, v in sd.items()}, in_planes=cin,
                      out_planes=cout, kernel_att=ka, head=head, stride=stride)
-    got_onnx = _compile_and_run(tmp_path, "specs/acmix.net", "ACmix", sets, x.shape, sd, x)
+    got_onnx = _compile_and_run(tmp_path, "specs/acmix.net", "ACmix", sets, x.shape, sd, x, target)
     got_torch = _torch_run("specs/acmix.net", "ACmix", sets, x.shape, sd, x)
     assert got_onnx.shape == expected.shape == (2, cout, h // stride, w // stride)
     np.testing.assert_allclose(got_onnx, expected, atol=TOL, rtol=0)
@@ -90,9 +98,10 @@ CSA_CASES = [
 ]
 
 
+@pytest.mark.parametrize("target", ["onnx", "trt-restricted"])
 @pytest.mark.parametrize("dim,ls,sr_to,heads,ratio,nb,h,w", CSA_CASES)
 def test_csa_matches_reference(tmp_path: Path, dim: int, ls: float, sr_to: int, heads: int, ratio: int, nb: int,
-                               h: int, w: int) -> None:
+                               h: int, w: int, target: str) -> None:
     rng = np.random.default_rng(dim * 100 + sr_to + h)
     kwargs = dict(dim=dim, layer_scale_init_value=ls, sr_to=sr_to, num_heads=heads, mlp_ratio=ratio, neighbors=nb)
     sd = _f32(random_csa_state(rng, **kwargs))
@@ -100,7 +109,7 @@ def test_csa_matches_reference(tmp_path: Path, dim: int, ls: float, sr_to: int, 
     sets = [f"{k}={v}" for k, v in kwargs.items()]
     expected = csa_block(x.astype(np.float64), {k: v.astype(np.float64) if v.dtype.kind == "f" else v
                                                 for k, v in sd.items()}, **kwargs)
-    got_onnx = _compile_and_run(tmp_path, "specs/csa.net", "CSA", sets, x.shape, sd, x)
+    got_onnx = _compile_and_run(tmp_path, "specs/csa.net", "CSA", sets, x.shape, sd, x, target)
     got_torch = _torch_run("specs/csa.net", "CSA", sets, x.shape, sd, x)
     assert got_onnx.shape == expected.shape == x.shape
     np.testing.assert_allclose(got_onnx, expected, atol=TOL, rtol=0)
@@ -119,10 +128,11 @@ def _swin_mask(h: int, w: int, ws: int, shift: int) -> np.ndarray:
     return np.where(win[:, None, :] - win[:, :, None] != 0, -100.0, 0.0)
 
 
+@pytest.mark.parametrize("target", ["onnx", "trt-restricted"])
 @pytest.mark.parametrize("dim,ws,heads,shift,h,w", [(32, 7, 4, 0, 14, 14), (24, 4, 3, 2, 8, 12),
                                                      (16, 7, 2, 3, 14, 14)])
 def test_swin_window_attention_acmix_matches_reference(tmp_path: Path, dim: int, ws: int, heads: int, shift: int,
-                                                       h: int, w: int) -> None:
+                                                       h: int, w: int, target: str) -> None:
     rng = np.random.default_rng(dim + ws + shift)
     sd = _f32(random_swin_acmix_state(rng, dim=dim, window_size=ws, num_heads=heads))
     x = rng.standard_normal((2, h, w, dim)).astype(np.float32)
@@ -131,7 +141,7 @@ def test_swin_window_attention_acmix_matches_reference(tmp_path: Path, dim: int,
                                                              for k, v in sd.items()}, h, w, dim=dim,
                                       window_size=ws, num_heads=heads, mask=mask)
     sets = [f"dim={dim}", f"window_size={ws}", f"num_heads={heads}", f"shift_size={shift}"]
-    got_onnx = _compile_and_run(tmp_path, "specs/acmix.net", "WindowAttentionACmix", sets, x.shape, sd, x)
+    got_onnx = _compile_and_run(tmp_path, "specs/acmix.net", "WindowAttentionACmix", sets, x.shape, sd, x, target)
     got_torch = _torch_run("specs/acmix.net", "WindowAttentionACmix", sets, x.shape, sd, x)
     np.testing.assert_allclose(got_onnx, expected, atol=TOL, rtol=0)
     np.testing.assert_allclose(got_torch, expected, atol=TOL, rtol=0)
