@@ -2,8 +2,10 @@
 
 Several models are measured side by side in one process: for every batch size, each run times
 every model once, in an order rotated from run to run, so that thermal or background drift hits all
-models alike and ratios to a baseline are fair. Per batch size the table gives the median and 90th
-percentile latency (ms, wall clock around one inference call) and images per second.
+models alike and ratios to a baseline are fair; ONNX Runtime's thread pools stop spinning when a
+run ends, so that no model is timed against the idle spinning of another's (:func:`session_options`).
+Per batch size the table gives the median and 90th percentile latency (ms, wall clock around one
+inference call) and images per second.
 
 Models exported with a fixed batch are re-batched on a copy: the batch dimension of the graph
 inputs is rewritten, output shapes are re-inferred, and constant shapes that bake the old batch in
@@ -11,6 +13,9 @@ inputs is rewritten, output shapes are re-inferred, and constant shapes that bak
 ConstantOfShape shapes whose leading entry is the old batch) are scaled. The re-batched model is then
 verified against the original on distinct random samples with ONNX Runtime, so a model that mixes
 samples or cannot be re-batched is reported as such instead of being timed wrongly.
+
+A result can carry static facts (:mod:`netdsl.backends.model_facts`: parameters, MACs and bytes per
+frame, TensorRT coverage per profile); the table, the JSON and the plot show them beside the latencies.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
@@ -34,6 +39,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from netdsl.atomic_write import atomic_paths
+
+if TYPE_CHECKING:
+    from netdsl.backends.model_facts import CoverageSummary, ModelSize
 
 DEFAULT_BATCHES = (1, 4, 8, 16)
 BACKENDS = ("ort", "trt", "torch")
@@ -80,14 +88,24 @@ class BatchTiming:
 
 @dataclass
 class BenchResult:
-    """All batch sizes of one model."""
+    """All batch sizes of one model, and its static facts when they were computed."""
 
     name: str
     rows: list[BatchTiming] = field(default_factory=list)
+    size: ModelSize | None = None
+    coverage: dict[str, CoverageSummary] = field(default_factory=dict)  # by profile name
 
     def row(self, batch: int) -> BatchTiming | None:
         """The row of ``batch``, if it was run."""
         return next((r for r in self.rows if r.batch == batch), None)
+
+
+SIZE_FIELDS = ("params", "macs", "bytes_per_frame")
+
+
+def _size_fields(size: ModelSize | None) -> dict[str, int | None]:
+    """The :data:`SIZE_FIELDS` of ``size``; None each when the size was not computed."""
+    return {name: getattr(size, name) if size is not None else None for name in SIZE_FIELDS}
 
 
 @dataclass
@@ -115,7 +133,12 @@ class BenchTable:
             "runs": self.runs,
             "baseline": self.baseline,
             "environment": self.environment,
-            "models": [{"name": r.name, "rows": [asdict(row) for row in r.rows]} for r in self.results],
+            "models": [{
+                "name": r.name,
+                **_size_fields(r.size),
+                "coverage": {profile: summary.to_dict() for profile, summary in r.coverage.items()},
+                "rows": [asdict(row) for row in r.rows],
+            } for r in self.results],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -274,6 +297,25 @@ class _Runner(Protocol):
     def run(self) -> None: ...
 
 
+def session_options(threads: int | None) -> Any:
+    """ONNX Runtime session options for timing several models interleaved in one process.
+
+    Each session owns a thread pool whose workers, by default, keep spinning for a while after a run,
+    on the cores the next model's run needs: interleaved, every model would be timed against the
+    idle spinning of the others (measured here with two threads and four models: 93 ms per run
+    interleaved for a model that takes 47 ms alone). So workers stop spinning when a run ends
+    (``session.force_spinning_stop``); they still spin within a run, as by default. ``threads`` sets
+    the intra-op threads (default: ONNX Runtime's choice)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: re-batched copies leave harmless unused constants
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
 class _OnnxSource:
     """An ONNX model with its original batch and a lazily created original-batch ORT session, or a
     :class:`PerBatchModel` that builds the model for each batch."""
@@ -288,10 +330,7 @@ class _OnnxSource:
     def session(self, model: onnx.ModelProto) -> Any:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: re-batched copies leave harmless unused constants
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        options = session_options(self.threads)
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def at_batch(self, batch: int, verify: bool) -> onnx.ModelProto:
@@ -481,36 +520,94 @@ def bench_onnx(model_or_path: onnx.ModelProto | str | Path, batches: Sequence[in
 # --------------------------------------------------------------------------- output
 
 
+def _ms(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _count(value: int | None) -> str:
+    """``72``, ``41.6k``, ``27.64M``, ``4.07G``; ``-`` when unknown."""
+    if value is None:
+        return "-"
+    for scale, unit, digits in ((1e9, "G", 2), (1e6, "M", 2), (1e3, "k", 1)):
+        if value >= scale:
+            return f"{value / scale:.{digits}f}{unit}"
+    return str(value)
+
+
+def _coverage_cell(summary: CoverageSummary | None) -> str:
+    if summary is None:
+        return "-"
+    colour = "green" if summary.deployable else "red"
+    return f"[{colour}]{escape(summary.text)}[/{colour}]"
+
+
 def render_bench(table: BenchTable, console: Console) -> None:
-    """Print one row per model, one column per batch: median (p90) ms, images/s, ratio."""
+    """Print one row per model: its size and coverage (when known), then per batch the median and p90
+    latency, images/s and the ratio to the baseline; then why each model a profile refuses is refused."""
     title = f"latency, backend {table.backend} ({table.runs} runs after {table.warmup} warm-up, interleaved)"
-    rich_table = Table(title=title)
+    if table.baseline:
+        title += f"; x = median latency / {table.baseline}'s at the same batch"
+    rich_table = Table(title=escape(title))
     rich_table.add_column("model")
+    with_size = any(r.size is not None for r in table.results)
+    profiles = list(dict.fromkeys(p for r in table.results for p in r.coverage))
+    if with_size:
+        for column in ("params", "MACs/frame", "bytes/frame"):
+            rich_table.add_column(column, justify="right")
+    for profile in profiles:
+        rich_table.add_column(escape(profile), justify="right")
     for batch in table.batches:
         rich_table.add_column(f"batch {batch}", justify="right")
     for result in table.results:
         cells = []
+        if with_size:
+            size = _size_fields(result.size)
+            cells += [_count(size[name]) for name in SIZE_FIELDS]
+        cells += [_coverage_cell(result.coverage.get(profile)) for profile in profiles]
         for batch in table.batches:
             row = result.row(batch)
             if row is None or row.error:
                 cells.append(f"[red]{escape(row.error if row else 'not run')}[/red]")
                 continue
-            cell = f"{row.median_ms:.3f} ms (p90 {row.p90_ms:.3f})\n{row.images_per_s:.1f} img/s"
+            cell = f"{_ms(row.median_ms)} ms\np90 {_ms(row.p90_ms)}\n{row.images_per_s:.1f} img/s"
             if row.latency_vs_baseline is not None and result.name != table.baseline:
-                cell += f"\n{row.latency_vs_baseline:.2f}x {escape(table.baseline or '')}"
+                cell += f"\n{row.latency_vs_baseline:.2f}x"
             cells.append(cell)
         name = f"{result.name} (baseline)" if result.name == table.baseline else result.name
         rich_table.add_row(escape(name), *cells)
     console.print(rich_table)
+    _render_refusals(table, console)
+
+
+def _render_refusals(table: BenchTable, console: Console) -> None:
+    """Per model and profile that is not 100%: which nodes are refused and why."""
+    for result in table.results:
+        for profile, summary in result.coverage.items():
+            if summary.error is not None:
+                console.print(f"[red]{escape(result.name)}: not checked under {escape(profile)}:[/red] "
+                              f"{escape(summary.error)}")
+            elif not summary.deployable:
+                console.print(f"[red]{escape(result.name)} is not deployable under {escape(profile)}:[/red] "
+                              f"{summary.total - summary.covered} of {summary.total} nodes refused")
+                for line in summary.reason_lines():
+                    console.print(f"  {escape(line)}")
+
+
+def _plot_label(result: BenchResult, baseline: str | None) -> str:
+    """The model's name, marked as the baseline, with its coverage per profile."""
+    label = f"{result.name} (baseline)" if result.name == baseline else result.name
+    coverage = ", ".join(f"{profile} {summary.text}" for profile, summary in result.coverage.items())
+    return f"{label}; {coverage}" if coverage else label
 
 
 def plot_bench(table: BenchTable, path: str | Path) -> None:
-    """Save a latency-vs-batch plot (one line per model, median with p90 whiskers) as an image.
+    """Save a latency-vs-batch plot (one line per model, median with p90 whiskers; the legend gives each
+    model's coverage per profile) as an image.
 
     Uses a bare matplotlib Figure (Agg canvas), leaving pyplot's global backend alone."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for result in table.results:
         rows = [r for r in result.rows if r.median_ms is not None and r.p90_ms is not None]
@@ -518,7 +615,7 @@ def plot_bench(table: BenchTable, path: str | Path) -> None:
             continue
         spread = [r.p90_ms - r.median_ms for r in rows]
         ax.errorbar([r.batch for r in rows], [r.median_ms for r in rows], yerr=[[0] * len(rows), spread],
-                    marker="o", capsize=3, label=result.name)
+                    marker="o", capsize=3, label=_plot_label(result, table.baseline))
     ax.set_xscale("log", base=2)
     ax.set_xticks(table.batches, [str(b) for b in table.batches])
     ax.set_xlabel("batch size")
@@ -526,7 +623,7 @@ def plot_bench(table: BenchTable, path: str | Path) -> None:
     ax.set_title(f"latency vs batch ({table.backend})")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     with atomic_paths(path) as (staged,):
         fig.savefig(staged)

@@ -335,7 +335,8 @@ def _gelu(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
         em.emit("Gelu", [x], {"approximate": "none"}, out=ys[0])
         return
     like = node.inputs[0]
-    erf = em.emit("Erf", [em.emit("Mul", [x, em.scalar(1 / np.sqrt(2.0), like)])])
+    # x / sqrt(2) as a Div: ONNX Runtime fuses Div-Erf-Add-Mul-Mul into one Gelu kernel, not a Mul by 1/sqrt(2)
+    erf = em.emit("Erf", [em.emit("Div", [x, em.scalar(np.sqrt(2.0), like)])])
     half_x = em.emit("Mul", [x, em.scalar(0.5, like)])
     em.emit("Mul", [half_x, em.emit("Add", [erf, em.scalar(1.0, like)])], out=ys[0])
 

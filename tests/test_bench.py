@@ -137,6 +137,17 @@ def test_bench_many_interleaves_and_takes_ratios() -> None:
                                                  "latency_vs_baseline", "error"}
 
 
+def test_session_options_stop_spinning_between_interleaved_runs() -> None:
+    from netdsl.backends.bench import session_options
+
+    for threads, expected in ((None, 0), (3, 3)):
+        options = session_options(threads)
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        assert options.intra_op_num_threads == expected
+    session = ort.InferenceSession(attention_like(1).SerializeToString(), session_options(2))
+    assert session.run(None, {"x": np.ones((1, 4, 6, 6), np.float32)})[0].shape == (1, 8, 6, 6)
+
+
 def test_measure_rotates_the_order_of_models() -> None:
     calls: list[str] = []
 
@@ -239,5 +250,116 @@ def test_command_compiles_specs_per_batch(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(netdsl.commands.compile, "compile_to_onnx", compile_to_onnx)
     spec = tmp_path / "block.net"
     spec.write_text("# compiled by the stand-in driver hook\n")
-    assert run_command(str(spec), "--batch", "2,5", "--runs", "1", "--warmup", "0", "--set", "dim=8") == 0
+    # the stand-in compiles only for timing: no size (which elaborates the spec) and no coverage columns
+    assert run_command(str(spec), "--batch", "2,5", "--runs", "1", "--warmup", "0", "--set", "dim=8",
+                       "--coverage", "none", "--no-size") == 0
     assert calls == [[], ["x=5x4x6x6"]]  # compiled once as written, then with the input bound to batch 5
+
+
+# --------------------------------------------------------------------------- size and coverage columns
+
+GELU_SPEC = """
+model gelu_net(dim: int = 8) {
+    input x: f32[N=1, dim, H=4, W=4]
+    output y = gelu(conv(x, dim, kernel=1) as c)
+}
+"""
+
+# squeeze() drops the batch axis at batch 1 only, like the CSA head: [8] at batch 1, [B, 8] above
+SQUEEZE_SPEC = """
+model squeeze_net(dim: int = 4) {
+    input x: f32[N=1, dim, H=1, W=1]
+    y = batchnorm(conv(x, 2 * dim, kernel=1) as c) as bn
+    output logits = squeeze(relu(y))
+}
+"""
+
+
+def spec_graph(path: Path, inputs: list[str] | None = None):  # noqa: ANN201 - an IR Graph
+    from netdsl.driver import load_graph
+
+    return load_graph(path, inputs=inputs)
+
+
+def test_onnx_size_matches_the_spec_cost_model(write_spec) -> None:  # noqa: ANN001 - conftest fixture
+    from netdsl.backends.model_facts import onnx_size
+    from netdsl.backends.onnx_backend import to_onnx
+    from netdsl.initializers import initial_weights
+    from netdsl.traffic import graph_stats
+
+    path = write_spec(SQUEEZE_SPEC)
+    for batch in (1, 3):
+        graph = spec_graph(path, [f"x={batch}x4x1x1"])
+        expected = graph_stats(graph).to_json()
+        size = onnx_size(to_onnx(graph, initial_weights(graph, 0)))
+        # the ONNX graph has the same dense ops and trainable parameters (BN statistics are buffers)
+        assert (size.params, size.macs) == (expected["params"], expected["macs"]) == (4 * 8 + 8 + 2 * 8, 4 * 8)
+        assert size.bytes_per_frame > 0
+
+
+def test_onnx_size_of_gemm_matmul_and_symbolic_batch() -> None:
+    from netdsl.backends.model_facts import onnx_size
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), helper.make_node("MatMul", ["h", "m"], ["y"])]
+    inits = [const("w", rng.standard_normal((5, 3))), const("m", rng.standard_normal((5, 7)))]
+    for batch, frames in (("N", 1), (4, 4)):  # a symbolic batch counts as 1
+        size = onnx_size(model_of(nodes, [batch, 3], [batch, 7], inits))
+        assert size.params == 15 + 35 and size.macs == 5 * 3 + 7 * 5
+        # float32 bytes: the Gemm reads x and w and writes h; the MatMul reads h and m and writes y
+        assert size.bytes_per_frame == 4 * (frames * (3 + 5 + 5 + 7) + 15 + 35) // frames
+
+
+def test_coverage_summary_groups_refused_nodes_with_their_spec_location(write_spec) -> None:  # noqa: ANN001
+    from netdsl.backends.model_facts import summarize_coverage
+    from netdsl.backends.onnx_backend import to_onnx
+    from netdsl.backends.trt_coverage import check_coverage
+    from netdsl.initializers import initial_weights
+    from netdsl.profile import load_profile
+
+    graph_path = write_spec(GELU_SPEC, "gelu.net")
+    graph = spec_graph(graph_path)
+    report = check_coverage(to_onnx(graph, initial_weights(graph, 0)), load_profile("trt-restricted"))
+    summary = summarize_coverage(report)
+    refused = report.violations()
+    assert not summary.deployable and summary.text == f"{report.total - len(refused)}/{report.total}"
+    (group,) = summary.violations  # exact GELU's one Erf
+    assert (group.op, group.count) == ("Erf", len(refused)) == ("Erf", 1)
+    assert group.first_at.startswith(f"{graph_path}:3:") and group.rewrite and "Erf" in summary.reason_lines()[0]
+
+
+def test_command_shows_size_and_coverage_per_model(write_spec, tmp_path: Path,  # noqa: ANN001
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from netdsl.traffic import graph_stats
+
+    squeeze, gelu = write_spec(SQUEEZE_SPEC, "squeeze.net"), write_spec(GELU_SPEC, "gelu.net")
+    onnx_file = tmp_path / "attention.onnx"
+    onnx.save(attention_like(2), onnx_file)
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = run_command(str(squeeze), str(gelu), str(onnx_file), "--batch", "1,2", "--runs", "1", "--warmup", "0",
+                       "--coverage", "trt-restricted", "--baseline", "squeeze", "--json", str(out), "--plot", str(plot))
+    printed = capsys.readouterr().out
+    assert code == 0 and plot.is_file()  # squeeze_net ([8] at batch 1, [2, 8] at batch 2) ran at both sizes
+    models = {m["name"]: m for m in json.loads(out.read_text())["models"]}
+    for name, path in (("squeeze", squeeze), ("gelu", gelu)):
+        stats = graph_stats(spec_graph(path)).to_json()
+        assert [models[name][k] for k in ("params", "macs", "bytes_per_frame")] == \
+            [stats["params"], stats["macs"], stats["bytes_per_frame"]]
+    assert models["attention"]["macs"] == 8 * 36 * 4 * 9 and models["attention"]["params"] == 8 * 4 * 9
+    coverage = {name: m["coverage"]["trt-restricted"] for name, m in models.items()}
+    assert coverage["squeeze"]["text"] == "100%" and coverage["squeeze"]["deployable"]
+    assert not coverage["gelu"]["deployable"] and coverage["gelu"]["violations"][0]["op"] == "Erf"
+    assert coverage["gelu"]["text"] == f"{coverage['gelu']['covered']}/{coverage['gelu']['total']}"
+    assert "gelu is not deployable under trt-restricted" in printed and "x Erf" in printed
+    assert "squeeze is not deployable" not in printed
+    assert any("params" in line and "trt-restricted" in line for line in printed.splitlines())  # the header
+
+
+def test_command_coverage_flags(write_spec, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    spec = write_spec(SQUEEZE_SPEC)
+    assert run_command(str(spec), "--batch", "1", "--runs", "1", "--warmup", "0", "--coverage", "nope") == 2
+    assert "--coverage" in capsys.readouterr().err
+    assert run_command(str(spec), "--batch", "1", "--runs", "1", "--warmup", "0", "--coverage", "none",
+                       "--no-size") == 0
+    header = capsys.readouterr().out
+    assert "trt-restricted" not in header and "params" not in header and "batch 1" in header

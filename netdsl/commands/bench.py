@@ -86,6 +86,11 @@ def model_names(paths: list[str]) -> list[str]:
     return names
 
 
+def _spec_args(path: str, args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with ``spec`` set to ``path``, for the spec-reading helpers."""
+    return argparse.Namespace(**{**vars(args), "spec": Path(path)})
+
+
 def _torch_model(path: str, args: argparse.Namespace) -> Any:
     """A spec as a PyTorch module (with the spec's weights) and its per-sample input shape."""
     if Path(path).suffix == ".onnx":
@@ -94,7 +99,7 @@ def _torch_model(path: str, args: argparse.Namespace) -> Any:
     from netdsl.backends.torch_backend import build_module
     from netdsl.commands.compile import lower
 
-    result = lower(argparse.Namespace(**{**vars(args), "spec": Path(path)}), "torch")
+    result = lower(_spec_args(path, args), "torch")
     graph = result.graph
     if len(graph.inputs) != 1:
         raise NetdslError(Diagnostic(f"{path}: the torch benchmark feeds one input, the model has {graph.inputs}"))
@@ -141,17 +146,13 @@ def parse_profiles(text: str) -> list[Any]:
         raise NetdslError(Diagnostic(f"--coverage: {err}")) from None
 
 
-def _spec_args(path: str, args: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), "spec": Path(path)})
-
-
-def model_size(path: str, args: argparse.Namespace) -> Any:
+def model_size(path: str, args: argparse.Namespace, onnx_model: Any = None) -> Any:
     """A spec's :class:`ModelSize` from :func:`netdsl.traffic.graph_stats` (as ``netdsl stats`` shows it),
-    an ONNX file's from its graph."""
+    an ONNX file's from its graph (``onnx_model``, the file already loaded)."""
     from netdsl.backends.model_facts import ModelSize, onnx_size
 
-    if Path(path).suffix == ".onnx":
-        return onnx_size(load_model_input(path, args, args.target))
+    if onnx_model is not None:
+        return onnx_size(onnx_model)
     from netdsl.driver import graph_from_args
     from netdsl.traffic import graph_stats
 
@@ -159,20 +160,37 @@ def model_size(path: str, args: argparse.Namespace) -> Any:
     return ModelSize(totals["params"], totals["macs"], totals["bytes_per_frame"])
 
 
-def model_coverage(path: str, args: argparse.Namespace, profile: Any) -> Any:
+def model_coverage(path: str, args: argparse.Namespace, profile: Any, onnx_model: Any = None) -> Any:
     """The :class:`CoverageSummary` of a model under ``profile``: a spec compiled for the profile's target
-    (``trt-restricted`` for a profile file), an ONNX file as it is. A spec that does not compile for
-    that target gets a summary with the error instead of stopping the benchmark."""
+    (``trt-restricted`` for a profile file), an ONNX file (``onnx_model``, already loaded) as it is. A
+    spec that does not compile for that target gets a summary with the error instead of stopping the
+    benchmark."""
     from netdsl.backends.model_facts import CoverageSummary, summarize_coverage
     from netdsl.backends.trt_coverage import check_coverage
 
-    target = profile.name if profile.name in BUNDLED_PROFILES else "trt-restricted"
-    try:
-        model = load_model_input(path, args, target)
-    except NetdslError as err:
-        where = f"{err.diag.span}: " if err.diag.span else ""
-        return CoverageSummary(profile.name, error=where + err.diag.message)
+    model = onnx_model
+    if model is None:
+        target = profile.name if profile.name in BUNDLED_PROFILES else "trt-restricted"
+        try:
+            model = load_model_input(path, args, target)
+        except NetdslError as err:
+            where = f"{err.diag.span}: " if err.diag.span else ""
+            return CoverageSummary(profile.name, error=where + err.diag.message)
     return summarize_coverage(check_coverage(model, profile))
+
+
+def model_facts(paths: dict[str, str], loaded: dict[str, Any], args: argparse.Namespace, profiles: list[Any],
+                console: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Per model name: its size (None with ``--no-size``) and its coverage summary per profile.
+
+    ``loaded`` holds the models as the benchmark loaded them; ONNX files are taken from there."""
+    facts = {}
+    for name, path in paths.items():
+        onnx_model = loaded[name] if Path(path).suffix == ".onnx" else None
+        with console.status(f"{name}: size and coverage"):
+            size = None if args.no_size else model_size(path, args, onnx_model)
+            facts[name] = (size, {p.name: model_coverage(path, args, p, onnx_model) for p in profiles})
+    return facts
 
 
 def _backend(requested: str, console: Any) -> str:
@@ -210,12 +228,8 @@ def run(args: argparse.Namespace) -> int:
             models = {n: _onnx_model(p, args) for n, p in zip(names, args.models, strict=True)}
         if args.warmup < 0 or args.runs < 1:
             raise NetdslError(Diagnostic("--warmup must be >= 0 and --runs >= 1"))
-        profiles = parse_profiles(args.coverage)
-        facts = {}
-        for name, path in zip(names, args.models, strict=True):
-            with console.status(f"{name}: size and coverage"):
-                size = None if args.no_size else model_size(path, args)
-                facts[name] = (size, {profile.name: model_coverage(path, args, profile) for profile in profiles})
+        facts = model_facts(dict(zip(names, args.models, strict=True)), models, args, parse_profiles(args.coverage),
+                            console)
     except NetdslError as err:
         print(render(err.diag), file=sys.stderr)
         return 2

@@ -1,0 +1,206 @@
+"""The CSA study's model comparison: CSA (``convselfattn``) against ConvNeXt-T, Swin-T and CvT-13.
+
+1. **Comparison** (the blog's Table 1 and Figure 6): runs ``netdsl bench`` on the four specs of
+   ``specs/models/`` compiled for the ``onnx`` target, in ONNX Runtime (CPU), all models in one
+   process and interleaved run by run, at batch 1/4/8/16. The table gives per model its
+   parameters, MACs and bytes per frame, its TensorRT coverage (``trt-restricted``, ``trt-dla``)
+   and per batch the median latency and its ratio to the baseline (ConvNeXt-T); ``--plot`` draws
+   latency against batch size.
+2. **Profile** (``--profile``): each model compiled at batch 1 runs under ONNX Runtime's profiler
+   (runs interleaved across models; profiles go to a temporary folder), and the kernel time is
+   summed per op type *as ONNX Runtime executes it* (after its own fusions: e.g. ``QuickGelu`` is a
+   fused swish, ``Conv`` includes the batch norms and activations it absorbed), printed as the top
+   op types of each model.
+
+``--onnx FILE`` adds ONNX models (e.g. an earlier build of one of the specs) to both parts, named by
+their file stem. Both parts print tables; ``--json OUT`` writes ``{"comparison": ..., "profile": ...}``.
+
+    python benchmarks/model_comparison.py [--batch 1,4,8,16] [--runs 50] [--profile] [--no-comparison]
+        [--onnx FILE ...] [--json OUT] [--plot OUT.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+
+from netdsl.atomic_write import atomic_write_text
+from netdsl.backends.bench import session_options
+from netdsl.cli import main as netdsl_main
+from netdsl.commands.compile import compile_to_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("convselfattn", "convnext_tiny", "swin_tiny", "cvt13")
+BASELINE = "convnext_tiny"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated specs in specs/models/ (default {','.join(MODELS)})")
+    p.add_argument("--onnx", type=Path, action="append", default=[], metavar="FILE",
+                   help="an extra ONNX model to compare and profile (repeatable)")
+    p.add_argument("--baseline", default=BASELINE, help=f"model the ratios refer to (default {BASELINE})")
+    p.add_argument("--batch", default="1,4,8,16", help="batch sizes of the comparison (default 1,4,8,16)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model and batch (default 50)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--profile", action="store_true", help="also profile each model at batch 1 by op type")
+    p.add_argument("--profile-runs", type=int, default=20, help="profiled runs per model (default 20)")
+    p.add_argument("--top", type=int, default=12, help="op types listed per model in the profile (default 12)")
+    p.add_argument("--no-comparison", action="store_true", help="only the profile (with --profile)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="also save the latency-vs-batch plot")
+    return p.parse_args(argv)
+
+
+def spec_path(model: str) -> Path:
+    return REPO / "specs" / "models" / f"{model}.net"
+
+
+def run_comparison(args: argparse.Namespace, models: list[str]) -> dict[str, Any]:
+    """``netdsl bench`` over the specs and ``--onnx`` files; returns its JSON (the command prints the table)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "comparison.json"
+        paths = [*(str(spec_path(m)) for m in models), *(str(f) for f in args.onnx)]
+        argv = ["bench", *paths, "--batch", args.batch, "--baseline", args.baseline,
+                "--warmup", str(args.warmup), "--runs", str(args.runs), "--json", str(out)]
+        if args.threads:
+            argv += ["--threads", str(args.threads)]
+        if args.plot:
+            argv += ["--plot", str(args.plot)]
+        code = netdsl_main(argv)
+        if not out.is_file():
+            raise SystemExit(code or 2)
+        return json.loads(out.read_text())
+
+
+def _session(model_bytes: bytes, profile_dir: str, threads: int | None) -> ort.InferenceSession:
+    """A profiling session with the benchmark's options (no spinning between interleaved runs)."""
+    options = session_options(threads)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(profile_dir) / "ort_profile")
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _op_times(profile_file: str) -> tuple[dict[str, dict[str, float]], int]:
+    """Per op type: kernel ms per run and node count, from an ONNX Runtime profile, leaving out the first
+    (warm-up) run; also the number of runs counted."""
+    events = json.loads(Path(profile_file).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e["name"] == "model_run")
+    warm_up_end = runs[0][1]
+    per_op: dict[str, float] = defaultdict(float)
+    nodes: dict[str, set[str]] = defaultdict(set)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] > warm_up_end:
+            op = event["args"]["op_name"]
+            per_op[op] += event["dur"] / 1000.0
+            nodes[op].add(event["name"])
+    timed = len(runs) - 1
+    return {op: {"ms": ms / timed, "nodes": len(nodes[op])} for op, ms in per_op.items()}, timed
+
+
+def compiled_models(models: list[str], onnx_files: list[Path]) -> dict[str, onnx.ModelProto]:
+    """The specs compiled for ``onnx`` (with their default batch of 1), then the ONNX files, by name."""
+    compiled = {}
+    for model in models:
+        spec_args = argparse.Namespace(spec=spec_path(model), entry=None, sets=[], inputs=[], lib=[], weights=None,
+                                       seed=0)
+        compiled[model] = compile_to_onnx(spec_args, "onnx")
+    for path in onnx_files:
+        compiled[path.stem] = onnx.load(str(path))
+    return compiled
+
+
+def profile_models(models: dict[str, onnx.ModelProto], runs: int, threads: int | None) -> dict[str, Any]:
+    """Kernel time per op type of each model, its runs interleaved with the other models' runs."""
+    sessions, feeds = {}, {}
+    names = list(models)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as profile_dir:
+        for name, model in models.items():
+            sessions[name] = _session(model.SerializeToString(), profile_dir, threads)
+            first = sessions[name].get_inputs()[0]
+            feeds[name] = {first.name: np.random.default_rng(0).standard_normal(first.shape).astype(np.float32)}
+            sessions[name].run(None, feeds[name])  # warm-up: left out of the profile
+        for r in range(runs):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                sessions[name].run(None, feeds[name])
+                wall[name].append((time.perf_counter() - start) * 1000.0)
+        result = {}
+        for name in names:
+            ops, timed = _op_times(sessions[name].end_profiling())
+            result[name] = {"wall_median_ms": float(np.median(wall[name])), "runs": timed,
+                            "kernel_ms": sum(v["ms"] for v in ops.values()), "ops": ops}
+    return result
+
+
+def render_profile(profile: dict[str, Any], top: int, console: Console) -> None:
+    """One table per model: the ``top`` op types by kernel time, with their share and node count."""
+    for model, data in profile.items():
+        table = Table(title=f"{model}: kernel time by op type, batch 1")
+        for column in ("op type", "ms / run", "share", "nodes"):
+            table.add_column(column, justify="left" if column == "op type" else "right")
+        ranked = sorted(data["ops"].items(), key=lambda item: -item[1]["ms"])
+        for op, figures in ranked[:top]:
+            table.add_row(op, f"{figures['ms']:.2f}", f"{100 * figures['ms'] / data['kernel_ms']:.1f}%",
+                          str(figures["nodes"]))
+        if len(ranked) > top:
+            rest = sum(f["ms"] for _, f in ranked[top:])
+            table.add_row(f"({len(ranked) - top} more)", f"{rest:.2f}", f"{100 * rest / data['kernel_ms']:.1f}%", "")
+        console.print(table)
+        console.print(f"{model}: {data['kernel_ms']:.1f} ms in kernels per run, wall median "
+                      f"{data['wall_median_ms']:.1f} ms while profiling, {data['runs']} runs")
+
+
+def ratio_lines(comparison: dict[str, Any]) -> list[str]:
+    """``model / baseline at batch b: r`` for every model and batch with a ratio."""
+    lines = []
+    for model in comparison["models"]:
+        for row in model["rows"]:
+            if model["name"] != comparison["baseline"] and row["latency_vs_baseline"] is not None:
+                lines.append(f"{model['name']} / {comparison['baseline']} at batch {row['batch']}: "
+                             f"{row['latency_vs_baseline']:.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    missing = [m for m in models if not spec_path(m).is_file()] + [str(f) for f in args.onnx if not f.is_file()]
+    names = models + [f.stem for f in args.onnx]
+    if missing or args.baseline not in names or len(set(names)) != len(names):
+        print(f"unknown model(s) {', '.join(missing) or '-'}, baseline '{args.baseline}' not among {names}, "
+              "or two models with one name (rename an --onnx file)", file=sys.stderr)
+        return 2
+    console = Console(width=160)
+    results: dict[str, Any] = {}
+    if not args.no_comparison:
+        results["comparison"] = run_comparison(args, models)
+        for line in ratio_lines(results["comparison"]):
+            console.print(line)
+    if args.profile:
+        results["profile"] = profile_models(compiled_models(models, args.onnx), args.profile_runs, args.threads)
+        render_profile(results["profile"], args.top, console)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
