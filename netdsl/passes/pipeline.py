@@ -16,8 +16,9 @@
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
   norms and parameter-only subgraphs into constants. Layer norm and GELU have no exact form in
   that set and stay (the coverage report names them);
-* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, and
-  that concats are moved to the channel axis (the only one DLA concatenates along).
+* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
+  strided slices become strided depth-wise convs (DLA slices take unit steps only), and that
+  concats are moved to the channel axis (the only one DLA concatenates along).
 
 Passes run by phase (:data:`netdsl.passes.base.PHASES`), in list order within a phase; a
 ``passes`` list given by the user replaces the target's list and is ordered the same way. After
@@ -52,8 +53,8 @@ PIPELINES: dict[str, list[str]] = {
     ],
     "trt-dla": [
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
-        "pad_to_slice_concat", "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose",
-        "concat_to_channels", *_FOLD_AND_CLEAN,
+        "pad_to_slice_concat", "strided_slice_to_conv", "reduce_to_conv", "linear_to_conv", "hardswish_decompose",
+        "tanh_decompose", "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
 
