@@ -17,7 +17,9 @@
   norms and parameter-only subgraphs into constants. Layer norm and GELU have no exact form in
   that set and stay (the coverage report names them);
 * ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
-  strided slices become strided depth-wise convs (DLA slices take unit steps only), and that
+  strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
+  fractional or shrinking factors become 1x1 convs over the resized axis (DLA only upsamples by
+  whole factors), and that
   concats are moved to the channel axis (the only one DLA concatenates along).
 
 Passes run by phase (:data:`netdsl.passes.base.PHASES`), in list order within a phase; a
@@ -53,8 +55,8 @@ PIPELINES: dict[str, list[str]] = {
     ],
     "trt-dla": [
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
-        "pad_to_slice_concat", "strided_slice_to_conv", "reduce_to_conv", "linear_to_conv", "hardswish_decompose",
-        "tanh_decompose", "concat_to_channels", *_FOLD_AND_CLEAN,
+        "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "reduce_to_conv", "linear_to_conv",
+        "hardswish_decompose", "tanh_decompose", "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
 

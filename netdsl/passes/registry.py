@@ -33,6 +33,7 @@ PASS_MODULES = (
     "fold_batchnorm",
     "conv_before_resize",
     "strided_slice_to_conv",
+    "resize_to_conv",
     "constant_folding",
     "cse",
     "cleanup_shuffles",
