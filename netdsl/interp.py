@@ -24,6 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Graph, Node, TensorType
 from netdsl.opdefs import conv_out_len
+from netdsl.resample import linear_taps, nearest_taps
 
 Kernel = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
 SingleKernel = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
@@ -382,36 +383,11 @@ for _name, _reduce in _REDUCTIONS.items():
     )
 
 
-def _linear_taps(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """half_pixel two-tap sampling with the user factor: (i0, i1, lambda) per output index.
-
-    src = (d + 0.5) / scale - 0.5 clamped at 0, in float64. Like PyTorch, it multiplies by the
-    reciprocal of the factor (one ulp from a division at most); PyTorch does that arithmetic in
-    the tensor's dtype, so float32 tensors differ from this by ~1e-6.
-    """
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (1.0 / scale) - 0.5, 0.0)
-    # With n_out = trunc(n_in * scale) floor(src) <= n_in - 1 already; the clip only guards sizes
-    # that were set by hand.
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, src - i0
-
-
-def _nearest_taps(n_in: int, n_out: int, scale: float) -> np.ndarray:
-    """Nearest source index per output index: floor(d / scale) clamped to n_in - 1, in float64.
-
-    PyTorch computes floor(d * float32(1 / scale)) in float32 (and d // 2 when n_out == 2 * n_in),
-    which picks the neighbouring pixel for some sizes, e.g. 14 -> 18; factors whose reciprocal is
-    exact in float32 (2, 0.5, 4, ...) agree.
-    """
-    return np.minimum(np.floor(np.arange(n_out, dtype=np.float64) / scale).astype(np.int64), n_in - 1)
-
-
 def _resize_axis(x: np.ndarray, axis: int, n_out: int, scale: float, mode: str) -> np.ndarray:
     n_in = x.shape[axis]
     if mode == "nearest":
-        return np.take(x, _nearest_taps(n_in, n_out, scale), axis=axis)
-    i0, i1, lam = _linear_taps(n_in, n_out, scale)
+        return np.take(x, nearest_taps(n_in, n_out, scale), axis=axis)
+    i0, i1, lam = linear_taps(n_in, n_out, scale)
     lam = _along(lam, axis, x.ndim)
     return (1.0 - lam) * np.take(x, i0, axis=axis) + lam * np.take(x, i1, axis=axis)
 
@@ -457,17 +433,32 @@ def _as_type(name: str, value: np.ndarray, type_: TensorType, dtype: npt.DTypeLi
     return arr.astype(target, copy=False)
 
 
+def round_to_storage(value: np.ndarray, storage: npt.DTypeLike | None) -> np.ndarray:
+    """A floating ``value`` rounded to the ``storage`` dtype but kept in its own dtype (others unchanged)."""
+    if storage is None or not np.issubdtype(value.dtype, np.floating):
+        return value
+    with np.errstate(over="ignore"):  # beyond the storage range is Inf, as in a runtime storing that dtype
+        return value.astype(storage).astype(value.dtype)
+
+
 def run_graph(
     graph: Graph,
     weights: dict[str, np.ndarray],
     inputs: dict[str, np.ndarray],
     dtype: npt.DTypeLike | None = None,
+    *,
+    storage: npt.DTypeLike | None = None,
+    observe: Callable[[Node, list[np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``graph`` on ``inputs`` with parameter values ``weights``; returns every output by name.
 
     Inputs and weights are checked against their declared shapes and cast to their declared
     dtypes. With ``dtype`` (e.g. ``np.float64``), every floating value, including constants and
     grids, is computed in that dtype instead. Extra entries in ``weights`` are ignored.
+    With ``storage`` (e.g. ``np.float16``), every floating weight, input and node output is
+    rounded to that dtype and kept in the compute dtype: a runtime that stores tensors in float16
+    and computes each op in float32 (overflow becomes Inf, as there). ``observe(node, outputs)``
+    is called after each node with its (stored) outputs.
     Raises ValueError for a missing or misshapen input or weight, and RuntimeError if a node's
     result disagrees with its inferred shape (an op whose kernel and type rule differ).
     """
@@ -476,9 +467,11 @@ def run_graph(
         for name in names:
             if name not in given:
                 raise ValueError(f"missing {kind} {name!r} of graph {graph.name!r}")
-            env[name] = _as_type(name, given[name], graph.type_of(name), dtype)
+            env[name] = round_to_storage(_as_type(name, given[name], graph.type_of(name), dtype), storage)
     for node in graph.nodes:
-        outs = eval_node(node, [env[i] for i in node.inputs])
+        outs = [round_to_storage(o, storage) for o in eval_node(node, [env[i] for i in node.inputs])]
+        if observe is not None:
+            observe(node, outs)
         for name, value in zip(node.outputs, outs, strict=True):
             declared = graph.values[name]
             if value.shape != declared.shape:

@@ -4,6 +4,11 @@ Targets: ``onnx`` (ONNX for ONNX Runtime), ``torch`` (a standalone PyTorch modul
 ``trt``, ``trt-restricted`` and ``trt-dla`` (ONNX lowered to the profile's layer set, validated
 against it, written only when every node is covered). Outputs are written atomically: a
 failure never leaves a partial or stale file behind.
+
+``--dtype float16`` writes float16 weights and activations (:mod:`netdsl.backends.onnx_float16`)
+after the float16 range check (:mod:`netdsl.range_check`): the lowered graph runs on calibration
+inputs in netdsl's interpreter, in float32 and in float16 storage, and a value beyond float16 is
+a located error (exit 2, nothing written).
 """
 
 from __future__ import annotations
@@ -14,14 +19,19 @@ from typing import TYPE_CHECKING
 
 from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.driver import add_spec_args, graph_from_args
+from netdsl.range_check import DEFAULT_SAMPLES
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
+    from netdsl.ir import Graph
     from netdsl.passes.pipeline import PipelineResult
+    from netdsl.profile import Profile
 
 TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
 TRT_TARGETS = ("trt", "trt-restricted", "trt-dla")
+DTYPES = ("float32", "float16")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +48,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-after", metavar="PASS", help="print the IR after this pass")
     p.add_argument("--precision", choices=("fp16", "int8", "fp32"), default="fp16",
                    help="precision in the printed trtexec command")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="element type of the ONNX model's weights and activations (default float32); float16 "
+                        "keeps the graph inputs and outputs float32 with a Cast at each boundary (see --io-dtype) "
+                        "and first checks every value's range on calibration inputs in netdsl's float16 interpreter")
+    p.add_argument("--io-dtype", choices=DTYPES,
+                   help="with --dtype float16: element type of the graph inputs and outputs (default float32, "
+                        "with Casts; float16 when the TensorRT profile allows no Cast, as trt-restricted and trt-dla)")
+    p.add_argument("--calib", type=Path, metavar="DATA",
+                   help="inputs for the float16 range check: .npy/.npz of model inputs or a folder of images "
+                        "(default: seeded standard-normal inputs)")
+    p.add_argument("--calib-samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
+                   help=f"samples of the float16 range check (default {DEFAULT_SAMPLES})")
+    p.add_argument("--no-range-check", action="store_true",
+                   help="write the float16 model without the range check (values above 65504 become Inf)")
     add_spec_args(p)
     p.set_defaults(run=run)
 
@@ -75,9 +99,80 @@ def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
     return to_onnx(result.graph, result.weights, opset=getattr(args, "opset", 17))
 
 
+def check_dtype_flags(args: argparse.Namespace) -> None:
+    """Flags of the float16 path that make no sense without it (or for the torch target) are user errors."""
+    if args.dtype == "float16" and args.target == "torch":
+        raise NetdslError(Diagnostic("--dtype float16 applies to the ONNX targets",
+                                     help="cast the generated PyTorch module with .half() instead"))
+    if args.dtype == "float32":
+        given = [flag for flag, value in (("--io-dtype", args.io_dtype), ("--calib", args.calib),
+                                          ("--no-range-check", args.no_range_check)) if value]
+        if given:
+            raise NetdslError(Diagnostic(f"{', '.join(given)} only apply with --dtype float16"))
+    if args.calib_samples < 1:
+        raise NetdslError(Diagnostic(f"--calib-samples must be positive, found {args.calib_samples}"))
+
+
+def io_dtype(args: argparse.Namespace, profile: Profile | None) -> str:
+    """The float16 model's I/O element type: ``--io-dtype``, else float32 unless the profile allows no Cast."""
+    if args.io_dtype:
+        return args.io_dtype
+    cast = profile.rule_for("Cast") if profile is not None else None
+    return "float16" if profile is not None and (cast is None or not cast.allowed) else "float32"
+
+
+def calibration_data(args: argparse.Namespace, graph: Graph) -> np.ndarray | None:
+    """The ``--calib`` samples for the graph's single input (None without ``--calib``)."""
+    if args.calib is None:
+        return None
+    from netdsl.backends.quantize import ModelInput, QuantizeError, load_calibration_data
+
+    if len(graph.inputs) != 1:
+        raise NetdslError(Diagnostic(f"--calib feeds a graph with one input; this one has "
+                                     f"{len(graph.inputs)}: {', '.join(graph.inputs)}"))
+    name = graph.inputs[0]
+    try:
+        return load_calibration_data(args.calib, ModelInput(name, graph.values[name].shape), args.calib_samples)
+    except QuantizeError as err:
+        raise NetdslError(Diagnostic(str(err))) from None
+
+
+def check_float16_range(args: argparse.Namespace, result: PipelineResult) -> None:
+    """The float16 range check of the lowered graph (a located NetdslError), or the ``--no-range-check`` warning."""
+    import sys
+
+    from netdsl.range_check import FLOAT16_MAX, calibration_batches, check_float16
+
+    if args.no_range_check:
+        print("warning: --no-range-check: the float16 model is written unchecked; a value above 65504 becomes Inf",
+              file=sys.stderr)
+        return
+    try:
+        batches = calibration_batches(result.graph, args.calib_samples, args.seed,
+                                      calibration_data(args, result.graph))
+    except ValueError as err:
+        raise NetdslError(Diagnostic(str(err))) from None
+    report = check_float16(result.graph, result.weights or {}, batches)
+    peak = report.peak()
+    if peak is not None:
+        print(f"float16 range check: {report.samples} samples, largest |x| {peak.max_abs:.6g} at "
+              f"'{peak.value}' ({peak.node.op}), {100 * peak.max_abs / FLOAT16_MAX:.2g}% of {FLOAT16_MAX:g}")
+
+
+def target_profile(args: argparse.Namespace) -> Profile:
+    """The TensorRT profile of ``--profile`` or of the target."""
+    from netdsl.profile import ProfileError, load_profile
+
+    try:
+        return load_profile(args.profile or args.target)
+    except ProfileError as err:
+        raise NetdslError(Diagnostic(str(err))) from None
+
+
 def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise NetdslError(Diagnostic("compile needs an output file: -o OUT"))
+    check_dtype_flags(args)
     target = args.target
     result = lower(args, target)
     if target == "torch":
@@ -89,18 +184,25 @@ def run(args: argparse.Namespace) -> int:
 
     from netdsl.backends.onnx_backend import save_onnx, to_onnx
 
+    profile = target_profile(args) if target in TRT_TARGETS else None
+    if args.dtype == "float16":
+        check_float16_range(args, result)
     model = to_onnx(result.graph, result.weights, opset=args.opset)
-    if target in TRT_TARGETS:
+    dtype_note = ""
+    if args.dtype == "float16":
+        from netdsl.backends.onnx_float16 import Float16Error, to_float16
+
+        try:
+            model = to_float16(model, io_dtype(args, profile))
+        except Float16Error as err:  # reached with --no-range-check: a weight beyond float16
+            raise NetdslError(Diagnostic(f"{err}; nothing was written")) from None
+        dtype_note = f", float16 with {io_dtype(args, profile)} inputs and outputs"
+    if profile is not None:
         from rich.console import Console
 
         from netdsl.backends.trt_coverage import check_coverage, render_coverage
         from netdsl.backends.trt_engine import trtexec_command
-        from netdsl.profile import ProfileError, load_profile
 
-        try:
-            profile = load_profile(args.profile or target)
-        except ProfileError as err:
-            raise NetdslError(Diagnostic(str(err))) from None
         report = check_coverage(model, profile)
         console = Console(stderr=False, width=160)
         render_coverage(report, console)
@@ -110,10 +212,10 @@ def run(args: argparse.Namespace) -> int:
                 f"rule(s) are not allowed by profile '{profile.name}'; nothing was written", None,
                 notes=report.violation_lines()))
         save_onnx(model, args.output)
-        print(f"wrote {args.output} ({report.total}/{report.total} nodes covered by '{profile.name}')")
+        print(f"wrote {args.output} ({report.total}/{report.total} nodes covered by '{profile.name}'{dtype_note})")
         print("build the engine on the target with:")
         print("  " + trtexec_command(args.output, profile.flow or profile.name, args.precision))
         return 0
     save_onnx(model, args.output)
-    print(f"wrote {args.output} ({len(model.graph.node)} nodes, opset {args.opset})")
+    print(f"wrote {args.output} ({len(model.graph.node)} nodes, opset {args.opset}{dtype_note})")
     return 0

@@ -1,0 +1,233 @@
+"""Float16 range check: does every value of a graph fit float16 on calibration inputs?
+
+Before a model is written in float16, the lowered graph runs twice per calibration batch in
+netdsl's numpy interpreter (:mod:`netdsl.interp`):
+
+* in float32, recording each value's largest magnitude ``max |x|``;
+* in float16 storage (every weight, input and node output rounded to float16, each op computed
+  in float32, as GPU float16 kernels do), recording which values become Inf or NaN.
+
+A value whose float32 magnitude exceeds :data:`FLOAT16_MAX` (it would be Inf in float16), or
+that is Inf/NaN in the float16 run while finite in float32 (a rounding or underflow effect, e.g.
+a divisor that flushes to 0), is an error located at the spec line of the node that computes it,
+naming the op, the pass that created the node, and what to change. Parameters beyond the float16
+range are errors at their declaration.
+
+The check sees values at IR-node granularity: a quantity that exists only inside one op's
+runtime implementation is not observed, except the unscaled ``q @ kᵀ`` of ``attention``, which
+the ONNX form materialises before the scale (see :data:`_INNER_VALUES`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from netdsl.diagnostics import Diagnostic, NetdslError
+from netdsl.initializers import NP_DTYPES
+from netdsl.interp import round_to_storage, run_graph
+from netdsl.ir import Graph, Node
+
+FLOAT16_MAX = 65504.0
+"""The largest finite float16 number; anything above it (after rounding) is Inf."""
+
+DEFAULT_SAMPLES = 8
+
+Batch = dict[str, np.ndarray]
+
+# What to change, by the op that leaves the float16 range; the fallback covers the rest.
+_ADVICE = {
+    "exp": "subtract the maximum before exp (softmax(x) does, or exp(x - reduce_max(x, axes, keepdims=true))) "
+           "or scale its input down",
+    "reduce_sum": "use reduce_mean, or scale the input down before summing",
+    "div": "keep the divisor away from 0 (add an epsilon) or scale the operands",
+    "attention": "scale q or k down (a smaller scale, or a normalisation before the projections)",
+}
+_FALLBACK_ADVICE = "scale the values down before this node (a normalisation, or smaller weights)"
+_KEEP_FLOAT32 = "or compile this model in float32 (--dtype float32)"
+
+
+def _attention_logits(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    """``q @ kᵀ`` before the scale: the ONNX form of ``attention`` stores it as a MatMul output."""
+    return np.matmul(args[0], args[1].swapaxes(-1, -2))
+
+
+_INNER_VALUES: dict[str, tuple[str, Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]]] = {
+    "attention": ("q @ kᵀ before the scale", _attention_logits),
+}
+"""Per op: a value inside its runtime form that can leave the float16 range while the op's output does not."""
+
+
+@dataclass
+class ValueStats:
+    """What the calibration runs saw of one node output (or one value inside a node)."""
+
+    node: Node
+    value: str
+    what: str = ""  # "" for the output itself, else the inner value's description
+    max_abs: float = 0.0  # float32 run, over all batches (Inf if float32 overflows too)
+    finite_fp32: bool = True
+    finite_fp16: bool = True
+
+    @property
+    def out_of_range(self) -> bool:
+        """Beyond float16 in float32, or Inf/NaN only in float16."""
+        return self.max_abs > FLOAT16_MAX or (self.finite_fp32 and not self.finite_fp16)
+
+
+@dataclass
+class RangeReport:
+    """Per-value ranges of a graph over calibration batches, in graph order."""
+
+    graph: Graph
+    samples: int
+    stats: dict[tuple[str, str], ValueStats] = field(default_factory=dict)
+
+    def _record(self, node: Node, value: str, what: str, array: np.ndarray, fp16: bool) -> None:
+        if not np.issubdtype(array.dtype, np.floating):
+            return
+        entry = self.stats.setdefault((value, what), ValueStats(node, value, what))
+        finite = bool(np.isfinite(array).all())
+        if fp16:
+            entry.finite_fp16 &= finite
+            return
+        entry.finite_fp32 &= finite
+        if array.size:
+            with np.errstate(invalid="ignore"):
+                peak = float(np.max(np.abs(array)))
+            entry.max_abs = max(entry.max_abs, peak if not math.isnan(peak) else math.inf)
+
+    def observer(self, env: dict[str, np.ndarray], fp16: bool) -> Callable[[Node, list[np.ndarray]], None]:
+        """The ``observe`` callback of one interpreter run; ``env`` collects every value for inner values."""
+
+        def observe(node: Node, outputs: list[np.ndarray]) -> None:
+            env.update(zip(node.outputs, outputs, strict=True))
+            if node.op in _INNER_VALUES:
+                what, compute = _INNER_VALUES[node.op]
+                with np.errstate(over="ignore", invalid="ignore"):
+                    inner = compute([env[i] for i in node.inputs], node.attrs)
+                if fp16:
+                    inner = inner.astype(np.float16)
+                self._record(node, node.outputs[0], what, inner, fp16)
+            for name, array in zip(node.outputs, outputs, strict=True):
+                self._record(node, name, "", array, fp16)
+
+        return observe
+
+    def out_of_range(self) -> list[ValueStats]:
+        """The values beyond float16, in graph order."""
+        return [s for s in self.stats.values() if s.out_of_range]
+
+    def peak(self) -> ValueStats | None:
+        """The value with the largest magnitude (the first of equals), None for a graph without float values."""
+        return max(self.stats.values(), key=lambda s: s.max_abs, default=None)
+
+
+def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch]) -> RangeReport:
+    """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached."""
+    batches = list(batches)
+    first = graph.inputs[0] if graph.inputs else None
+    report = RangeReport(graph, sum(len(b[first]) if first and b[first].ndim else 1 for b in batches))
+    for batch in batches:
+        for fp16 in (False, True):
+            sources = {**weights, **batch}
+            env = {k: round_to_storage(np.asarray(v), np.float16) for k, v in sources.items()} if fp16 else sources
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                run_graph(graph, weights, batch, storage=np.float16 if fp16 else None,
+                          observe=report.observer(env, fp16))
+    return report
+
+
+def calibration_batches(graph: Graph, samples: int, seed: int, data: np.ndarray | None = None) -> list[Batch]:
+    """Inputs for :func:`observe_ranges`: ``samples`` samples in batches of the graph's batch size.
+
+    With ``data`` (``[n, *sample_shape]`` for the graph's single input) the batches take its
+    samples in order, cycling when ``n`` is not a multiple of the batch size; without it every
+    input is drawn from a standard normal distribution seeded by ``seed``. Raises ValueError when
+    ``data`` is given for a graph with several inputs, or a non-float input has no data.
+    """
+    if samples < 1:
+        raise ValueError(f"the number of calibration samples must be positive, found {samples}")
+    if data is not None:
+        if len(graph.inputs) != 1:
+            raise ValueError(f"calibration data feeds a graph with one input; this one has {len(graph.inputs)}: "
+                             + ", ".join(graph.inputs))
+        name = graph.inputs[0]
+        batch = graph.type_of(name).shape[0]
+        count = math.ceil(min(samples, len(data)) / batch) * batch
+        rows = np.arange(count) % min(samples, len(data))
+        return [{name: data[rows[i:i + batch]]} for i in range(0, count, batch)]
+    rng = np.random.default_rng(seed)
+    first = graph.type_of(graph.inputs[0])
+    runs = math.ceil(samples / (first.shape[0] if first.rank else 1))
+    batches = []
+    for _ in range(runs):
+        batch = {}
+        for name in graph.inputs:
+            t = graph.type_of(name)
+            if not np.issubdtype(NP_DTYPES[t.dtype], np.floating):
+                raise ValueError(f"input '{name}' is {t}: give calibration data (--calib) for non-float inputs")
+            batch[name] = rng.standard_normal(t.shape).astype(NP_DTYPES[t.dtype])
+        batches.append(batch)
+    return batches
+
+
+def _fmt(x: float) -> str:
+    return "Inf" if math.isinf(x) else f"{x:.6g}"
+
+
+def parameter_overflow(graph: Graph, weights: dict[str, np.ndarray]) -> Diagnostic | None:
+    """A located error for the first floating parameter whose magnitude exceeds float16, else None."""
+    for name, param in graph.params.items():
+        array = np.asarray(weights[name])
+        if not np.issubdtype(array.dtype, np.floating) or not array.size:
+            continue
+        peak = float(np.max(np.abs(array)))
+        if peak > FLOAT16_MAX:
+            prov = param.provenance
+            return Diagnostic(
+                f"parameter '{name}' {param.type} does not fit float16: max |w| = {_fmt(peak)}, above {FLOAT16_MAX:g}",
+                prov.span, chain=prov.chain,
+                help=f"scale this parameter down (and the values it multiplies up), {_KEEP_FLOAT32}")
+    return None
+
+
+def range_diagnostic(report: RangeReport) -> Diagnostic | None:
+    """A located error for the first value beyond float16 in graph order (the root cause), else None."""
+    bad = report.out_of_range()
+    if not bad:
+        return None
+    first = bad[0]
+    node = first.node
+    label = f"{node.op} '{first.value}'" + (f" ({first.what})" if first.what else "")
+    samples = f"{report.samples} calibration sample{'s' if report.samples != 1 else ''}"
+    if first.max_abs > FLOAT16_MAX:
+        message = (f"{label} overflows float16: max |x| = {_fmt(first.max_abs)} on {samples}, "
+                   f"above {FLOAT16_MAX:g}")
+    else:
+        message = (f"{label} is Inf or NaN in float16 although it stays finite in float32 "
+                   f"(max |x| = {_fmt(first.max_abs)} on {samples})")
+    notes = [f"value '{first.value}' {report.graph.values[first.value]}"]
+    if node.provenance.rules:
+        notes.append("created by pass " + " > ".join(node.provenance.rules) + " from the op written here")
+    if len(bad) > 1:
+        later = bad[1]
+        notes.append(f"{len(bad) - 1} later value(s) are out of range too, the first '{later.value}' ({later.node.op})")
+    advice = _ADVICE.get(node.op, _FALLBACK_ADVICE)
+    return Diagnostic(message, node.provenance.span, notes=notes, chain=node.provenance.chain,
+                      help=f"{advice}; {_KEEP_FLOAT32}")
+
+
+def check_float16(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch]) -> RangeReport:
+    """Check that ``graph`` with ``weights`` fits float16 on ``batches``; raises NetdslError (located) if not."""
+    diag = parameter_overflow(graph, weights)
+    if diag is None:
+        report = observe_ranges(graph, weights, batches)
+        diag = range_diagnostic(report)
+        if diag is None:
+            return report
+    raise NetdslError(diag)
