@@ -1,7 +1,7 @@
 """ONNX emitter: a typed IR graph plus weights -> a self-contained, checked, deterministic ONNX model.
 
 Every IR op (see :mod:`netdsl.opdefs`) is lowered to standard ONNX ops with exactly the semantics
-of its docstring. The graph is built with onnx-graphsurgeon; names are deterministic:
+of its docstring. The model is built with onnx's own helpers; names are deterministic:
 
 * graph inputs and outputs, and every IR value, keep their IR names;
 * each parameter becomes an initializer named by its IR parameter name (``stages.0.1.v.weight``);
@@ -16,15 +16,18 @@ per axis, a float32 factor chosen so that every runtime's size rule gives the IR
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
+from onnx import helper
 
 from netdsl import __version__
 from netdsl.atomic_write import atomic_paths, atomic_write_bytes
@@ -83,20 +86,48 @@ def _pads4(pads: Sequence[int]) -> list[int]:
     return [0, 0, t, l, 0, 0, b, r]
 
 
+@dataclass(slots=True, eq=False)
+class _Tensor:
+    """An ONNX tensor while the model is built.
+
+    An initializer when ``array`` is set; otherwise a variable, typed (``dtype`` and ``shape``,
+    listed in the model's value infos) or not (an intermediate of a multi-node lowering).
+    """
+
+    name: str
+    array: np.ndarray | None = None
+    dtype: type | None = None
+    shape: list[int] | None = None
+
+
+_EMPTY = _Tensor("")  # an omitted optional input
+
+
+@dataclass(slots=True, eq=False)
+class _OnnxNode:
+    """One ONNX node while the model is built."""
+
+    op: str
+    name: str
+    attrs: dict[str, Any]
+    inputs: list[_Tensor]
+    outputs: list[_Tensor] = field(default_factory=list)
+
+
 class _Emitter:
-    """Lowers IR nodes one by one into a list of onnx-graphsurgeon nodes with deterministic names."""
+    """Lowers IR nodes one by one into a list of ONNX nodes with deterministic names."""
 
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int):
         self.graph = graph
         self.weights = weights
         self.opset = opset
-        self.tensors: dict[str, gs.Tensor] = {}
-        self.nodes: list[gs.Node] = []
-        self.provenance: dict[str, Provenance] = {}
+        self.tensors: dict[str, _Tensor] = {}
+        self.nodes: list[_OnnxNode] = []
+        # ONNX node name -> (doc_string, metadata_props) of the IR node it lowers
+        self.provenance: dict[str, tuple[str, list[onnx.StringStringEntryProto]]] = {}
         self._used: set[str] = set(graph.values) | set(graph.params)
-        self._shared_consts: dict[tuple[str, tuple[int, ...], bytes], gs.Constant] = {}
+        self._shared_consts: dict[tuple[str, tuple[int, ...], bytes], _Tensor] = {}
         self._base = ""
-        self._prov = Provenance()
         self._op_counts: dict[str, int] = {}
         for name in graph.inputs:
             self.tensors[name] = self._typed_variable(name)
@@ -111,9 +142,9 @@ class _Emitter:
         self._used.add(name)
         return name
 
-    def _typed_variable(self, name: str) -> gs.Variable:
+    def _typed_variable(self, name: str) -> _Tensor:
         t = self.graph.values[name]
-        return gs.Variable(name, dtype=NP_DTYPES[t.dtype], shape=list(t.shape))
+        return _Tensor(name, dtype=NP_DTYPES[t.dtype], shape=list(t.shape))
 
     def type_of(self, name: str) -> TensorType:
         return self.graph.type_of(name)
@@ -121,7 +152,7 @@ class _Emitter:
     def np_dtype(self, name: str) -> type:
         return NP_DTYPES[self.type_of(name).dtype]
 
-    def value(self, name: str) -> gs.Tensor:
+    def value(self, name: str) -> _Tensor:
         """The tensor of an IR value, or the initializer of a parameter (created on first use)."""
         if name not in self.tensors:
             param = self.graph.params[name]
@@ -130,10 +161,10 @@ class _Emitter:
             data = np.asarray(self.weights[name], dtype=NP_DTYPES[param.type.dtype], order="C")
             if data.shape != param.type.shape:
                 raise ValueError(f"weight {name} has shape {list(data.shape)}, the graph declares {param.type}")
-            self.tensors[name] = gs.Constant(name, data)
+            self.tensors[name] = _Tensor(name, data)
         return self.tensors[name]
 
-    def const(self, values: Any, dtype: type = np.int64) -> gs.Constant:
+    def const(self, values: Any, dtype: type = np.int64) -> _Tensor:
         """A small constant (shapes, axes, scalars), shared by every user of the same value."""
         array = np.asarray(values, dtype=dtype, order="C")
         key = (array.dtype.str, array.shape, array.tobytes())
@@ -142,39 +173,38 @@ class _Emitter:
                 label = "[" + ",".join(repr(v) for v in array.ravel().tolist()) + "]"
             else:  # long constants are named by a digest of their content, still deterministic
                 label = "." + hashlib.sha256(key[2]).hexdigest()[:12]
-            self._shared_consts[key] = gs.Constant(self._fresh(f"const.{array.dtype.name}{label}"), array)
+            self._shared_consts[key] = _Tensor(self._fresh(f"const.{array.dtype.name}{label}"), array)
         return self._shared_consts[key]
 
-    def bind_constant(self, name: str, array: np.ndarray, out: gs.Variable) -> None:
+    def bind_constant(self, name: str, array: np.ndarray, out: _Tensor) -> None:
         """Make IR value ``name`` the initializer ``array`` (through an Identity if it is a graph output)."""
         if name in self.graph.outputs:
-            self.emit("Identity", [gs.Constant(self._fresh(f"{name}.value"), array)], out=out)
+            self.emit("Identity", [_Tensor(self._fresh(f"{name}.value"), array)], out=out)
         else:
-            self.tensors[name] = gs.Constant(name, array)
+            self.tensors[name] = _Tensor(name, array)
 
     # ---- node emission ----------------------------------------------------------------------
 
-    def emit(self, op: str, inputs: Sequence[gs.Tensor], attrs: dict[str, Any] | None = None,
-             out: gs.Variable | None = None) -> gs.Variable:
+    def emit(self, op: str, inputs: Sequence[_Tensor], attrs: dict[str, Any] | None = None,
+             out: _Tensor | None = None) -> _Tensor:
         """Append one ONNX node; returns its output (``out`` or a fresh untyped variable)."""
         return self.emit_multi(op, inputs, attrs, [out] if out is not None else 1)[0]
 
-    def emit_multi(self, op: str, inputs: Sequence[gs.Tensor], attrs: dict[str, Any] | None,
-                   outputs: list[gs.Variable] | int) -> list[gs.Variable]:
+    def emit_multi(self, op: str, inputs: Sequence[_Tensor], attrs: dict[str, Any] | None,
+                   outputs: list[_Tensor] | int) -> list[_Tensor]:
         """Append one ONNX node with several outputs (given, or this many fresh ones)."""
         k = self._op_counts.get(op, 0)
         self._op_counts[op] = k + 1
         name = f"{self._base}/{op}" + (f"_{k}" if k else "")
         if isinstance(outputs, int):
-            outputs = [gs.Variable(self._fresh(name if outputs == 1 else f"{name}.{j}")) for j in range(outputs)]
-        self.nodes.append(gs.Node(op, name=name, attrs=dict(attrs or {}), inputs=list(inputs), outputs=outputs))
+            outputs = [_Tensor(self._fresh(name if outputs == 1 else f"{name}.{j}")) for j in range(outputs)]
+        self.nodes.append(_OnnxNode(op, name, dict(attrs or {}), list(inputs), outputs))
         return outputs
 
     def lower(self, index: int, node: Node) -> None:
         """Emit the ONNX nodes of IR node ``node`` (the ``index``-th of the graph)."""
         block = node.provenance.block_path
         self._base = f"{block}/{node.op}_{index}" if block else f"{node.op}_{index}"
-        self._prov = node.provenance
         first = len(self.nodes)
         self._op_counts = {}
         outs = [self._typed_variable(o) for o in node.outputs]
@@ -184,35 +214,36 @@ class _Emitter:
         emitted = self.nodes[first:]
         if len(emitted) == 1:
             emitted[0].name = self._base
+        meta = _provenance_meta(node.provenance)
         for n in emitted:
-            self.provenance[n.name] = self._prov
+            self.provenance[n.name] = meta
 
     # ---- building blocks shared by several lowerings -----------------------------------------
 
-    def inputs(self, node: Node) -> list[gs.Tensor]:
+    def inputs(self, node: Node) -> list[_Tensor]:
         return [self.value(i) for i in node.inputs]
 
-    def reshape(self, x: gs.Tensor, shape: Sequence[int], out: gs.Variable | None = None) -> gs.Variable:
+    def reshape(self, x: _Tensor, shape: Sequence[int], out: _Tensor | None = None) -> _Tensor:
         return self.emit("Reshape", [x, self.const(shape)], out=out)
 
-    def transpose(self, x: gs.Tensor, perm: Sequence[int], out: gs.Variable | None = None) -> gs.Variable:
+    def transpose(self, x: _Tensor, perm: Sequence[int], out: _Tensor | None = None) -> _Tensor:
         return self.emit("Transpose", [x], {"perm": [int(p) for p in perm]}, out=out)
 
-    def slice(self, x: gs.Tensor, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int],
-              steps: Sequence[int] | None = None, out: gs.Variable | None = None) -> gs.Variable:
+    def slice(self, x: _Tensor, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int],
+              steps: Sequence[int] | None = None, out: _Tensor | None = None) -> _Tensor:
         ins = [x, self.const(starts), self.const(ends), self.const(axes)]
         if steps is not None:
             ins.append(self.const(steps))
         return self.emit("Slice", ins, out=out)
 
-    def pad(self, x: gs.Tensor, pads: Sequence[int], mode: str, out: gs.Variable | None = None) -> gs.Tensor:
+    def pad(self, x: _Tensor, pads: Sequence[int], mode: str, out: _Tensor | None = None) -> _Tensor:
         """Pad the spatial axes of a rank-4 tensor by IR (t, l, b, r) pads; mode is an ONNX Pad mode."""
         if not any(pads) and out is None:
             return x
         return self.emit("Pad", [x, self.const(_pads4(pads))], {"mode": mode}, out=out)
 
-    def reduce(self, op: str, x: gs.Tensor, axes: Sequence[int], keepdims: bool,
-               out: gs.Variable | None = None) -> gs.Variable:
+    def reduce(self, op: str, x: _Tensor, axes: Sequence[int], keepdims: bool,
+               out: _Tensor | None = None) -> _Tensor:
         # ReduceSum takes its axes as an input since opset 13, the other reductions since 18.
         attrs: dict[str, Any] = {"keepdims": int(keepdims)}
         axes = [int(a) for a in axes]
@@ -220,15 +251,15 @@ class _Emitter:
             return self.emit(op, [x, self.const(axes)], attrs, out=out)
         return self.emit(op, [x], {**attrs, "axes": axes}, out=out)
 
-    def concat(self, parts: Sequence[gs.Tensor], axis: int, out: gs.Variable | None = None) -> gs.Variable:
+    def concat(self, parts: Sequence[_Tensor], axis: int, out: _Tensor | None = None) -> _Tensor:
         return self.emit("Concat", parts, {"axis": int(axis)}, out=out)
 
-    def scalar(self, value: float, like: str) -> gs.Constant:
+    def scalar(self, value: float, like: str) -> _Tensor:
         """A scalar constant of the dtype of IR value ``like``."""
         return self.const(value, self.np_dtype(like))
 
 
-Lowering = Callable[[_Emitter, Node, list[gs.Variable]], None]
+Lowering = Callable[[_Emitter, Node, list[_Tensor]], None]
 _LOWERINGS: dict[str, Lowering] = {}
 
 
@@ -245,7 +276,7 @@ def _lowers(*ops: str) -> Callable[[Lowering], Lowering]:
 
 
 @_lowers("conv")
-def _conv(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _conv(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     w = em.type_of(node.inputs[1])
     em.emit("Conv", em.inputs(node), {
@@ -258,7 +289,7 @@ def _conv(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("linear")
-def _linear(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _linear(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     x, w, *bias = em.inputs(node)
     if em.type_of(node.inputs[0]).rank == 2:
         em.emit("Gemm", [x, w, *bias], {"transB": 1}, out=ys[0])
@@ -269,7 +300,7 @@ def _linear(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("matmul")
-def _matmul(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _matmul(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("MatMul", em.inputs(node), out=ys[0])
 
 
@@ -277,12 +308,12 @@ def _matmul(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("batchnorm")
-def _batchnorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _batchnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("BatchNormalization", em.inputs(node), {"epsilon": float(node.attrs["eps"])}, out=ys[0])
 
 
 @_lowers("layernorm")
-def _layernorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _layernorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     x, *affine = em.inputs(node)
     xt = em.type_of(node.inputs[0])
     axis = node.attrs["axis"] % xt.rank
@@ -299,7 +330,7 @@ def _layernorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("groupnorm")
-def _groupnorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _groupnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     x, weight, bias = em.inputs(node)
     xt = em.type_of(node.inputs[0])
     groups = node.attrs["groups"]
@@ -318,18 +349,18 @@ def _groupnorm(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers(*_UNARY)
-def _unary(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _unary(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit(_UNARY[node.op], em.inputs(node), out=ys[0])
 
 
 @_lowers("silu")
-def _silu(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _silu(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     (x,) = em.inputs(node)
     em.emit("Mul", [x, em.emit("Sigmoid", [x])], out=ys[0])
 
 
 @_lowers("gelu")
-def _gelu(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _gelu(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     (x,) = em.inputs(node)
     if em.opset >= 20:
         em.emit("Gelu", [x], {"approximate": "none"}, out=ys[0])
@@ -342,12 +373,12 @@ def _gelu(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("softmax")
-def _softmax(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _softmax(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Softmax", em.inputs(node), {"axis": int(node.attrs["axis"])}, out=ys[0])
 
 
 @_lowers(*_BINARY)
-def _binary(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _binary(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit(_BINARY[node.op], em.inputs(node), out=ys[0])
 
 
@@ -355,7 +386,7 @@ def _binary(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("const")
-def _const(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _const(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     value = np.asarray(node.attrs["value"], dtype=NP_DTYPES[node.attrs["dtype"]], order="C")
     em.bind_constant(node.outputs[0], value, ys[0])
 
@@ -371,7 +402,7 @@ def grid_values(height: int, width: int) -> np.ndarray:
 
 
 @_lowers("grid")
-def _grid(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _grid(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.bind_constant(node.outputs[0], grid_values(node.attrs["height"], node.attrs["width"]), ys[0])
 
 
@@ -379,17 +410,17 @@ def _grid(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("reshape")
-def _reshape(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _reshape(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.reshape(em.inputs(node)[0], node.attrs["shape"], out=ys[0])
 
 
 @_lowers("transpose")
-def _transpose(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _transpose(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.transpose(em.inputs(node)[0], node.attrs["perm"], out=ys[0])
 
 
 @_lowers("rotate")
-def _rotate(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _rotate(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     # Per head, x is an (S channels) x (S positions) matrix; rotation is its transpose.
     b, c, h, w = em.type_of(node.inputs[0]).shape
     heads = node.attrs["heads"]
@@ -398,7 +429,7 @@ def _rotate(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("shift")
-def _shift(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _shift(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     # Pad once by the largest shift in each direction, then cut each channel group's window:
     # y[i] = x[i - dy] = xpad[i - dy + top].
     b, c, h, w = em.type_of(node.inputs[0]).shape
@@ -416,8 +447,8 @@ def _shift(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
     em.concat(parts, 1, out=ys[0])
 
 
-def _window_slices(em: _Emitter, x: gs.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-                   dilation: tuple[int, int], out_hw: tuple[int, int], axes: tuple[int, int]) -> list[gs.Variable]:
+def _window_slices(em: _Emitter, x: _Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                   dilation: tuple[int, int], out_hw: tuple[int, int], axes: tuple[int, int]) -> list[_Tensor]:
     """One strided Slice per kernel offset (row-major): slot (u, v) holds x[.., i*sh + u*dh, j*sw + v*dw]."""
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
     return [
@@ -428,7 +459,7 @@ def _window_slices(em: _Emitter, x: gs.Tensor, kernel: tuple[int, int], stride: 
 
 
 @_lowers("unfold")
-def _unfold(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _unfold(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     b, c, _, _ = em.type_of(node.inputs[0]).shape
     _, _, ho, wo = em.type_of(node.outputs[0]).shape
@@ -444,7 +475,7 @@ def _unfold(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("attention")
-def _attention(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _attention(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     q, k, v, *bias = em.inputs(node)
     logits = em.emit("Mul", [em.emit("MatMul", [q, em.transpose(k, (0, 1, 3, 2))]),
                              em.scalar(node.attrs["scale"], node.inputs[0])])
@@ -454,7 +485,7 @@ def _attention(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("local_attention")
-def _local_attention(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _local_attention(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     """ACmix attention without materialising unfolded windows.
 
     Heads live on axis 1 and the in-head dim on axis 2 of [B, heads, d, H, W] views. Keys,
@@ -468,10 +499,10 @@ def _local_attention(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
     d, p, ho, wo = c // heads, (kern - 1) // 2, h // s, w // s
     pads = (p, p, p, p)
 
-    def at_outputs(t: gs.Tensor) -> gs.Tensor:
+    def at_outputs(t: _Tensor) -> _Tensor:
         return t if s == 1 else em.slice(t, (0, 0), (h, w), (2, 3), (s, s))
 
-    def windows(t: gs.Tensor, lead: tuple[int, int]) -> list[gs.Variable]:
+    def windows(t: _Tensor, lead: tuple[int, int]) -> list[_Tensor]:
         padded = em.reshape(em.pad(t, pads, "reflect"), (*lead, d, h + 2 * p, w + 2 * p))
         return _window_slices(em, padded, (kern, kern), (s, s), (1, 1), (ho, wo), (3, 4))
 
@@ -495,7 +526,7 @@ def _local_attention(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("avgpool", "maxpool")
-def _pool(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _pool(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     attrs: dict[str, Any] = {
         "kernel_shape": [int(k) for k in a["kernel"]],
@@ -514,7 +545,7 @@ def _pool(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers(*_REDUCE)
-def _reduce(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _reduce(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.reduce(_REDUCE[node.op], em.inputs(node)[0], node.attrs["axes"], node.attrs["keepdims"], out=ys[0])
 
 
@@ -522,18 +553,18 @@ def _reduce(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("concat")
-def _concat(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _concat(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.concat(em.inputs(node), node.attrs["axis"], out=ys[0])
 
 
 @_lowers("split")
-def _split(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _split(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     (x,) = em.inputs(node)
     em.emit_multi("Split", [x, em.const(node.attrs["sizes"])], {"axis": int(node.attrs["axis"])}, ys)
 
 
 @_lowers("slice")
-def _slice(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _slice(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     xt = em.type_of(node.inputs[0])
     axis = a["axis"] % xt.rank
@@ -543,12 +574,12 @@ def _slice(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("pad")
-def _pad(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _pad(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.pad(em.inputs(node)[0], node.attrs["pads"], _PAD_MODES[node.attrs["mode"]], out=ys[0])
 
 
 @_lowers("resize")
-def _resize(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _resize(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     _, _, h, w = em.type_of(node.inputs[0]).shape
     ho, wo = a["sizes"]
@@ -558,11 +589,11 @@ def _resize(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
         attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
     else:
         attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
-    em.emit("Resize", [em.inputs(node)[0], gs.Variable.empty(), em.const(scales, np.float32)], attrs, out=ys[0])
+    em.emit("Resize", [em.inputs(node)[0], _EMPTY, em.const(scales, np.float32)], attrs, out=ys[0])
 
 
 @_lowers("roll")
-def _roll(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _roll(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     xt = em.type_of(node.inputs[0])
     # numpy.roll broadcasts shifts against axes; each (shift, axis) pair applies in turn.
     shifts, axes = np.broadcast_arrays(np.atleast_1d(node.attrs["shifts"]), np.atleast_1d(node.attrs["axes"]))
@@ -581,7 +612,7 @@ def _roll(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
 
 
 @_lowers("gather")
-def _gather(em: _Emitter, node: Node, ys: list[gs.Variable]) -> None:
+def _gather(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])
 
 
@@ -593,18 +624,101 @@ def supported_ops() -> frozenset[str]:
 # ---- model assembly ----------------------------------------------------------------------------
 
 
-def _attach_provenance(model: onnx.ModelProto, provenance: dict[str, Provenance]) -> None:
-    # onnx-graphsurgeon nodes have no doc_string / metadata_props; set them on the exported protos.
-    for proto in model.graph.node:
-        prov = provenance[proto.name]
-        proto.doc_string = str(prov)
+def _provenance_meta(prov: Provenance) -> tuple[str, list[onnx.StringStringEntryProto]]:
+    """The ``doc_string`` and ``metadata_props`` of every ONNX node lowering an IR node of provenance ``prov``."""
+    props = [
+        onnx.StringStringEntryProto(key=key, value=value)
         for key, value in (
             (META_SPAN, str(prov.span) if prov.span else ""),
             (META_BLOCK, prov.block_path),
             (META_RULES, ">".join(prov.rules)),
-        ):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        )
+    ]
+    return str(prov), props
+
+
+def _tensor_dtype(dtype: Any) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def _value_info(t: _Tensor) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(t.name, _tensor_dtype(t.dtype), t.shape)
+
+
+class _AttributeCache:
+    """AttributeProtos by name and value: the same few attributes recur on thousands of nodes."""
+
+    def __init__(self) -> None:
+        self._protos: dict[tuple[str, str, str], onnx.AttributeProto] = {}
+
+    def get(self, key: str, value: Any) -> onnx.AttributeProto:
+        # repr tells apart what equality does not (1 and 1.0 and True, 0.0 and -0.0): each makes a different proto.
+        cache_key = (key, type(value).__name__, repr(value))
+        proto = self._protos.get(cache_key)
+        if proto is None:
+            proto = self._protos[cache_key] = helper.make_attribute(key, value)
+        return proto
+
+
+def _assemble(em: _Emitter, graph: Graph, opset: int) -> onnx.ModelProto:
+    """The ModelProto of the emitted nodes, built in place (each weight is copied once, into the proto).
+
+    Initializers and value infos are listed in order of first use: graph inputs, then each node's
+    inputs and outputs in node order, then graph outputs. Value infos are the typed variables
+    other than the graph's inputs and outputs.
+    """
+    inputs = [em.tensors[name] for name in graph.inputs]
+    outputs = [em.tensors[name] for name in graph.outputs]
+    model = onnx.ModelProto(ir_version=onnx.IR_VERSION, producer_name="netdsl", producer_version=__version__)
+    model.opset_import.append(helper.make_opsetid("", opset))
+    proto = model.graph
+    proto.name = graph.name
+    by_name: dict[str, _Tensor] = {}  # every named tensor, in order of first use (a later one of a name wins)
+    for t in inputs:
+        by_name[t.name] = t
+    attributes = _AttributeCache()
+    for node in em.nodes:
+        for t in node.inputs:
+            if t.name:
+                by_name[t.name] = t
+        for t in node.outputs:
+            if t.name:
+                by_name[t.name] = t
+        doc_string, props = em.provenance[node.name]
+        proto.node.add(
+            op_type=node.op, name=node.name, doc_string=doc_string, metadata_props=props,
+            input=[t.name for t in node.inputs], output=[t.name for t in node.outputs],
+            attribute=[attributes.get(key, value) for key, value in node.attrs.items()],
+        )
+    for t in outputs:
+        by_name[t.name] = t
+    proto.input.extend(_value_info(t) for t in inputs)
+    proto.output.extend(_value_info(t) for t in outputs)
+    for t in by_name.values():
+        if t.array is not None:
+            proto.initializer.add(name=t.name, data_type=_tensor_dtype(t.array.dtype), dims=t.array.shape,
+                                  raw_data=t.array.tobytes())
+    io_names = {t.name for t in inputs} | {t.name for t in outputs}
+    proto.value_info.extend(_value_info(t) for t in by_name.values()
+                            if t.array is None and t.dtype is not None and t.name not in io_names)
+    return model
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block.
+
+    Emission allocates tens of thousands of small acyclic objects; each allocation burst would
+    otherwise trigger collections that walk the caller's whole heap (a large share of the emit
+    time in a process that also holds a PyTorch model).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17) -> onnx.ModelProto:
@@ -619,21 +733,12 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17) -> on
     unknown = sorted({n.op for n in graph.nodes} - set(_LOWERINGS))
     if unknown:
         raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
-    em = _Emitter(graph, weights, opset)
-    for index, node in enumerate(graph.nodes):
-        em.lower(index, node)
-    gs_graph = gs.Graph(
-        nodes=em.nodes,
-        inputs=[em.tensors[name] for name in graph.inputs],
-        outputs=[em.tensors[name] for name in graph.outputs],
-        name=graph.name,
-        opset=opset,
-        producer_name="netdsl",
-        producer_version=__version__,
-    )
-    model = gs.export_onnx(gs_graph)
-    model.ir_version = max(MIN_IR_VERSION, onnx.helper.find_min_ir_version_for(list(model.opset_import)))
-    _attach_provenance(model, em.provenance)
+    with _gc_paused():
+        em = _Emitter(graph, weights, opset)
+        for index, node in enumerate(graph.nodes):
+            em.lower(index, node)
+        model = _assemble(em, graph, opset)
+    model.ir_version = max(MIN_IR_VERSION, helper.find_min_ir_version_for(list(model.opset_import)))
     return model
 
 

@@ -19,13 +19,24 @@ from netdsl.diagnostics import NetdslError, render
 COMMANDS = ("check", "show", "compile", "explain", "coverage", "bench", "stats", "quantize", "receptive_field")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first argument that is not an option), if it is one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand, or with just ``only``.
+
+    Each subcommand module imports what its command needs (numpy, rich, onnx, ...): registering
+    only the requested one keeps start-up short when the command is known.
+    """
     parser = argparse.ArgumentParser(prog="netdsl", description="Compile .net specs of convolution-only attention "
                                      "blocks to ONNX, PyTorch and TensorRT restricted mode.")
     parser.add_argument("--version", action="version", version=f"netdsl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback for internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             mod = importlib.import_module(f"netdsl.commands.{name}")
         except ModuleNotFoundError as err:
@@ -33,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not part of this build
             raise
         mod.add_parser(sub)
+    if only is not None and only not in sub.choices:  # not a command of this build, or registered under another name
+        return build_parser()
     return parser
 
 
@@ -40,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``netdsl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    parser = build_parser()
+    parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

@@ -7,6 +7,9 @@ PyTorch module built from the same spec and seed hold identical numbers.
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,8 +40,15 @@ def _relative_position_index(window: int) -> np.ndarray:
     return rel[0] * (2 * window - 1) + rel[1]
 
 
+# Parameters with at least this many elements are drawn on worker threads: numpy's generators
+# fill arrays without holding the GIL, so large draws run in parallel; small ones are not worth a hand-off.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
 def _normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
-    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+    data = rng.standard_normal(shape, dtype=np.float32)
+    data *= np.float32(std)  # in place: no second buffer for large weights
+    return data
 
 
 def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
@@ -56,7 +66,9 @@ def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
     elif kind == "uniform_fan_in":
         bound = 1.0 / np.sqrt(init.arg("fan_in"))
         # Drawn in float32 directly: half the work of float64 draws for large models.
-        data = (rng.random(shape, dtype=np.float32) * np.float32(2 * bound) - np.float32(bound))
+        data = rng.random(shape, dtype=np.float32)
+        data *= np.float32(2 * bound)  # in place, the same float32 roundings as `data * 2b - b`
+        data -= np.float32(bound)
     elif kind == "normal":
         data = _normal(rng, shape, init.arg("std"))
     elif kind == "trunc_normal":
@@ -78,5 +90,19 @@ def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
 
 
 def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Values of every parameter and buffer of ``graph``, in declaration order."""
-    return {name: initial_value(p, seed) for name, p in graph.params.items()}
+    """Values of every parameter and buffer of ``graph``, in declaration order.
+
+    Each parameter has its own random stream, so drawing the large ones on worker threads gives
+    the same values as drawing everything in turn.
+    """
+    params = list(graph.params.values())
+    large = sorted((p for p in params if math.prod(p.type.shape) >= PARALLEL_MIN_ELEMENTS),
+                   key=lambda p: -math.prod(p.type.shape))  # largest first, for an even split
+    workers = min(len(large), os.cpu_count() or 1)
+    if workers < 2:
+        return {p.name: initial_value(p, seed) for p in params}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        drawing = {p.name: pool.submit(initial_value, p, seed) for p in large}
+        values = {p.name: initial_value(p, seed) for p in params if p.name not in drawing}
+        values.update((name, future.result()) for name, future in drawing.items())
+    return {p.name: values[p.name] for p in params}

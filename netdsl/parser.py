@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast as pyast
+import hashlib
 import os
 from functools import lru_cache
 from importlib import resources
@@ -64,10 +65,29 @@ MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_TREE_DEPTH = 600  # parse-tree levels; deeper sources are refused before recursive stages run
 
 
+def _table_cache(grammar: str) -> str | bool:
+    """Where lark keeps the parse tables built from ``grammar`` between runs (False: no cache).
+
+    Building the LALR tables takes longer than parsing a model, so they are cached in the user's
+    cache folder, one file per grammar text. lark checks the file against the grammar, its options
+    and its own version before using it, and rebuilds (and rewrites) it when it does not match or
+    cannot be read.
+    """
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(root, "netdsl")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return False
+    digest = hashlib.sha256(grammar.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(folder, f"grammar-{digest}.lark-tables")
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     grammar = resources.files("netdsl").joinpath("grammar/netdsl.lark").read_text()
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True)
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True,
+                cache=_table_cache(grammar))
 
 
 def expected_words(expected: set[str]) -> str:

@@ -31,17 +31,19 @@ def resized(size: tuple[int, int], out: tuple[int, int], mode: str = "linear") -
 
 
 @pytest.mark.parametrize("size, out, mode, convs", [
-    ((56, 56), (14, 14), "linear", 2),  # CSA's first-stage reduction, by 1/4
+    ((24, 20), (12, 5), "linear", 0),  # shrinking by whole factors: one depth-wise conv (as downscale_to_conv)
     ((27, 27), (14, 14), "linear", 2),  # 14/27
     ((14, 14), (27, 27), "linear", 2),  # back up by 27/14
     ((13, 13), (14, 14), "linear", 2),  # 14/13
-    ((12, 9), (6, 9), "linear", 1),  # only the height changes
+    ((12, 9), (6, 9), "linear", 0),  # a whole factor on one axis, 1 on the other: one depth-wise conv
+    ((13, 9), (7, 9), "linear", 1),  # only the height changes, by 7/13
 ])
 def test_resizes_dla_cannot_run_become_convs(size: tuple[int, int], out: tuple[int, int], mode: str,
                                              convs: int) -> None:
     graph = resized(size, out, mode)
-    rewritten, _ = check_rewrite(PASS, graph, {"transpose": 2 * convs, "conv": convs, "const": convs})
-    assert all(n.attrs["groups"] == 1 for n in rewritten.nodes if n.op == "conv")
+    expected = {"transpose": 2 * convs, "conv": convs, "const": convs} if convs else {"conv": 1, "const": 1}
+    rewritten, _ = check_rewrite(PASS, graph, expected)
+    assert all(n.attrs["groups"] == (1 if convs else 3) for n in rewritten.nodes if n.op == "conv")
 
 
 def test_whole_upsampling_stays() -> None:

@@ -40,9 +40,11 @@ def folded_parameters(weight: np.ndarray, bias: np.ndarray | None, gamma: np.nda
     """(W', b') of a conv followed by a batch norm, computed in float64, returned in the weight's dtype."""
     scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
     b = np.zeros(weight.shape[0]) if bias is None else bias.astype(np.float64)
-    new_w = weight.astype(np.float64) * scale[:, None, None, None]
+    # The product is computed in float64 and rounded straight into the result: no float64 copies of the kernel.
+    new_w = np.empty(weight.shape, weight.dtype)
+    np.multiply(weight, scale[:, None, None, None], out=new_w, dtype=np.float64, casting="same_kind")
     new_b = (b - mean) * scale + beta
-    return new_w.astype(weight.dtype), new_b.astype(weight.dtype)
+    return new_w, new_b.astype(weight.dtype)
 
 
 def make_fold_batchnorm(weights: Weights) -> Pass:

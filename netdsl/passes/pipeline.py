@@ -43,7 +43,8 @@ from netdsl.verifier import verify
 _FOLD_AND_CLEAN = ["fold_batchnorm", "fold_params", "constant_folding", "cse", "cleanup_shuffles", "dce"]
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": ["fold_batchnorm", "conv_before_resize", "constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "onnx": ["fold_batchnorm", "conv_before_resize", "downscale_to_conv", "constant_folding", "cse", "cleanup_shuffles",
+             "dce"],
     "torch": ["cse", "cleanup_shuffles"],
     "trt": ["fold_batchnorm", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
@@ -104,7 +105,7 @@ def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, pass
                                      help=did_you_mean(print_after, names),
                                      notes=["passes run: " + (", ".join(names) or "none")]))
     work = _checked_weights(graph, weights, names)
-    graph = copy.deepcopy(graph)
+    graph = _copy_graph(graph)
     log = RewriteLog()
     for name in names:
         step = get_pass(name, work)
@@ -120,6 +121,19 @@ def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, pass
     if work is not None:
         work = {p: work[p] for p in graph.params}
     return PipelineResult(graph, work, log, names)
+
+
+def _copy_graph(graph: Graph) -> Graph:
+    """A deep copy of ``graph`` for the passes to rewrite, sharing its immutable parts.
+
+    Types, inits and provenance are frozen dataclasses: seeding deepcopy's memo with them makes
+    the copy reuse them instead of rebuilding thousands of equal objects.
+    """
+    frozen: list[object] = [*graph.values.values(), *(n.provenance for n in graph.nodes)]
+    for p in graph.params.values():
+        frozen += (p.type, p.init, p.provenance)
+    memo: dict[int, object] = {id(obj): obj for obj in frozen}
+    return copy.deepcopy(graph, memo)
 
 
 def _checked_weights(graph: Graph, weights: Weights | None, names: list[str]) -> Weights | None:

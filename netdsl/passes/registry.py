@@ -32,6 +32,7 @@ PASS_MODULES = (
     "tanh_decompose",
     "fold_batchnorm",
     "conv_before_resize",
+    "downscale_to_conv",
     "strided_slice_to_conv",
     "resize_to_conv",
     "constant_folding",
