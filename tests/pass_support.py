@@ -86,3 +86,24 @@ def check_rewrite(p: Pass, graph: Graph, expected_ops: dict[str, int], weights: 
             assert node.provenance.rules[-1] == p.name
             assert str(node.provenance.span) in original_spans
     return out, log
+
+
+def lower_for_dla_and_compare(graph: Graph) -> Graph:
+    """Lower ``graph`` for ``trt-dla``; assert every node is DLA-covered and the outputs equal the ``onnx`` target's.
+
+    Returns the lowered graph.
+    """
+    from netdsl.backends.trt_coverage import check_coverage
+    from netdsl.initializers import initial_weights
+    from netdsl.passes.pipeline import run_pipeline
+    from netdsl.profile import load_profile
+
+    weights = initial_weights(graph)
+    lowered = run_pipeline(graph, "trt-dla", weights=weights)
+    report = check_coverage(to_onnx(lowered.graph, lowered.weights), load_profile("trt-dla"))
+    assert report.covered, report.violation_lines()
+    plain = run_pipeline(graph, "onnx", weights=weights)
+    feeds = random_feeds(graph)
+    (want,), (got,) = run_ort(plain.graph, plain.weights, feeds), run_ort(lowered.graph, lowered.weights, feeds)
+    np.testing.assert_allclose(got, want, **TOL)
+    return lowered.graph

@@ -264,14 +264,18 @@ def test_float16_only_nan_is_a_located_error(write_spec, run_cli, tmp_path: Path
                          "or compile this model in float32 (--dtype float32)")
 
 
+# A weight no float16 can hold (declared on line 4 of the spec).
+SCALED_BEYOND_FLOAT16 = """
+    model scaled() {
+        input x: f32[N=1, 4, 2, 2]
+        param gain: f32[1, 4, 1, 1] = 100000.0
+        output y = x * gain
+    }
+    """
+
+
 def test_parameter_beyond_float16_is_located_at_its_declaration(write_spec, run_cli, tmp_path: Path) -> None:
-    spec = write_spec("""
-        model scaled() {
-            input x: f32[N=1, 4, 2, 2]
-            param gain: f32[1, 4, 1, 1] = 100000.0
-            output y = x * gain
-        }
-        """)
+    spec = write_spec(SCALED_BEYOND_FLOAT16)
     code, _, err = run_cli(["compile", spec, "--dtype", "float16", "-o", tmp_path / "s.onnx"])
     lines = error_lines(err)
     assert code == 2 and not (tmp_path / "s.onnx").exists()
@@ -460,13 +464,7 @@ def test_large_logits_stay_finite_in_float16(write_spec, run_cli, tmp_path: Path
 
 
 def test_unchecked_weight_beyond_float16_is_refused(write_spec, run_cli, tmp_path: Path) -> None:
-    spec = write_spec("""
-        model scaled() {
-            input x: f32[N=1, 4, 2, 2]
-            param gain: f32[1, 4, 1, 1] = 100000.0
-            output y = x * gain
-        }
-        """)
+    spec = write_spec(SCALED_BEYOND_FLOAT16)
     out = tmp_path / "s.onnx"
     code, _, err = run_cli(["compile", spec, "--dtype", "float16", "--no-range-check", "-o", out])
     assert code == 2 and not out.exists()
