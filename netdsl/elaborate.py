@@ -601,14 +601,16 @@ class Elaborator:
                 raise self.error(scope, f"'{e.op}' cannot combine a tensor with {type_name(v)}", side.span)
         return self.emit(scope, ops[e.op], args, e.span, arg_spans=[e.left.span, e.right.span])
 
-    def constant(self, scope: Scope, value: float, dtype: str, span: Span) -> Tensor:
+    def check_fits(self, scope: Scope, value: float, dtype: str, span: Span) -> None:
+        """A located error unless ``value`` is exactly representable in range as a number of IR dtype ``dtype``
+        (integers: a whole number within the type's bounds; floats: finite and within the largest magnitude)."""
         import numpy as np
 
         from netdsl.initializers import NP_DTYPES
 
         kind = np.dtype(NP_DTYPES[dtype]).kind
         if kind == "b":
-            raise self.error(scope, f"arithmetic on a {dtype} tensor is not defined", span)
+            return
         if kind in "iu" and not float(value).is_integer():
             raise self.error(scope, f"cannot combine a {dtype} tensor with the non-integer {show(value)}", span)
         if kind in "iu":
@@ -618,6 +620,15 @@ class Elaborator:
             fits = math.isfinite(value) and abs(value) <= float(np.finfo(NP_DTYPES[dtype]).max)
         if not fits:
             raise self.error(scope, f"the constant {show(value)} does not fit a {dtype} tensor", span)
+
+    def constant(self, scope: Scope, value: float, dtype: str, span: Span) -> Tensor:
+        import numpy as np
+
+        from netdsl.initializers import NP_DTYPES
+
+        if np.dtype(NP_DTYPES[dtype]).kind == "b":
+            raise self.error(scope, f"arithmetic on a {dtype} tensor is not defined", span)
+        self.check_fits(scope, value, dtype, span)
         arr = np.asarray(value, dtype=NP_DTYPES[dtype])
         return self.emit(scope, "const", [], span, value=arr, dtype=dtype)
 

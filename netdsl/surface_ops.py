@@ -619,6 +619,7 @@ def constant(el: Elaborator, scope: Scope, b: Bound) -> Any:
     if any(d < 1 for d in b["shape"]):
         raise el.error(scope, f"constant shape {b['shape']} needs positive dims", b.spans.get("shape", b.call.span))
     el.check_size(scope, TensorType(b["dtype"], tuple(b["shape"])), b.call.span)  # before numpy allocates
+    el.check_fits(scope, b["value"], b["dtype"], b.spans.get("value", b.call.span))
     arr = np.full(tuple(b["shape"]), b["value"], dtype=NP_DTYPES[b["dtype"]])
     return _emit(el, scope, b, "const", [], [], value=arr, dtype=b["dtype"])
 

@@ -860,3 +860,20 @@ def test_acmix_edit_deleted_output(check_fails, acmix_copy) -> None:
     assert r.message == "block ACmix has no output"
     assert r.location == "acmix.net:" + locate(text, "ACmix(in_planes")
     assert r.underlined == "ACmix"
+
+
+@pytest.mark.parametrize("value, dtype, message", [
+    ("7.0e16", "f16", "the constant 7e+16 does not fit a f16 tensor"),
+    ("1.0e39", "f32", "the constant 1e+39 does not fit a f32 tensor"),
+    ("2.5", "i64", "cannot combine a i64 tensor with the non-integer 2.5"),
+])
+def test_constant_that_its_dtype_cannot_hold(check_fails, write_spec, value: str, dtype: str, message: str) -> None:
+    r = check_fails(write_spec(f"""
+        model m() {{
+            input x: f32[N=1, 4, H=2, W=2]
+            output y = constant({value}, shape=[1], dtype="{dtype}")
+        }}
+        """))
+    assert r.message == message
+    assert r.location == "t.net:3:25"
+    assert r.underlined == value
