@@ -444,6 +444,35 @@ def test_bilinear_to_a_single_pixel_samples_like_torch() -> None:
     np.testing.assert_allclose(y, ref.numpy(), **TOL)
 
 
+CHANNELS_LAST_PATTERN = ["Transpose", "Reshape", "Resize", "Reshape", "Transpose"]
+
+
+@pytest.mark.parametrize("size,scales,pattern", [
+    ((8, 6), (2.0, 3.0), ["Resize"]),  # whole-factor upsample: stays channels-first
+    ((13, 12), (14 / 13, 2.0), CHANNELS_LAST_PATTERN),  # fractional upsample on one axis
+    ((27, 28), (14 / 27, 0.5), CHANNELS_LAST_PATTERN),  # fractional and whole downsample
+    ((14, 14), (13 / 14, 7 / 14), CHANNELS_LAST_PATTERN),
+])
+def test_channels_last_bilinear_equals_channels_first(size: tuple, scales: tuple, pattern: list[str]) -> None:
+    x = rand(2, 5, *size)
+    graph = resize_graph(x.shape, [scales], "linear")
+    outs = {}
+    for channels_last in (True, False):
+        model = to_onnx(graph, {}, channels_last_resize=channels_last)
+        onnx.checker.check_model(model, full_check=True)
+        expected_ops = pattern if channels_last else ["Resize"]
+        assert [n.op_type for n in model.graph.node if n.op_type != "Constant"] == expected_ops
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (outs[channels_last],) = session.run(None, {"x": x})
+    assert outs[True].shape == graph.values[graph.outputs[0]].shape
+    np.testing.assert_allclose(outs[True], outs[False], rtol=1e-6, atol=1e-6)
+
+
+def test_nearest_resize_stays_channels_first() -> None:
+    model = to_onnx(resize_graph((1, 2, 6, 8), [(0.75, 1.5)], "nearest"), {}, channels_last_resize=True)
+    assert [n.op_type for n in model.graph.node if n.op_type != "Constant"] == ["Resize"]
+
+
 @pytest.mark.parametrize("l_in,l_out,expected", [(27, 14, "0.51851857"), (14, 13, "0.92857146"),
                                                  (6, 7, "1.1666667")])
 def test_exact_resize_scale_known_values(l_in: int, l_out: int, expected: str) -> None:

@@ -96,7 +96,8 @@ def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
     from netdsl.backends.onnx_backend import to_onnx
 
     result = lower(args, target)
-    return to_onnx(result.graph, result.weights, opset=getattr(args, "opset", 17))
+    return to_onnx(result.graph, result.weights, opset=getattr(args, "opset", 17),
+                   channels_last_resize=target == "onnx")
 
 
 def check_dtype_flags(args: argparse.Namespace) -> None:
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     profile = target_profile(args) if target in TRT_TARGETS else None
     if args.dtype == "float16":
         check_float16_range(args, result)
-    model = to_onnx(result.graph, result.weights, opset=args.opset)
+    model = to_onnx(result.graph, result.weights, opset=args.opset, channels_last_resize=target == "onnx")
     dtype_note = ""
     if args.dtype == "float16":
         from netdsl.backends.onnx_float16 import Float16Error, to_float16

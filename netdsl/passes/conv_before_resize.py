@@ -6,13 +6,18 @@ where the source index is clamped at the border) or that pick one pixel (nearest
 commute, bias included: ``W (sum_k a_k x_k) + b = sum_k a_k (W x_k + b)`` when ``sum_k a_k = 1``.
 Only rounding differs (float32: a few ulps).
 
-When the resize enlarges the map and the conv does not widen it (``Co <= Ci``), both get cheaper:
-the conv runs on the smaller map (``Co * Ci/groups * (Ho*Wo - H*W)`` MACs fewer) and the resize
-interpolates ``Co`` channels instead of ``Ci``. A widening conv stays: its MAC saving would be paid
-back in interpolation (in ONNX Runtime an interpolated element costs about as much as a hundred
-MACs, e.g. CSA's ``q`` projection 384 -> 784 channels before a 13 -> 14 resize gains nothing).
-In CSA this moves the ``qk`` projection of every block whose map is larger than its ``sr_to`` grid
-onto the grid (at 224 input: 14x14 instead of 56x56 and 27x27, about 330 M MACs of 4.07 G).
+When the resize enlarges the map, the conv gets cheaper on the smaller map
+(``Co * Ci/groups * (Ho*Wo - H*W)`` MACs fewer), and the resize then interpolates ``Co`` channels
+instead of ``Ci``. A narrowing or equal-width conv (``Co <= Ci``) always moves: both get cheaper.
+A widening one moves when its MAC saving outweighs the extra interpolation, costed at
+:data:`INTERPOLATION_MACS` MACs per interpolated element: the ``onnx`` target emits such resizes
+channels-last, where ONNX Runtime interpolates an element in about the time of 16 MACs of a 1x1
+conv (784 channels, 14 -> 13: 0.04 ms; dense convs run at ~52 GMAC/s per core here). So CSA's
+``q`` projection, 384 -> 784 channels before stage 2's 13 -> 14 resize, moves (8.1 M MACs saved,
+the equivalent of 1.3 M spent), while a 16 -> 24 conv before 13 -> 14 stays. In CSA this moves the
+``qk`` projection of every block whose map is larger than its ``sr_to`` grid onto the grid (at 224
+input: 14x14 instead of 56x56 and 27x27, about 330 M MACs of 4.07 G), stage 3's narrowing ``q``
+projection onto its 6x6 map and stage 2's widening one onto its 13x13 map (49 M MACs more).
 
 Only a resize whose output feeds nothing but the conv is moved. Runs after ``fold_batchnorm``, so a
 batch norm folded into the conv moves with it.
@@ -24,6 +29,7 @@ from netdsl.ir import Node
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "conv_before_resize"
+INTERPOLATION_MACS = 16  # cost of interpolating one element, in 1x1-conv MACs (see the module docstring)
 
 
 def _is_pointwise(em: Emitter, conv: Node) -> bool:
@@ -34,10 +40,13 @@ def _is_pointwise(em: Emitter, conv: Node) -> bool:
 
 
 def worth_moving(em: Emitter, conv: Node, resize: Node) -> bool:
-    """True when ``resize`` enlarges the map and ``conv`` does not widen it: both then get cheaper."""
+    """True when ``resize`` enlarges the map and the conv's MAC saving on the small map exceeds the cost
+    of interpolating the channels it adds (none when it does not widen)."""
     _, ci, h, w = em.graph.type_of(resize.inputs[0]).shape
     ho, wo = resize.attrs["sizes"]
-    return ho * wo > h * w and em.graph.type_of(conv.inputs[1]).shape[0] <= ci
+    co, ci_per_group = em.graph.type_of(conv.inputs[1]).shape[:2]
+    saved = co * ci_per_group * (ho * wo - h * w)
+    return ho * wo > h * w and saved > INTERPOLATION_MACS * max(co - ci, 0) * ho * wo
 
 
 def _move(node: Node, em: Emitter) -> list[str] | None:
