@@ -135,6 +135,30 @@ class TensorTypeExpr:
 
 
 @dataclass
+class InitOverride:
+    """One ``op.role = initialiser(...)`` entry of a ``with init(...)`` clause."""
+
+    op: str
+    op_span: Span
+    role: str
+    role_span: Span
+    value: Expr
+    span: Span
+
+    @property
+    def selector(self) -> str:
+        return f"{self.op}.{self.role}"
+
+
+@dataclass
+class InitClause:
+    """``with init(...)``: initialisers that override those of every parameter created by a statement's value."""
+
+    items: list[InitOverride]
+    span: Span
+
+
+@dataclass
 class Stmt:
     span: Span
 
@@ -149,6 +173,7 @@ class InputDecl(Stmt):
 class OutputStmt(Stmt):
     name: str
     value: Expr | None
+    init: InitClause | None = None
 
 
 @dataclass
@@ -161,6 +186,7 @@ class Let(Stmt):
 class Assign(Stmt):
     targets: list[str]
     value: Expr
+    init: InitClause | None = None
 
 
 @dataclass

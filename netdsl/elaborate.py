@@ -16,6 +16,7 @@ from typing import Any
 from netdsl import ast
 from netdsl.builder import GraphBuilder
 from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
+from netdsl.init_overrides import InitOverrides
 from netdsl.ir import DTYPES, Frame, Graph, Init, Provenance, Span, TensorType
 from netdsl.loader import Program
 from netdsl.opdefs import OpTypeError
@@ -104,6 +105,7 @@ class Elaborator:
         self.b: GraphBuilder | None = None
         self.depth = 0
         self.steps = 0
+        self.init_overrides = InitOverrides()
 
     # ------------------------------------------------------------------ errors
     def error(self, scope: Scope | None, message: str, span: Span | None, **kw: Any) -> NetdslError:
@@ -274,7 +276,8 @@ class Elaborator:
             self._exec_assign(scope, st)
         elif isinstance(st, ast.OutputStmt):
             if st.value is not None:
-                val = self.eval(st.value, scope)
+                with self.init_overrides.clause(self, scope, st.init):
+                    val = self.eval(st.value, scope)
             elif st.name in scope.vars:
                 val = scope.vars[st.name]
             else:
@@ -343,7 +346,8 @@ class Elaborator:
 
     def _exec_assign(self, scope: Scope, st: ast.Assign) -> None:
         before = len(self.builder.graph.nodes)
-        val = self.eval(st.value, scope)
+        with self.init_overrides.clause(self, scope, st.init):
+            val = self.eval(st.value, scope)
         if len(st.targets) == 1:
             scope.vars[st.targets[0]] = val
             if isinstance(val, Tensor):
@@ -459,12 +463,15 @@ class Elaborator:
         scope.vars[st.name] = Tensor(full)
 
     def _init(self, scope: Scope, e: ast.Expr, t: TensorType) -> Init:
-        from netdsl.surface_ops import INIT_FUNCS
+        from netdsl.surface_ops import INIT_FUNCS, bind
 
         if isinstance(e, ast.Call) and e.func in INIT_FUNCS:
-            args = [self.eval(a, scope) for a in e.args]
-            kws = {k.name: self.eval(k.value, scope) for k in e.kwargs}
-            return INIT_FUNCS[e.func](self, scope, e, t, args, kws)
+            func = INIT_FUNCS[e.func]
+            values = bind(self, scope, func, e).values
+            problem = func.problem(t, values)
+            if problem:
+                raise self.error(scope, f"{func.name}() cannot initialise {t}: {problem}", e.span)
+            return func.make(t, values)
         v = self.eval(e, scope)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return Init("fill", (("value", float(v) if t.dtype.startswith("f") else int(v)),))

@@ -49,6 +49,7 @@ TERMINAL_WORDS = {
     "ELSE": "'else'",
     "PARAM_KW": "'param' or 'buffer'",
     "AS": "'as'",
+    "WITH": "'with'",
     "AND": "'and'",
     "OR": "'or'",
     "NOT": "'not'",
@@ -93,6 +94,9 @@ def _parser() -> Lark:
 def expected_words(expected: set[str]) -> str:
     """Human phrase for a set of expected terminal names."""
     names = set(expected)
+    if len(names) > 1:
+        # A `with` clause may follow any assigned value; naming it after every value is noise.
+        names.discard("WITH")
     parts: list[str] = []
     if _STMT_START & names and len(names & _STMT_START) >= 3:
         parts.append("a statement")
@@ -211,14 +215,26 @@ class _ToAst(Transformer):
         return ast.Dim(e, None, self.sp(meta))
 
     def output_stmt(self, meta: Meta, _kw: Token, name: Token, *rest: Any) -> ast.OutputStmt:
-        return ast.OutputStmt(self.sp(meta), str(name), rest[1] if len(rest) == 2 else None)
+        clause = rest[2] if len(rest) == 3 else None
+        return ast.OutputStmt(self.sp(meta), str(name), rest[1] if rest else None, clause)
 
     def let_stmt(self, meta: Meta, _kw: Token, name: Token, _e: Token, value: ast.Expr) -> ast.Let:
         return ast.Let(self.sp(meta), str(name), value)
 
     def assign_stmt(self, meta: Meta, *items: Any) -> ast.Assign:
-        targets = [str(t) for t in items[:-1] if isinstance(t, Token) and t.type == "NAME"]
-        return ast.Assign(self.sp(meta), targets, items[-1])
+        clause = items[-1] if isinstance(items[-1], ast.InitClause) else None
+        value = items[-2] if clause else items[-1]
+        targets = [str(t) for t in items if isinstance(t, Token) and t.type == "NAME"]
+        return ast.Assign(self.sp(meta), targets, value, clause)
+
+    def init_clause(self, meta: Meta, _with: Token, kind: Token, *rest: Any) -> ast.InitClause:
+        if str(kind) != "init":
+            raise NetdslError(Diagnostic(f"unknown clause 'with {kind}'", self.sp(kind),
+                                         help="the clause is 'with init(op.role = initialiser(...), ...)'"))
+        return ast.InitClause([i for i in rest if isinstance(i, ast.InitOverride)], self.sp(meta))
+
+    def init_item(self, meta: Meta, op: Token, _d: Token, role: Token, _e: Token, value: ast.Expr) -> ast.InitOverride:
+        return ast.InitOverride(str(op), self.sp(op), str(role), self.sp(role), value, self.sp(meta))
 
     def require_stmt(self, meta: Meta, _kw: Token, cond: ast.Expr, *rest: Any) -> ast.Require:
         msg = pyast.literal_eval(rest[1]) if len(rest) == 2 else None

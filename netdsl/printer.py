@@ -7,6 +7,7 @@ Format::
       %v = conv(%x, @v.weight, @v.bias) {groups=32, pads=[3,3,3,3], ...} : f32[2,32,14,14]  # csa.net:9:5
       return %y
 
+With locations, a parameter whose initialiser a ``with init`` clause set says so after ``# via``.
 Attributes are sorted by key; floats are printed with ``repr`` (round-trip exact); constant
 arrays by shape, dtype and a short hash of their bytes, so the text is deterministic.
 """
@@ -71,7 +72,10 @@ def format_graph(graph: Graph, locations: bool = True) -> str:
     lines = [f"graph {graph.name}({ins}) -> ({outs})"]
     for p in graph.params.values():
         kw = "param" if p.kind == "param" else "buffer"
-        lines.append(f"  {kw} @{p.name}: {p.type} = {p.init}")
+        line = f"  {kw} @{p.name}: {p.type} = {p.init}"
+        if locations and p.provenance.rules:  # e.g. the `with init` clause that set the initialiser
+            line += "  # via " + " > ".join(p.provenance.rules)
+        lines.append(line)
     for n in graph.nodes:
         lines.append(format_node(graph, n, locations))
     lines.append("  return " + ", ".join(f"%{o}" for o in graph.outputs))

@@ -49,19 +49,28 @@ OpBody = Callable[["Elaborator", "Scope", Bound], Any]
 
 @dataclass(frozen=True)
 class SurfaceOp:
+    """An op a spec can call: its signature, its body, and the roles of the parameters it creates."""
+
     name: str
     args: tuple[Arg, ...]
     body: OpBody
     doc: str
-    named: bool  # whether the op owns parameters (and so takes an 'as' name)
+    roles: tuple[str, ...]  # parameter roles it may create (NAME.weight, ...); selectors of `with init`
+
+    @property
+    def named(self) -> bool:
+        """Whether the op owns parameters (and so takes an 'as' name)."""
+        return bool(self.roles)
 
 
 SURFACE_OPS: dict[str, SurfaceOp] = {}
 
 
-def surface(name: str, *args: Arg, named: bool = False) -> Callable[[OpBody], OpBody]:
+def surface(name: str, *args: Arg, roles: tuple[str, ...] = ()) -> Callable[[OpBody], OpBody]:
+    """Register the decorated function as the body of surface op ``name``."""
+
     def register(fn: OpBody) -> OpBody:
-        SURFACE_OPS[name] = SurfaceOp(name, args, fn, (fn.__doc__ or "").strip(), named)
+        SURFACE_OPS[name] = SurfaceOp(name, args, fn, (fn.__doc__ or "").strip(), roles)
         return fn
 
     return register
@@ -125,8 +134,8 @@ KIND_WORDS = {
 }
 
 
-def bind(el: Elaborator, scope: Scope, op: SurfaceOp, call: ast.Call) -> Bound:
-    """Match a call's arguments to the op's signature, with located errors."""
+def bind(el: Elaborator, scope: Scope, op: SurfaceOp | InitFunc, call: ast.Call) -> Bound:
+    """Match a call's arguments to the op's (or initialiser's) signature, with located errors."""
     from netdsl.elaborate import show, type_name
 
     sig = {a.name: a for a in op.args}
@@ -171,7 +180,7 @@ def bind(el: Elaborator, scope: Scope, op: SurfaceOp, call: ast.Call) -> Bound:
     return Bound(call, values, spans)
 
 
-def signature_text(op: SurfaceOp) -> str:
+def signature_text(op: SurfaceOp | InitFunc) -> str:
     """``conv(x, out, kernel, stride=1, ...)`` for help messages."""
     from netdsl.elaborate import show
 
@@ -200,15 +209,21 @@ def _layer_prefix(el: Elaborator, scope: Scope, b: Bound, op: str) -> str:
     return scope.local_name(local)
 
 
-def _new_param(el: Elaborator, scope: Scope, b: Bound, name: str, t: TensorType, init: Init,
+def _new_param(el: Elaborator, scope: Scope, b: Bound, prefix: str, role: str, t: TensorType, init: Init,
                kind: str = "param") -> Tensor:
+    """Create parameter ``prefix.role`` with its declared ``init``, unless an active ``with init``
+    clause selects ``op.role``: then the clause's initialiser, recorded in the provenance."""
     from netdsl.elaborate import Tensor
 
+    op = SURFACE_OPS[b.call.func]
+    assert role in op.roles, f"{op.name} creates '{role}' but does not declare it"  # keeps selectors in sync
+    name = f"{prefix}.{role}"
     if name in el.builder.graph.params:
         raise el.error(scope, f"parameter '{name}' is already defined", (b.call.name or b.call).span,
                        help="give each layer a distinct name with 'as'")
     el.check_size(scope, t, b.call.span)
-    el.builder.param(name, t, init, kind, Provenance(b.call.span, scope.chain))
+    init, rule = el.init_overrides.apply(el, op.name, role, name, t, init, b.call.span)
+    el.builder.param(name, t, init, kind, Provenance(b.call.span, scope.chain, (rule,) if rule else ()))
     return Tensor(name)
 
 
@@ -250,7 +265,7 @@ def _dtype(el: Elaborator, t: Tensor) -> str:
 @surface("conv", Arg("x", "tensor"), Arg("out", "int"), Arg("kernel", "pair"), Arg("stride", "pair", 1),
          Arg("padding", "pads", 0), Arg("dilation", "pair", 1), Arg("groups", "int", 1), Arg("bias", "bool", True),
          Arg("init", "str", "default", INIT_CHOICES), Arg("std", "float", 0.02),
-         Arg("bias_init", "str", "default", ("default", "zeros")), named=True)
+         Arg("bias_init", "str", "default", ("default", "zeros")), roles=("weight", "bias"))
 def conv(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """2-D convolution; parameters ``NAME.weight`` [out, in/groups, kh, kw] and ``NAME.bias`` [out]."""
     x = b["x"]
@@ -266,18 +281,18 @@ def conv(el: Elaborator, scope: Scope, b: Bound) -> Any:
     kh, kw = b["kernel"]
     prefix = _layer_prefix(el, scope, b, "conv")
     fan_in = cin // groups * kh * kw
-    w = _new_param(el, scope, b, f"{prefix}.weight", TensorType(xt.dtype, (out, cin // groups, kh, kw)),
+    w = _new_param(el, scope, b, prefix, "weight", TensorType(xt.dtype, (out, cin // groups, kh, kw)),
                    _weight_init(el, scope, b, fan_in, out * kh * kw, kh))
     inputs = [x, w]
     if b["bias"]:
         binit = _fan_in_init(fan_in) if b["bias_init"] == "default" and b["init"] == "default" else Init("zeros")
-        inputs.append(_new_param(el, scope, b, f"{prefix}.bias", TensorType(xt.dtype, (out,)), binit))
+        inputs.append(_new_param(el, scope, b, prefix, "bias", TensorType(xt.dtype, (out,)), binit))
     return _emit(el, scope, b, "conv", inputs, ["x", "x", "x"], stride=b["stride"], pads=b["padding"],
                  dilation=b["dilation"], groups=groups)
 
 
 @surface("linear", Arg("x", "tensor"), Arg("out", "int"), Arg("bias", "bool", True),
-         Arg("init", "str", "default", INIT_CHOICES), Arg("std", "float", 0.02), named=True)
+         Arg("init", "str", "default", INIT_CHOICES), Arg("std", "float", 0.02), roles=("weight", "bias"))
 def linear(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Affine map over the last axis; parameters ``NAME.weight`` [out, in], ``NAME.bias`` [out]."""
     x = b["x"]
@@ -285,16 +300,17 @@ def linear(el: Elaborator, scope: Scope, b: Bound) -> Any:
     _need_rank(el, scope, b, "linear", 1)
     prefix = _layer_prefix(el, scope, b, "linear")
     fan_in = xt.shape[-1]
-    w = _new_param(el, scope, b, f"{prefix}.weight", TensorType(xt.dtype, (b["out"], fan_in)),
+    w = _new_param(el, scope, b, prefix, "weight", TensorType(xt.dtype, (b["out"], fan_in)),
                    _weight_init(el, scope, b, fan_in, b["out"], 1))
     inputs = [x, w]
     if b["bias"]:
         binit = _fan_in_init(fan_in) if b["init"] == "default" else Init("zeros")
-        inputs.append(_new_param(el, scope, b, f"{prefix}.bias", TensorType(xt.dtype, (b["out"],)), binit))
+        inputs.append(_new_param(el, scope, b, prefix, "bias", TensorType(xt.dtype, (b["out"],)), binit))
     return _emit(el, scope, b, "linear", inputs, ["x", "x", "x"])
 
 
-@surface("batchnorm", Arg("x", "tensor"), Arg("eps", "float", 1e-5), Arg("momentum", "float", 0.1), named=True)
+@surface("batchnorm", Arg("x", "tensor"), Arg("eps", "float", 1e-5), Arg("momentum", "float", 0.1),
+         roles=("weight", "bias", "running_mean", "running_var", "num_batches_tracked"))
 def batchnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Batch norm over axis 1 with running statistics (PyTorch BatchNorm2d names and defaults)."""
     x = b["x"]
@@ -304,16 +320,16 @@ def batchnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     c = xt.shape[1]
     prefix = _layer_prefix(el, scope, b, "batchnorm")
     vec = TensorType(xt.dtype, (c,))
-    ins = [x, _new_param(el, scope, b, f"{prefix}.weight", vec, Init("ones")),
-           _new_param(el, scope, b, f"{prefix}.bias", vec, Init("zeros")),
-           _new_param(el, scope, b, f"{prefix}.running_mean", vec, Init("zeros"), "buffer"),
-           _new_param(el, scope, b, f"{prefix}.running_var", vec, Init("ones"), "buffer")]
-    _new_param(el, scope, b, f"{prefix}.num_batches_tracked", TensorType("i64", ()), Init("zeros"), "buffer")
+    ins = [x, _new_param(el, scope, b, prefix, "weight", vec, Init("ones")),
+           _new_param(el, scope, b, prefix, "bias", vec, Init("zeros")),
+           _new_param(el, scope, b, prefix, "running_mean", vec, Init("zeros"), "buffer"),
+           _new_param(el, scope, b, prefix, "running_var", vec, Init("ones"), "buffer")]
+    _new_param(el, scope, b, prefix, "num_batches_tracked", TensorType("i64", ()), Init("zeros"), "buffer")
     return _emit(el, scope, b, "batchnorm", ins, ["x"], eps=b["eps"], momentum=b["momentum"])
 
 
 @surface("layernorm", Arg("x", "tensor"), Arg("axis", "int", -1), Arg("eps", "float", 1e-5),
-         Arg("affine", "bool", True), named=True)
+         Arg("affine", "bool", True), roles=("weight", "bias"))
 def layernorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Layer norm over one axis (-1: channels-last, 1: channels-first); ``NAME.weight``, ``NAME.bias``."""
     x = b["x"]
@@ -325,12 +341,12 @@ def layernorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     if b["affine"]:
         prefix = _layer_prefix(el, scope, b, "layernorm")
         vec = TensorType(xt.dtype, (xt.shape[b["axis"]],))
-        ins += [_new_param(el, scope, b, f"{prefix}.weight", vec, Init("ones")),
-                _new_param(el, scope, b, f"{prefix}.bias", vec, Init("zeros"))]
+        ins += [_new_param(el, scope, b, prefix, "weight", vec, Init("ones")),
+                _new_param(el, scope, b, prefix, "bias", vec, Init("zeros"))]
     return _emit(el, scope, b, "layernorm", ins, ["x"], axis=b["axis"], eps=b["eps"])
 
 
-@surface("groupnorm", Arg("x", "tensor"), Arg("groups", "int"), Arg("eps", "float", 1e-5), named=True)
+@surface("groupnorm", Arg("x", "tensor"), Arg("groups", "int"), Arg("eps", "float", 1e-5), roles=("weight", "bias"))
 def groupnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Group norm; ``NAME.weight``, ``NAME.bias`` of the channel count."""
     x = b["x"]
@@ -338,8 +354,8 @@ def groupnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     _need_rank(el, scope, b, "groupnorm", 2)
     prefix = _layer_prefix(el, scope, b, "groupnorm")
     vec = TensorType(xt.dtype, (xt.shape[1],))
-    ins = [x, _new_param(el, scope, b, f"{prefix}.weight", vec, Init("ones")),
-           _new_param(el, scope, b, f"{prefix}.bias", vec, Init("zeros"))]
+    ins = [x, _new_param(el, scope, b, prefix, "weight", vec, Init("ones")),
+           _new_param(el, scope, b, prefix, "bias", vec, Init("zeros"))]
     return _emit(el, scope, b, "groupnorm", ins, ["x"], groups=b["groups"], eps=b["eps"])
 
 
@@ -649,30 +665,87 @@ def swin_mask(el: Elaborator, scope: Scope, b: Bound) -> Any:
 
 # ----------------------------------------------------------------------------- parameter initialisers
 
-InitFn = Callable[["Elaborator", "Scope", ast.Call, TensorType, list, dict], Init]
+# Why a tensor cannot take an initialiser with these arguments, or None when it can.
+InitNeed = Callable[[TensorType, dict[str, Any]], "str | None"]
 
 
-def _init_fn(kind: str, params: tuple[str, ...]) -> InitFn:
-    def make(el: Elaborator, scope: Scope, call: ast.Call, t: TensorType, args: list, kws: dict) -> Init:
-        vals = dict(zip(params, args))
-        for k, v in kws.items():
-            if k not in params:
-                raise el.error(scope, f"{call.func}() has no argument '{k}'", call.span,
-                               help=did_you_mean(k, params) or f"arguments: {', '.join(params) or 'none'}")
-            vals[k] = v
-        if len(args) > len(params) or set(vals) != set(params):
-            raise el.error(scope, f"{call.func}() takes ({', '.join(params)})", call.span)
-        return Init(kind, tuple(vals.items()))
-
-    return make
+def _any_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
+    return None
 
 
-INIT_FUNCS: dict[str, InitFn] = {
-    "zeros": _init_fn("zeros", ()),
-    "ones": _init_fn("ones", ()),
-    "normal": _init_fn("normal", ("std",)),
-    "trunc_normal": _init_fn("trunc_normal", ("std",)),
-    "uniform_fan_in": _init_fn("uniform_fan_in", ("fan_in",)),
-    "shift_kernels": _init_fn("shift", ("kernel",)),
-    "relative_position_index": _init_fn("relative_position_index", ("window",)),
-}
+def _float_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
+    return None if t.dtype.startswith("f") else f"it draws random numbers, so it needs a float tensor, not {t.dtype}"
+
+
+def _fan_out_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
+    if t.rank < 2:
+        return "its fan-out is read from a weight shape [out, in, ...], which needs rank 2 or more"
+    return _float_tensor(t, values)
+
+
+def _fan_out(t: TensorType) -> tuple[tuple[str, Any], ...]:
+    # PyTorch's fan-out: the output count times the receptive field (the product of the dims after 'in').
+    return (("fan_out", t.shape[0] * math.prod(t.shape[2:])),)
+
+
+def _shift_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
+    k = values["kernel"]
+    if t.rank != 4 or t.shape[2:] != (k, k) or t.shape[1] > k * k:
+        return f"shift kernels need a conv weight [out, in, {k}, {k}] with in <= {k * k}"
+    return None
+
+
+def _index_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
+    n = values["window"] ** 2
+    if t.shape != (n, n) or not t.dtype.startswith("i"):
+        return f"the index table of a {values['window']}x{values['window']} window is an integer tensor [{n}, {n}]"
+    return None
+
+
+@dataclass(frozen=True)
+class InitFunc:
+    """An initialiser a spec can call, in a ``param`` declaration or a ``with init(...)`` clause.
+
+    Its arguments are bound like an op's (:func:`bind`); ``needs`` says why a tensor cannot take it;
+    ``derived`` reads further :class:`Init` arguments off the tensor's shape (e.g. the fan-out).
+    """
+
+    name: str
+    kind: str  # the Init kind it makes
+    args: tuple[Arg, ...] = ()
+    needs: InitNeed = _any_tensor
+    derived: Callable[[TensorType], tuple[tuple[str, Any], ...]] | None = None
+
+    named = False  # an initialiser owns no parameters: it takes no 'as' name
+
+    def problem(self, t: TensorType, values: dict[str, Any]) -> str | None:
+        """Why a tensor of type ``t`` cannot take this initialiser with these argument values (None: it can)."""
+        for a in self.args:
+            v = values[a.name]
+            bad_float = isinstance(v, float) and not (math.isfinite(v) and v >= 0)
+            if bad_float or (isinstance(v, int) and v < 1):
+                shown = "a non-negative finite number" if isinstance(v, float) else "a positive int"
+                return f"argument '{a.name}' must be {shown}, found {v}"
+        return self.needs(t, values)
+
+    def make(self, t: TensorType, values: dict[str, Any]) -> Init:
+        """The :class:`Init` for a tensor of type ``t`` (check :meth:`problem` first).
+
+        Arguments with fixed choices (kaiming_normal's ``mode``) only select the kind: they are not
+        arguments of the Init."""
+        own = tuple((a.name, values[a.name]) for a in self.args if a.name in values and not a.choices)
+        return Init(self.kind, own + (self.derived(t) if self.derived else ()))
+
+
+INIT_FUNCS: dict[str, InitFunc] = {f.name: f for f in (
+    InitFunc("zeros", "zeros"),
+    InitFunc("ones", "ones"),
+    InitFunc("normal", "normal", (Arg("std", "float"),), _float_tensor),
+    InitFunc("trunc_normal", "trunc_normal", (Arg("std", "float"),), _float_tensor),
+    InitFunc("uniform_fan_in", "uniform_fan_in", (Arg("fan_in", "int"),), _float_tensor),
+    # Kaiming-normal with the ReLU gain: std = sqrt(2 / fan_out), as torchvision's ResNet initialises convs.
+    InitFunc("kaiming_normal", "kaiming_normal_fan_out", (Arg("mode", "str", choices=("fan_out",)),),
+             _fan_out_tensor, _fan_out),
+    InitFunc("shift_kernels", "shift", (Arg("kernel", "int"),), _shift_tensor),
+    InitFunc("relative_position_index", "relative_position_index", (Arg("window", "int"),), _index_tensor),
+)}

@@ -37,7 +37,7 @@ _REQUIRED = Arg("probe", "any").default
 EDGE_INTS = (0, 1, -1, -2, 2, 3, 7, 64, 2**31 - 1, 2**31, 2**63, 10**12, 10**30, -(10**30))
 
 KEYWORDS = ("import", "block", "model", "input", "output", "let", "require", "for", "in", "if", "else",
-            "param", "buffer", "as", "and", "or", "not", "true", "false")
+            "param", "buffer", "as", "with", "and", "or", "not", "true", "false")
 PUNCTUATION = ("(", ")", "[", "]", "{", "}", ",", ":", ".", "=", "==", "!=", "<=", ">=", "<", ">", "+", "-",
                "*", "//", "/", "%", "**", "#", '"', "\n", " ")
 BUILTINS = ("range", "len", "sum", "min", "max", "int", "float", "abs", "prod", "ceil", "floor", "sqrt")
