@@ -323,3 +323,13 @@ def test_unknown_clause_and_with_as_a_name_are_syntax_errors(run_cli, write_spec
     got, location, _ = check_error(run_cli, write_spec, text)
     assert got.startswith("syntax error: expected a statement") and got.endswith("found 'with'")
     assert location == "--> t.net:3:5"
+
+
+def test_swin_t_reinitialises_every_linear_like_its_reference() -> None:
+    graph = load_graph(MODELS / "swin_tiny.net", None, SMALL_SWIN, ["x=1x3x64x64"])
+    linears = [n for n, p in graph.params.items() if n.endswith(".weight") and p.type.rank == 2]
+    assert {"head.weight", "layers.0.blocks.0.attn.qkv.weight", "layers.0.downsample.reduction.weight"} <= set(linears)
+    values = np.concatenate([initial_value(graph.params[n]).ravel() for n in linears])
+    assert values.std() == pytest.approx(0.02, rel=0.03)
+    for name, b in drawn(graph, "attn.proj.bias").items():
+        assert np.all(b == 0), name
