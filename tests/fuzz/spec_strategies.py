@@ -50,6 +50,10 @@ GRAMMAR_ALPHABET = "abcdefxyzHWBN_0123456789 \n\t(){}[],:.=<>!+-*/%#\"'\\éλ\x0
 # Parameter initialisers: each init function called without arguments, a few with them, and
 # one with an argument it does not take.
 INIT_CALLS = tuple(f"{f}()" for f in sorted(INIT_FUNCS)) + ("normal(0.02)", "trunc_normal(std=0.02)", "ones(1)")
+# `with init(op.role = value)` clauses: real and misspelt ops and roles, initialisers and non-initialisers.
+CLAUSE_OPS = ("conv", "linear", "batchnorm", "layernorm", "relu", "cnv")
+CLAUSE_ROLES = ("weight", "bias", "running_mean", "gain")
+CLAUSE_VALUES = (*INIT_CALLS, "3", 'kaiming_normal(mode="fan_out")', "kaiming_normal()")
 # Block parameter types with a default (the last one of the wrong type).
 PARAM_DECLS = (("int", "2"), ("float", "0.5"), ("bool", "true"), ("[int]", "[1, 2]"), ("str", '"zero"'), ("int", "4"),
                ("int", "1.5"))
@@ -292,6 +296,15 @@ def tensor_type_text(draw: st.DrawFn, scope: Scope, symbolic: bool, bound: bool)
     return f"{dtype}[{', '.join(dims)}]"
 
 
+def init_clause(draw: st.DrawFn) -> str:
+    """Usually nothing; sometimes a ``with init(...)`` clause with valid or misspelt selectors and values."""
+    if not one_in(draw, 4):
+        return ""
+    items = [f"{pick(draw, CLAUSE_OPS)}.{pick(draw, CLAUSE_ROLES)} = {pick(draw, CLAUSE_VALUES)}"
+             for _ in range(between(draw, 0, 2))]
+    return f" with init({', '.join(items)})"
+
+
 def statements(draw: st.DrawFn, scope: Scope, blocks: tuple[str, ...], depth: int, indent: str) -> list[str]:
     """A list of statements (as lines) that may use and extend ``scope``."""
     lines: list[str] = []
@@ -305,7 +318,7 @@ def statements(draw: st.DrawFn, scope: Scope, blocks: tuple[str, ...], depth: in
         elif kind == "assign":
             reuse = scope.tensors and one_in(draw, 2)
             name = pick(draw, scope.tensors) if reuse else scope.fresh("t")
-            lines.append(f"{indent}{name} = {tensor_expr(draw, scope, 1, blocks)}")
+            lines.append(f"{indent}{name} = {tensor_expr(draw, scope, 1, blocks)}{init_clause(draw)}")
             scope.tensors.append(name)
         elif kind == "require":
             message = f", {draw(STRING_LITERALS)}" if one_in(draw, 2) else ""
