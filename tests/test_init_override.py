@@ -97,18 +97,24 @@ def test_resnet_acmix_keeps_conv_biases_rates_and_the_classifier(resnet_acmix_gr
     assert fc.init.kind == "uniform_fan_in" and not fc.provenance.rules
 
 
+def assert_swin_linears_reinitialised(graph: Graph, some_linear: str, bias_suffix: str) -> None:
+    """Every linear weight (``head``, ``qkv``, ``some_linear`` among them) drawn with std 0.02; biases
+    ending in ``bias_suffix`` zero."""
+    linears = [n for n, p in graph.params.items() if n.endswith(".weight") and p.type.rank == 2]
+    assert {"head.weight", "layers.0.blocks.0.attn.qkv.weight", some_linear} <= set(linears)
+    values = np.concatenate([initial_value(graph.params[n]).ravel() for n in linears])
+    assert values.std() == pytest.approx(0.02, rel=0.03)
+    for name, b in drawn(graph, bias_suffix).items():
+        assert np.all(b == 0), name
+
+
 def test_swin_acmix_keeps_dep_conv_shift_and_reinitialises_linears() -> None:
     graph = load_graph(MODELS / "swin_acmix_tiny.net", None, SMALL_SWIN, ["x=1x3x64x64"])
     for name, w in drawn(graph, "attn.dep_conv.weight").items():
         assert np.array_equal(w, shift_kernels(w.shape, 3)), name
     for name in drawn(graph, "attn.fc.weight"):
         assert graph.params[name].init.kind == "uniform_fan_in", name
-    linears = [n for n, p in graph.params.items() if n.endswith(".weight") and p.type.rank == 2]
-    assert {"head.weight", "layers.0.blocks.0.attn.qkv.weight", "layers.0.blocks.0.mlp.fc1.weight"} <= set(linears)
-    values = np.concatenate([initial_value(graph.params[n]).ravel() for n in linears])
-    assert values.std() == pytest.approx(0.02, rel=0.03)
-    for name, b in drawn(graph, "mlp.fc2.bias").items():
-        assert np.all(b == 0), name
+    assert_swin_linears_reinitialised(graph, "layers.0.blocks.0.mlp.fc1.weight", "mlp.fc2.bias")
     assert graph.params["layers.0.blocks.0.attn.relative_position_bias_table"].provenance.rules == ()
 
 
@@ -327,9 +333,4 @@ def test_unknown_clause_and_with_as_a_name_are_syntax_errors(run_cli, write_spec
 
 def test_swin_t_reinitialises_every_linear_like_its_reference() -> None:
     graph = load_graph(MODELS / "swin_tiny.net", None, SMALL_SWIN, ["x=1x3x64x64"])
-    linears = [n for n, p in graph.params.items() if n.endswith(".weight") and p.type.rank == 2]
-    assert {"head.weight", "layers.0.blocks.0.attn.qkv.weight", "layers.0.downsample.reduction.weight"} <= set(linears)
-    values = np.concatenate([initial_value(graph.params[n]).ravel() for n in linears])
-    assert values.std() == pytest.approx(0.02, rel=0.03)
-    for name, b in drawn(graph, "attn.proj.bias").items():
-        assert np.all(b == 0), name
+    assert_swin_linears_reinitialised(graph, "layers.0.downsample.reduction.weight", "attn.proj.bias")
