@@ -468,6 +468,46 @@ def test_channels_last_bilinear_equals_channels_first(size: tuple, scales: tuple
     np.testing.assert_allclose(outs[True], outs[False], rtol=1e-6, atol=1e-6)
 
 
+def attention_region_graph(heads: int, h: int, w: int) -> Graph:
+    """CSA's global attention path between two resizes: resize to the grid, q * rot(q), sigmoid, a
+    product with a channels-first input, a broadcast parameter added, resize back; the rotation is
+    also a graph output."""
+    b = GraphBuilder("region")
+    c = heads * h * w
+    x = b.input("x", TensorType("f32", (2, c, 2 * h, 2 * w)))
+    v = b.input("v", TensorType("f32", (2, c, h, w)))
+    bias = b.param("bias", TensorType("f32", (1, c, 1, 1)), Init("zeros"))
+    q = b.op("resize", [x], mode="linear", scales=(0.5, 0.5), sizes=(h, w))
+    k = b.op("rotate", [q], heads=heads)
+    gate = b.op("sigmoid", [b.op("mul", [q, k])])
+    gated = b.op("add", [b.op("mul", [gate, v]), bias])
+    y = b.op("resize", [gated], mode="linear", scales=(1.5, 1.5), sizes=(h * 3 // 2, w * 3 // 2))
+    b.output(k)
+    b.output(y)
+    return b.graph
+
+
+@pytest.mark.parametrize("heads,h,w", [(1, 2, 3), (2, 3, 3), (4, 2, 2)])
+def test_channels_last_region_equals_channels_first(heads: int, h: int, w: int) -> None:
+    graph = attention_region_graph(heads, h, w)
+    feeds = {"x": rand(2, heads * h * w, 2 * h, 2 * w), "v": rand(2, heads * h * w, h, w, seed=1)}
+    weights = {"bias": rand(1, heads * h * w, 1, 1, seed=2)}
+    outs = {}
+    for channels_last in (True, False):
+        model = to_onnx(graph, weights, channels_last_resize=channels_last)
+        onnx.checker.check_model(model, full_check=True)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs[channels_last] = session.run(None, feeds)
+        if channels_last:
+            # Back to channels-first only where read so: the two graph outputs.
+            to_nchw = [n for n in model.graph.node
+                       if n.op_type == "Transpose" and list(n.attribute[0].ints) == [0, 3, 1, 2]]
+            assert len(to_nchw) == 2
+    for cl, cf, name in zip(outs[True], outs[False], graph.outputs, strict=True):
+        assert cl.shape == graph.values[name].shape
+        np.testing.assert_allclose(cl, cf, rtol=1e-6, atol=1e-6)
+
+
 def test_nearest_resize_stays_channels_first() -> None:
     model = to_onnx(resize_graph((1, 2, 6, 8), [(0.75, 1.5)], "nearest"), {}, channels_last_resize=True)
     assert [n.op_type for n in model.graph.node if n.op_type != "Constant"] == ["Resize"]
