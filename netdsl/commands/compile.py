@@ -93,11 +93,15 @@ def lower(args: argparse.Namespace, target: str) -> PipelineResult:
 def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
     """The ONNX model of the spec in ``args`` lowered for ``target`` (the shared spec flags,
     ``--weights``/``--seed``, and optionally ``--passes``/``--opset``)."""
+    return emit_onnx(lower(args, target), target, getattr(args, "opset", 17))
+
+
+def emit_onnx(result: PipelineResult, target: str, opset: int) -> onnx.ModelProto:
+    """The ONNX model of a lowered graph; the ``onnx`` target lays resizes out channels-last for ONNX Runtime,
+    the TensorRT targets keep single Resize layers."""
     from netdsl.backends.onnx_backend import to_onnx
 
-    result = lower(args, target)
-    return to_onnx(result.graph, result.weights, opset=getattr(args, "opset", 17),
-                   channels_last_resize=target == "onnx")
+    return to_onnx(result.graph, result.weights, opset=opset, channels_last_resize=target == "onnx")
 
 
 def check_dtype_flags(args: argparse.Namespace) -> None:
@@ -183,12 +187,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.output} (class {result.graph.name}, {len(result.graph.params)} parameters and buffers)")
         return 0
 
-    from netdsl.backends.onnx_backend import save_onnx, to_onnx
+    from netdsl.backends.onnx_backend import save_onnx
 
     profile = target_profile(args) if target in TRT_TARGETS else None
     if args.dtype == "float16":
         check_float16_range(args, result)
-    model = to_onnx(result.graph, result.weights, opset=args.opset, channels_last_resize=target == "onnx")
+    model = emit_onnx(result, target, args.opset)
     dtype_note = ""
     if args.dtype == "float16":
         from netdsl.backends.onnx_float16 import Float16Error, to_float16
