@@ -132,10 +132,12 @@ def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterab
     batches = list(batches)
     first = graph.inputs[0] if graph.inputs else None
     report = RangeReport(graph, sum(len(b[first]) if first and b[first].ndim else 1 for b in batches))
+    # The float16 view of the weights, for inner values computed from parameters: rounded once, not per batch.
+    weights16 = {k: round_to_storage(np.asarray(v), np.float16) for k, v in weights.items()}
     for batch in batches:
+        batch16 = {k: round_to_storage(np.asarray(v), np.float16) for k, v in batch.items()}
         for fp16 in (False, True):
-            sources = {**weights, **batch}
-            env = {k: round_to_storage(np.asarray(v), np.float16) for k, v in sources.items()} if fp16 else sources
+            env = {**weights16, **batch16} if fp16 else {**weights, **batch}
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 run_graph(graph, weights, batch, storage=np.float16 if fp16 else None,
                           observe=report.observer(env, fp16))
