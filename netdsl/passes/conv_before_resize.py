@@ -32,7 +32,7 @@ RULE = "conv_before_resize"
 INTERPOLATION_MACS = 16  # cost of interpolating one element, in 1x1-conv MACs (see the module docstring)
 
 
-def _is_pointwise(em: Emitter, conv: Node) -> bool:
+def is_pointwise(em: Emitter, conv: Node) -> bool:
     """A 1x1 conv without stride or padding: a per-pixel affine map of the channels."""
     kernel = em.graph.type_of(conv.inputs[1]).shape[2:]
     return (conv.op == "conv" and tuple(kernel) == (1, 1) and tuple(conv.attrs["stride"]) == (1, 1)
@@ -50,7 +50,7 @@ def worth_moving(em: Emitter, conv: Node, resize: Node) -> bool:
 
 
 def _move(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "conv" or not _is_pointwise(em, node):
+    if node.op != "conv" or not is_pointwise(em, node):
         return None
     resize = em.producer(node.inputs[0])
     if resize is None or resize.op != "resize" or not em.used_once(node.inputs[0]):

@@ -5,16 +5,19 @@
 * ``onnx`` keeps what ONNX Runtime runs fastest: its fused kernels (attention, softmax, layer
   norm) stay; batch norms are folded into the convs before them (ONNX Runtime would fuse those
   too, but only folded ones can move), 1x1 convs move in front of enlarging resizes
-  (``conv_before_resize``: CSA's projections run on the small map), then constant folding, CSE,
+  (``conv_before_resize``: CSA's projections run on the small map) and behind average pools
+  (``pool_before_conv``: CSA's last MLP conv runs on the pooled pixel), then constant folding, CSE,
   cleanup of data movement and DCE run;
 * ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
   batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
   shuffle cleanup;
-* ``trt`` (standard TensorRT) additionally folds batch norms into convolutions;
+* ``trt`` (standard TensorRT) folds batch norms into convolutions and moves average pools above
+  pointwise convs;
 * ``trt-restricted`` lowers everything it can to the restricted layer set (conv, elementwise,
   shuffle, concat, slice, softmax, resize by scales): attention, shift, unfold, roll, max
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
-  norms and parameter-only subgraphs into constants. Layer norm and GELU have no exact form in
+  norms, moves average pools above pointwise convs and folds parameter-only subgraphs into
+  constants. Layer norm and GELU have no exact form in
   that set and stay (the coverage report names them);
 * ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
   strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
@@ -40,13 +43,14 @@ from netdsl.passes.registry import get_pass, lookup, needs_weights
 from netdsl.printer import format_graph
 from netdsl.verifier import verify
 
-_FOLD_AND_CLEAN = ["fold_batchnorm", "fold_params", "constant_folding", "cse", "cleanup_shuffles", "dce"]
+_FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constant_folding", "cse", "cleanup_shuffles",
+                   "dce"]
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": ["fold_batchnorm", "conv_before_resize", "downscale_to_conv", "constant_folding", "cse", "cleanup_shuffles",
-             "dce"],
+    "onnx": ["fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv", "constant_folding", "cse",
+             "cleanup_shuffles", "dce"],
     "torch": ["cse", "cleanup_shuffles"],
-    "trt": ["fold_batchnorm", "constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "trt": ["fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
     # concats, and the maxpool lowering emits an edge pad, all lowered by the passes after them.
     "trt-restricted": [

@@ -32,6 +32,7 @@ PASS_MODULES = (
     "tanh_decompose",
     "fold_batchnorm",
     "conv_before_resize",
+    "pool_before_conv",
     "downscale_to_conv",
     "strided_slice_to_conv",
     "resize_to_conv",

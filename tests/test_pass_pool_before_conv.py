@@ -1,0 +1,147 @@
+"""``pool_before_conv``: an average pool moves above the per-pixel affine ops feeding it, with the same outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pass_support import TOL, add_param, at, builder_with_input, check_rewrite, random_feeds, run_ort
+
+from netdsl.cost import graph_cost
+from netdsl.driver import load_graph
+from netdsl.initializers import initial_weights
+from netdsl.ir import Graph
+from netdsl.passes.base import RewriteLog
+from netdsl.passes.pipeline import run_pipeline
+from netdsl.passes.pool_before_conv import PASS
+
+CHANNELS, SIZE = 6, 6
+Weights = dict[str, np.ndarray]
+
+
+class Net:
+    """A small graph on x: f32[2, 6, 6, 6] with seeded weights, built op by op."""
+
+    def __init__(self) -> None:
+        self.b, self.x = builder_with_input(2, CHANNELS, SIZE, SIZE)
+        self.weights: Weights = {}
+        self.rng = np.random.default_rng(3)
+        self.line = 2
+
+    def _param(self, name: str, shape: tuple[int, ...], positive: bool = False) -> str:
+        value = self.rng.standard_normal(shape).astype(np.float32)
+        self.weights[name] = np.abs(value) + 0.5 if positive else value
+        return add_param(self.b, name, self.weights[name])
+
+    def op(self, op: str, inputs: list[str], **attrs: object) -> str:
+        self.line += 1
+        return self.b.op(op, inputs, at(self.line), **attrs)
+
+    def conv(self, x: str, out: int, kernel: int = 1, groups: int = 1, name: str = "c") -> str:
+        cin = self.b.graph.type_of(x).shape[1]
+        w = self._param(f"{name}.weight", (out, cin // groups, kernel, kernel))
+        bias = self._param(f"{name}.bias", (out,))
+        return self.op("conv", [x, w, bias], stride=(1, 1), pads=(kernel // 2,) * 4, dilation=(1, 1), groups=groups)
+
+    def batchnorm(self, x: str) -> str:
+        c = self.b.graph.type_of(x).shape[1]
+        stats = [self._param(f"bn.{k}", (c,), positive=k == "running_var")
+                 for k in ("weight", "bias", "running_mean", "running_var")]
+        return self.op("batchnorm", [x, *stats], eps=1e-5, momentum=0.1)
+
+    def scale(self, x: str) -> str:
+        """A layer scale: x * gamma, gamma of shape [C, 1, 1]."""
+        c = self.b.graph.type_of(x).shape[1]
+        return self.op("mul", [x, self._param("gamma", (c, 1, 1))])
+
+    def avgpool(self, x: str, kernel: int = SIZE, stride: int = SIZE, pad: int = 0) -> str:
+        return self.op("avgpool", [x], kernel=(kernel, kernel), stride=(stride, stride), pads=(pad,) * 4)
+
+    def mean(self, x: str, axes: tuple[int, ...] = (2, 3), keepdims: bool = True) -> str:
+        return self.op("reduce_mean", [x], axes=axes, keepdims=keepdims)
+
+    def done(self, y: str) -> tuple[Graph, Weights]:
+        self.b.output(y)
+        return self.b.graph, self.weights
+
+
+def pointwise_conv(n: Net) -> str:
+    return n.avgpool(n.conv(n.x, 8))
+
+
+def residual_with_layer_scale(n: Net) -> str:
+    # CSA's last block before the classifier: x + gamma * mlp(...), then AvgPool2d(6)
+    return n.avgpool(n.op("add", [n.x, n.scale(n.conv(n.op("sigmoid", [n.x]), CHANNELS))]))
+
+
+def grouped_conv_and_batchnorm(n: Net) -> str:
+    return n.mean(n.batchnorm(n.conv(n.x, 4, groups=2)))
+
+
+def strided_pool(n: Net) -> str:
+    return n.avgpool(n.conv(n.x, 4), kernel=2, stride=2)  # 6x6 -> 3x3: the conv runs on 9 pixels, not 36
+
+
+def chain_of_convs(n: Net) -> str:
+    return n.avgpool(n.conv(n.conv(n.x, 8, name="a"), 4, name="b"))
+
+
+@pytest.mark.parametrize("build, ops, conv_pixels", [
+    (pointwise_conv, {"avgpool": 1, "conv": 1}, 1),
+    (residual_with_layer_scale, {"sigmoid": 1, "avgpool": 2, "conv": 1, "mul": 1, "add": 1}, 1),
+    (grouped_conv_and_batchnorm, {"reduce_mean": 1, "conv": 1, "batchnorm": 1}, 1),
+    (strided_pool, {"avgpool": 1, "conv": 1}, 9),
+    (chain_of_convs, {"avgpool": 1, "conv": 2}, 1),
+], ids=lambda v: getattr(v, "__name__", None))
+def test_the_pool_moves_above_pointwise_ops(build: Callable[[Net], str], ops: dict[str, int], conv_pixels: int) -> None:
+    n = Net()
+    graph, weights = n.done(build(n))
+    out, _ = check_rewrite(PASS, graph, ops, weights)
+    convs = [node for node in out.nodes if node.op == "conv"]
+    for conv in convs:
+        h, w = out.type_of(conv.outputs[0]).shape[2:]
+        assert h * w == conv_pixels
+    assert graph_cost(out).macs < graph_cost(graph).macs
+    pools = [node for node in out.nodes if node.op in ("avgpool", "reduce_mean")]
+    assert all(out.type_of(p.inputs[0]).shape[2:] == (SIZE, SIZE) for p in pools)
+
+
+@pytest.mark.parametrize("case, build", [
+    ("3x3 conv", lambda n: n.avgpool(n.conv(n.x, 4, kernel=3))),
+    ("padded pool", lambda n: n.avgpool(n.conv(n.x, 4), kernel=3, stride=3, pad=1)),
+    ("pool that does not shrink", lambda n: n.avgpool(n.conv(n.x, 4), kernel=1, stride=1)),
+    ("conv output read twice", lambda n: n.op("add", [n.avgpool(c := n.conv(n.x, 4)), n.mean(c)])),
+    ("product of two maps", lambda n: n.avgpool(n.op("mul", [n.conv(n.x, CHANNELS), n.x]))),
+    ("sums only", lambda n: n.avgpool(n.op("add", [n.x, n.op("sigmoid", [n.x])]))),
+    ("mean without keepdims", lambda n: n.mean(n.conv(n.x, 4), keepdims=False)),
+    ("mean over channels", lambda n: n.mean(n.conv(n.x, 4), axes=(1, 2, 3))),
+])
+def test_the_pool_stays_where_moving_is_wrong_or_does_not_pay(case: str, build: Callable[[Net], str]) -> None:
+    n = Net()
+    graph, _ = n.done(build(n))
+    before = [(node.op, node.inputs) for node in graph.nodes]
+    log = RewriteLog()
+    out = PASS.run(graph, log)
+    assert [(node.op, node.inputs) for node in out.nodes] == before and not log.entries
+
+
+def test_the_onnx_pipeline_runs_the_last_csa_mlp_on_the_pooled_map(repo_root: Path) -> None:
+    # A small CSA backbone: the last map is 6x6 (AvgPool2d(6)), the last dim 48 and the MLP 3 x 48 wide
+    graph = load_graph(repo_root / "specs" / "models" / "convselfattn.net", "convselfattn",
+                       ["depths=1,1,1,1", "dims=16,24,32,48", "num_heads=1,1,2,2"])
+    weights = initial_weights(graph, seed=1)
+    with_pass = run_pipeline(graph, "onnx", weights=weights)
+    without = run_pipeline(graph, "onnx", weights=weights, passes=[p for p in with_pass.passes if p != PASS.name])
+    assert graph_cost(without.graph).macs - graph_cost(with_pass.graph).macs == 48 * 144 * (36 - 1)
+    feeds = random_feeds(graph)
+    np.testing.assert_allclose(run_ort(with_pass.graph, with_pass.weights, feeds)[0],
+                               run_ort(graph, weights, feeds)[0], **TOL)
+
+
+def test_the_pass_is_in_every_inference_pipeline() -> None:
+    from netdsl.passes.pipeline import PIPELINES
+
+    assert [t for t, passes in PIPELINES.items() if PASS.name in passes] == ["onnx", "trt", "trt-restricted", "trt-dla"]
+
