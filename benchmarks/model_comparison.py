@@ -13,10 +13,14 @@
    op types of each model.
 
 ``--onnx FILE`` adds ONNX models (e.g. an earlier build of one of the specs) to both parts, named by
-their file stem. Both parts print tables; ``--json OUT`` writes ``{"comparison": ..., "profile": ...}``.
+their file stem. ``--torch-export MODEL`` adds PyTorch's own export (``torch.onnx.export``) of the
+module netdsl generates for that spec, with the same seeded weights, as ``MODEL_torch_export``: a
+check that netdsl's emission of a baseline is at least as fast as the usual way to get it into ONNX
+Runtime (the two agree on an input first; the largest difference is printed). Both parts print
+tables; ``--json OUT`` writes ``{"comparison": ..., "profile": ...}``.
 
     python benchmarks/model_comparison.py [--batch 1,4,8,16] [--runs 50] [--profile] [--no-comparison]
-        [--onnx FILE ...] [--json OUT] [--plot OUT.png]
+        [--onnx FILE ...] [--torch-export MODEL ...] [--json OUT] [--plot OUT.png]
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated specs in specs/models/ (default {','.join(MODELS)})")
     p.add_argument("--onnx", type=Path, action="append", default=[], metavar="FILE",
                    help="an extra ONNX model to compare and profile (repeatable)")
+    p.add_argument("--torch-export", action="append", default=[], metavar="MODEL",
+                   help="also compare torch.onnx.export of the module generated for this spec (repeatable)")
     p.add_argument("--baseline", default=BASELINE, help=f"model the ratios refer to (default {BASELINE})")
     p.add_argument("--batch", default="1,4,8,16", help="batch sizes of the comparison (default 1,4,8,16)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
@@ -178,16 +184,48 @@ def ratio_lines(comparison: dict[str, Any]) -> list[str]:
     return lines
 
 
+def torch_export(model: str, folder: Path) -> Path:
+    """``torch.onnx.export`` of the module generated for spec ``model`` (seed-0 weights, as ``bench`` compiles it),
+    written to ``folder``; prints how far its output is from netdsl's emission on a random input."""
+    import torch
+    from acmix_speed import export_reference
+
+    from netdsl.backends.torch_backend import build_module
+    from netdsl.driver import load_graph
+    from netdsl.initializers import initial_weights
+
+    graph = load_graph(spec_path(model))
+    module = build_module(graph, initial_weights(graph, seed=0)).eval()
+    x = np.random.default_rng(0).standard_normal(graph.values[graph.inputs[0]].shape).astype(np.float32)
+    exported, how = export_reference(module, torch.from_numpy(x))
+    spec_args = argparse.Namespace(spec=spec_path(model), entry=None, sets=[], inputs=[], lib=[], weights=None, seed=0)
+    ours = compile_to_onnx(spec_args, "onnx")
+    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+        graph.inputs[0]: x})[0] for m in (exported, ours)]
+    print(f"{model}: {how} vs netdsl, largest output difference {np.abs(outputs[0] - outputs[1]).max():.2e}")
+    path = folder / f"{model}_torch_export.onnx"
+    onnx.save(exported, str(path))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    missing = [m for m in models if not spec_path(m).is_file()] + [str(f) for f in args.onnx if not f.is_file()]
-    names = models + [f.stem for f in args.onnx]
+    missing = [m for m in models + args.torch_export if not spec_path(m).is_file()]
+    missing += [str(f) for f in args.onnx if not f.is_file()]
+    names = models + [f.stem for f in args.onnx] + [f"{m}_torch_export" for m in args.torch_export]
     if missing or args.baseline not in names or len(set(names)) != len(names):
         print(f"unknown model(s) {', '.join(missing) or '-'}, baseline '{args.baseline}' not among {names}, "
               "or two models with one name (rename an --onnx file)", file=sys.stderr)
         return 2
     console = Console(width=160)
+    with tempfile.TemporaryDirectory() as exports:
+        args.onnx += [torch_export(model, Path(exports)) for model in args.torch_export]
+        return compare_and_profile(args, models, console)
+
+
+def compare_and_profile(args: argparse.Namespace, models: list[str], console: Console) -> int:
+    """The comparison and/or profile the arguments ask for, printed and optionally written as JSON."""
     results: dict[str, Any] = {}
     if not args.no_comparison:
         results["comparison"] = run_comparison(args, models)
