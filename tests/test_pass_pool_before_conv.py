@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from pass_support import TOL, add_param, at, builder_with_input, check_rewrite, random_feeds, run_ort
 
 from netdsl.cost import graph_cost
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
+from netdsl.interp import run_graph
 from netdsl.ir import Graph
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.pipeline import run_pipeline
 from netdsl.passes.pool_before_conv import PASS
+from netdsl.verifier import verify
 
 CHANNELS, SIZE = 6, 6
 Weights = dict[str, np.ndarray]
@@ -30,7 +35,7 @@ class Net:
         self.rng = np.random.default_rng(3)
         self.line = 2
 
-    def _param(self, name: str, shape: tuple[int, ...], positive: bool = False) -> str:
+    def param(self, name: str, shape: tuple[int, ...], positive: bool = False) -> str:
         value = self.rng.standard_normal(shape).astype(np.float32)
         self.weights[name] = np.abs(value) + 0.5 if positive else value
         return add_param(self.b, name, self.weights[name])
@@ -41,20 +46,20 @@ class Net:
 
     def conv(self, x: str, out: int, kernel: int = 1, groups: int = 1, name: str = "c") -> str:
         cin = self.b.graph.type_of(x).shape[1]
-        w = self._param(f"{name}.weight", (out, cin // groups, kernel, kernel))
-        bias = self._param(f"{name}.bias", (out,))
+        w = self.param(f"{name}.weight", (out, cin // groups, kernel, kernel))
+        bias = self.param(f"{name}.bias", (out,))
         return self.op("conv", [x, w, bias], stride=(1, 1), pads=(kernel // 2,) * 4, dilation=(1, 1), groups=groups)
 
     def batchnorm(self, x: str) -> str:
         c = self.b.graph.type_of(x).shape[1]
-        stats = [self._param(f"bn.{k}", (c,), positive=k == "running_var")
+        stats = [self.param(f"bn.{k}", (c,), positive=k == "running_var")
                  for k in ("weight", "bias", "running_mean", "running_var")]
         return self.op("batchnorm", [x, *stats], eps=1e-5, momentum=0.1)
 
     def scale(self, x: str) -> str:
         """A layer scale: x * gamma, gamma of shape [C, 1, 1]."""
         c = self.b.graph.type_of(x).shape[1]
-        return self.op("mul", [x, self._param("gamma", (c, 1, 1))])
+        return self.op("mul", [x, self.param("gamma", (c, 1, 1))])
 
     def avgpool(self, x: str, kernel: int = SIZE, stride: int = SIZE, pad: int = 0) -> str:
         return self.op("avgpool", [x], kernel=(kernel, kernel), stride=(stride, stride), pads=(pad,) * 4)
@@ -145,3 +150,46 @@ def test_the_pass_is_in_every_inference_pipeline() -> None:
 
     assert [t for t, passes in PIPELINES.items() if PASS.name in passes] == ["onnx", "trt", "trt-restricted", "trt-dla"]
 
+
+
+# ----------------------------------------------------------------------------- property: random op chains
+
+STEPS = ("conv", "grouped conv", "batchnorm", "scale", "residual", "sigmoid")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.sampled_from(STEPS), min_size=1, max_size=6),
+       pool=st.sampled_from([("avgpool", 6, 6), ("avgpool", 2, 2), ("avgpool", 3, 2), ("avgpool", 4, 1),
+                             ("mean", 0, 0)]),
+       widths=st.lists(st.sampled_from([2, 4, 6]), min_size=6, max_size=6))
+def test_any_chain_of_ops_under_a_pool_keeps_its_values_and_never_costs_more(
+        steps: list[str], pool: tuple[str, int, int], widths: list[int]) -> None:
+    """Random stacks of pointwise and blocking ops under a pool: the pass keeps every output (float64
+    interpreter) and never adds MACs."""
+    n = Net()
+    x = n.x
+    for k, (step, width) in enumerate(zip(steps, widths)):
+        if step in ("conv", "grouped conv"):
+            x = n.conv(x, width, groups=2 if step == "grouped conv" and n.b.graph.type_of(x).shape[1] % 2 == 0 else 1,
+                       name=f"c{k}")
+        elif step == "batchnorm":
+            x = n.op("batchnorm", [x, *(n.param(f"bn{k}.{s}", (n.b.graph.type_of(x).shape[1],), positive=s == "var")
+                                        for s in ("w", "b", "mean", "var"))], eps=1e-5, momentum=0.1)
+        elif step == "scale":
+            x = n.op("mul", [n.param(f"g{k}", (n.b.graph.type_of(x).shape[1], 1, 1)), x])
+        elif step == "residual" and n.b.graph.type_of(x).shape == n.b.graph.type_of(n.x).shape:
+            x = n.op("add", [n.x, x])  # n.x is also read by the first op: it is pooled once per reader
+        else:
+            x = n.op("sigmoid", [x])
+    kind, kernel, stride = pool
+    graph, weights = n.done(n.mean(x) if kind == "mean" else n.avgpool(x, kernel, stride))
+    feeds = random_feeds(graph)
+    before = run_graph(graph, weights, feeds, np.float64)
+    log = RewriteLog()
+    out = PASS.run(copy.deepcopy(graph), log)
+    verify(out)
+    event("rewritten" if log.entries else "kept")
+    after = run_graph(out, weights, feeds, np.float64)
+    for name in graph.outputs:
+        np.testing.assert_allclose(after[name], before[name], rtol=1e-10, atol=1e-12)
+    assert graph_cost(out).macs <= graph_cost(graph).macs
