@@ -5,7 +5,10 @@ every model once, in an order rotated from run to run, so that thermal or backgr
 models alike and ratios to a baseline are fair; ONNX Runtime's thread pools stop spinning when a
 run ends, so that no model is timed against the idle spinning of another's (:func:`session_options`).
 Per batch size the table gives the median and 90th percentile latency (ms, wall clock around one
-inference call) and images per second.
+inference call) and images per second. A ratio to the baseline comes with a 95% bootstrap interval
+(:func:`ratio_interval`): runs are resampled by index, so each model's run ``r`` stays paired with
+the baseline's run ``r`` of the same round, and the interval shows how far the machine's noise
+leaves the ratio uncertain.
 
 Models exported with a fixed batch are re-batched on a copy: the batch dimension of the graph
 inputs is rewritten, output shapes are re-inferred, and constant shapes that bake the old batch in
@@ -83,7 +86,9 @@ class BatchTiming:
     images_per_s: float | None = None
     runs: int = 0
     latency_vs_baseline: float | None = None  # median / baseline median at the same batch (< 1: faster)
+    ratio_ci95: tuple[float, float] | None = None  # 95% bootstrap interval of latency_vs_baseline
     error: str | None = None
+    times_ms: list[float] = field(default_factory=list, repr=False)  # every timed run, in order
 
 
 @dataclass
@@ -439,7 +444,8 @@ def _environment(backend: str, threads: int | None) -> dict[str, Any]:
 def _stats(batch: int, times_ms: list[float]) -> BatchTiming:
     median = float(np.median(times_ms))
     return BatchTiming(batch=batch, median_ms=median, p90_ms=float(np.percentile(times_ms, 90)),
-                       images_per_s=batch * 1000.0 / median if median > 0 else None, runs=len(times_ms))
+                       images_per_s=batch * 1000.0 / median if median > 0 else None, runs=len(times_ms),
+                       times_ms=list(times_ms))
 
 
 def _error_text(e: Exception) -> str:
@@ -514,6 +520,26 @@ def _apply_baseline(table: BenchTable) -> None:
             ref = base.row(row.batch)
             if row.median_ms is not None and ref is not None and ref.median_ms:
                 row.latency_vs_baseline = row.median_ms / ref.median_ms
+                if result is not base and len(row.times_ms) == len(ref.times_ms) > 1:
+                    row.ratio_ci95 = ratio_interval(row.times_ms, ref.times_ms)
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def ratio_interval(times_ms: Sequence[float], baseline_ms: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``median(times_ms) / median(baseline_ms)``.
+
+    The two lists are runs of the same rounds (entry ``r`` of each was timed in round ``r``), so
+    run indices are resampled together: drift shared by a round cancels in the ratio instead of
+    widening the interval. Seeded, so the same timings give the same interval.
+    """
+    model, base = np.asarray(times_ms), np.asarray(baseline_ms)
+    picks = np.random.default_rng(seed).integers(0, len(model), size=(resamples, len(model)))
+    ratios = np.median(model[picks], axis=1) / np.median(base[picks], axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def bench_onnx(model_or_path: onnx.ModelProto | str | Path, batches: Sequence[int] = DEFAULT_BATCHES,
@@ -554,7 +580,8 @@ def render_bench(table: BenchTable, console: Console) -> None:
     latency, images/s and the ratio to the baseline; then why each model a profile refuses is refused."""
     title = f"latency, backend {table.backend} ({table.runs} runs after {table.warmup} warm-up, interleaved)"
     if table.baseline:
-        title += f"; x = median latency / {table.baseline}'s at the same batch"
+        title += (f"; x = median latency / {table.baseline}'s at the same batch, with its 95% bootstrap interval "
+                  "over paired runs")
     rich_table = Table(title=escape(title))
     rich_table.add_column("model")
     with_size = any(r.size is not None for r in table.results)
@@ -580,6 +607,8 @@ def render_bench(table: BenchTable, console: Console) -> None:
             cell = f"{_ms(row.median_ms)} ms\np90 {_ms(row.p90_ms)}\n{row.images_per_s:.1f} img/s"
             if row.latency_vs_baseline is not None and result.name != table.baseline:
                 cell += f"\n{row.latency_vs_baseline:.2f}x"
+                if row.ratio_ci95 is not None:
+                    cell += f"\n({row.ratio_ci95[0]:.2f}-{row.ratio_ci95[1]:.2f})"
             cells.append(cell)
         name = f"{result.name} (baseline)" if result.name == table.baseline else result.name
         rich_table.add_row(escape(name), *cells)

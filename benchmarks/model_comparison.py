@@ -174,13 +174,15 @@ def render_profile(profile: dict[str, Any], top: int, console: Console) -> None:
 
 
 def ratio_lines(comparison: dict[str, Any]) -> list[str]:
-    """``model / baseline at batch b: r`` for every model and batch with a ratio."""
+    """``model / baseline at batch b: r (95% interval lo-hi)`` for every model and batch with a ratio."""
     lines = []
     for model in comparison["models"]:
         for row in model["rows"]:
             if model["name"] != comparison["baseline"] and row["latency_vs_baseline"] is not None:
+                interval = row.get("ratio_ci95")
                 lines.append(f"{model['name']} / {comparison['baseline']} at batch {row['batch']}: "
-                             f"{row['latency_vs_baseline']:.3f}")
+                             f"{row['latency_vs_baseline']:.3f}"
+                             + (f" (95% interval {interval[0]:.3f}-{interval[1]:.3f})" if interval else ""))
     return lines
 
 

@@ -23,6 +23,7 @@ from netdsl.backends.bench import (
     bench_many,
     bench_onnx,
     plot_bench,
+    ratio_interval,
     rebatch_model,
 )
 from netdsl.commands import bench as bench_cmd
@@ -127,14 +128,33 @@ def test_bench_many_interleaves_and_takes_ratios() -> None:
         assert row.error is None and row.runs == 3 and 0 < row.median_ms <= row.p90_ms
         assert row.images_per_s == pytest.approx(row.batch * 1000 / row.median_ms)
     assert [r.latency_vs_baseline for r in base.rows] == [1.0, 1.0]
+    assert [r.ratio_ci95 for r in base.rows] == [None, None]
     for mine, ref in zip(other.rows, base.rows, strict=True):
         assert mine.latency_vs_baseline == pytest.approx(mine.median_ms / ref.median_ms)
+        assert len(mine.times_ms) == 3 and np.median(mine.times_ms) == mine.median_ms
+        assert mine.ratio_ci95 == ratio_interval(mine.times_ms, ref.times_ms)
     assert broken.rows[0].error and broken.rows[1].error is None  # batch 1 cannot pair samples; 4 can
     data = json.loads(table.to_json())
     assert set(data) == {"backend", "batches", "warmup", "runs", "baseline", "environment", "models"}
     assert data["environment"]["onnxruntime"] == ort.__version__
     assert set(data["models"][0]["rows"][0]) == {"batch", "median_ms", "p90_ms", "images_per_s", "runs",
-                                                 "latency_vs_baseline", "error"}
+                                                 "latency_vs_baseline", "ratio_ci95", "error", "times_ms"}
+
+
+def test_the_ratio_interval_pairs_runs_of_one_round() -> None:
+    # The machine slows down and speeds up from round to round (x1 .. x3); the model always takes
+    # 0.8 of the baseline's time in the same round, with 1% jitter of its own.
+    rng = np.random.default_rng(5)
+    drift = rng.uniform(1, 3, 200)
+    base = 50 * drift
+    model = 40 * drift * rng.uniform(0.99, 1.01, 200)
+    low, high = ratio_interval(model, base)
+    assert low <= np.median(model) / np.median(base) <= high
+    assert 0.78 < low < high < 0.82  # pairing cancels the drift; the medians alone spread far wider
+    unpaired_low, unpaired_high = ratio_interval(model, rng.permutation(base))
+    assert unpaired_high - unpaired_low > 5 * (high - low)
+    assert ratio_interval(model, base) == (low, high)  # seeded: the same timings give the same interval
+    assert ratio_interval(base, base) == (1.0, 1.0)
 
 
 def test_session_options_stop_spinning_between_interleaved_runs() -> None:
