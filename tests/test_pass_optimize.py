@@ -121,6 +121,43 @@ def test_fold_batchnorm_copies_a_shared_kernel() -> None:
     np.testing.assert_array_equal(weights[w], shared)
 
 
+def _bn_conv_graph(bias: bool, groups: int, kernel: int = 1, pad: int = 0,
+                   extra_reader: bool = False) -> tuple[Graph, dict[str, np.ndarray]]:
+    """x -> (sigmoid, so that no conv precedes the norm) -> batchnorm -> conv, and the weights."""
+    b, x = builder_with_input(2, 4, 5, 5)
+    stats = {"gamma": rand(4), "beta": rand(4), "mean": rand(4), "var": np.abs(rand(4)) + 0.1}
+    names = [add_param(b, f"bn.{k}", v, "buffer" if k in ("mean", "var") else "param") for k, v in stats.items()]
+    weights = dict(zip(names, stats.values()))
+    y = b.op("batchnorm", [b.op("sigmoid", [x], at(2)), *names], at(3), eps=1e-5, momentum=0.1)
+    w = add_param(b, "c.weight", rand(6, 4 // groups, kernel, kernel))
+    weights[w] = rand(6, 4 // groups, kernel, kernel)
+    inputs = [y, w]
+    if bias:
+        inputs.append(add_param(b, "c.bias", rand(6)))
+        weights["c.bias"] = rand(6)
+    c = b.op("conv", inputs, at(4), stride=(1, 1), pads=(pad,) * 4, dilation=(1, 1), groups=groups)
+    b.output(b.op("add", [c, b.op("reduce_mean", [y], at(5), axes=(1,), keepdims=True)], at(6)) if extra_reader else c)
+    return b.graph, weights
+
+
+@pytest.mark.parametrize("bias, groups, kernel", [(True, 1, 1), (False, 2, 1), (True, 2, 3)])
+def test_fold_batchnorm_folds_a_norm_into_the_conv_after_it(bias: bool, groups: int, kernel: int) -> None:
+    # the CSA classifier: batchnorm on the pooled map, then the 1x1 head conv
+    graph, weights = _bn_conv_graph(bias, groups, kernel)
+    out, _ = check_rewrite(FOLD_BATCHNORM.bind(weights), graph, {"sigmoid": 1, "conv": 1}, weights)
+    conv = out.nodes[1]
+    assert conv.inputs[0] == out.nodes[0].outputs[0] and conv.inputs[1:] == ["c.weight", "c.bias"]
+    assert conv.provenance.span == graph.nodes[2].provenance.span and conv.provenance.rules == ("fold_batchnorm",)
+
+
+@pytest.mark.parametrize("case", ["padded conv", "norm read twice"])
+def test_fold_batchnorm_keeps_a_norm_before_a_padded_conv_or_read_elsewhere(case: str) -> None:
+    graph, weights = (_bn_conv_graph(True, 1, kernel=3, pad=1) if case == "padded conv"
+                      else _bn_conv_graph(True, 1, extra_reader=True))
+    out = FOLD_BATCHNORM.bind(weights).run(graph, RewriteLog())
+    assert op_counts(out)["batchnorm"] == 1
+
+
 def test_cse_merges_equal_nodes_and_equal_constants() -> None:
     b, x = builder_with_input(1, 3, 4, 4)
     ones = [b.op("const", [], at(2 + k), value=np.ones((1, 3, 1, 1), np.float32), dtype="f32") for k in range(2)]
