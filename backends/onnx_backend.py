@@ -174,6 +174,12 @@ class _Emitter:
             self.tensors[name] = _Tensor(name, data)
         return self.tensors[name]
 
+    def zero_pad_produces(self, x: _Tensor) -> bool:
+        """True when ``x`` is the output of a constant-mode Pad with the default (zero) fill."""
+        producer = next((n for n in reversed(self.nodes) if x in n.outputs), None)
+        return (producer is not None and producer.op == "Pad" and producer.attrs.get("mode") == "constant"
+                and len(producer.inputs) == 2)
+
     def const(self, values: Any, dtype: type = np.int64) -> _Tensor:
         """A small constant (shapes, axes, scalars), shared by every user of the same value."""
         array = np.asarray(values, dtype=dtype, order="C")
@@ -560,6 +566,12 @@ def _local_attention(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 @_lowers("avgpool", "maxpool")
 def _pool(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
+    (x,) = em.inputs(node)
+    if em.zero_pad_produces(x):
+        # ONNX Runtime's pad fusion would merge that Pad into this pool's `pads`: wrong for MaxPool, whose
+        # own padding never wins the max, and an invalid model for AveragePool once a side reaches the
+        # kernel. It only fuses a Pad that feeds the pool directly, so a same-shape Reshape stands between.
+        x = em.reshape(x, em.type_of(node.inputs[0]).shape)
     attrs: dict[str, Any] = {
         "kernel_shape": [int(k) for k in a["kernel"]],
         "strides": [int(s) for s in a["stride"]],
@@ -567,13 +579,13 @@ def _pool(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     }
     dilation = [int(d) for d in a.get("dilation", (1, 1))]
     if node.op == "maxpool":
-        em.emit("MaxPool", em.inputs(node), {**attrs, "dilations": dilation}, out=ys[0])
+        em.emit("MaxPool", [x], {**attrs, "dilations": dilation}, out=ys[0])
         return
     if dilation != [1, 1]:
         if em.opset < 19:
             raise ValueError(f"dilated average pooling needs opset 19 or later (asked for {em.opset})")
         attrs["dilations"] = dilation
-    em.emit("AveragePool", em.inputs(node), {**attrs, "count_include_pad": 1}, out=ys[0])
+    em.emit("AveragePool", [x], {**attrs, "count_include_pad": 1}, out=ys[0])
 
 
 @_lowers(*_REDUCE)

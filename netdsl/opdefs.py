@@ -11,6 +11,7 @@ the numpy interpreter) implements exactly the semantics written in each docstrin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -193,6 +194,12 @@ def _groupnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
         raise OpTypeError(f"groupnorm groups must be positive, found {attrs['groups']}", "groups")
     if x.shape[1] % attrs["groups"]:
         raise OpTypeError(f"channels ({x.shape[1]}) must be divisible by groups ({attrs['groups']})", "groups")
+    per_group = x.shape[1] // attrs["groups"] * math.prod(x.shape[2:])
+    if per_group == 1:
+        # Each value would be its group's mean: the output is the bias whatever the input, and PyTorch's
+        # group_norm refuses it (one value per channel of its view), so the torch target could not run it.
+        raise OpTypeError(f"groupnorm groups of one value ({x.shape[1]} channels in {attrs['groups']} groups, "
+                          f"map {'x'.join(map(str, x.shape[2:])) or 'none'}) normalise every value to 0", "groups")
     return [x]
 
 

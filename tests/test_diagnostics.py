@@ -520,6 +520,18 @@ def test_groups_must_divide_channels(check_fails, write_spec) -> None:
     assert r.underlined == "5"
 
 
+def test_groupnorm_groups_of_one_value(check_fails, write_spec) -> None:
+    r = check_fails(write_spec("""
+        model M() {
+            input a: f32[1, 3, 1, 1]
+            output y = groupnorm(a, 3)
+        }
+        """))
+    assert r.message == "groupnorm groups of one value (3 channels in 3 groups, map 1x1) normalise every value to 0"
+    assert r.location == "t.net:3:29"
+    assert r.underlined == "3"
+
+
 def test_reshape_element_count(check_fails, write_spec) -> None:
     r = check_fails(write_spec("""
         model M() {

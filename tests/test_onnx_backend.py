@@ -361,6 +361,28 @@ def test_maxpool_padding_never_wins() -> None:
     np.testing.assert_array_equal(y, F.max_pool2d(t(x), 3, 2, 1).numpy())
 
 
+@pytest.mark.parametrize("pool, pool_pads", [("maxpool", (0, 0, 0, 0)), ("maxpool", (1, 1, 1, 1)),
+                                             ("avgpool", (1, 1, 1, 1))])
+def test_a_zero_pad_before_a_pool_stays_zero_in_onnx_runtime(pool: str, pool_pads: tuple) -> None:
+    # ONNX Runtime's pad fusion would fold the Pad into the pool's own padding: -inf for MaxPool (so
+    # an all-negative window would not see the zeros), and 2 + 1 >= the 2x2 kernel for AveragePool, a
+    # model it then refuses to load. The emitted pool reads the Pad through a same-shape Reshape.
+    x = -np.abs(rand(1, 2, 4, 4)) - 1.0
+    b = GraphBuilder("g")
+    b.input("x", TensorType("f32", x.shape))
+    padded = b.op("pad", ["x"], pads=(2, 2, 2, 2), mode="zero")
+    b.output(b.op(pool, [padded], kernel=(2, 2), stride=(2, 2), pads=pool_pads))
+    model = to_onnx(b.graph, {})
+    assert [n.op_type for n in model.graph.node] == ["Pad", "Reshape", {"maxpool": "MaxPool"}.get(pool, "AveragePool")]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])  # every optimisation
+    (y,) = session.run(None, {"x": x})
+    zero_padded = F.pad(t(x), (2, 2, 2, 2))
+    want = (F.max_pool2d(zero_padded, 2, 2, pool_pads[0]) if pool == "maxpool"
+            else F.avg_pool2d(zero_padded, 2, 2, pool_pads[0], count_include_pad=True))
+    np.testing.assert_allclose(y, want.numpy(), **TOL)
+    assert (y == 0).any()  # the zero padding does win some windows
+
+
 @pytest.mark.parametrize("op,fn", [("reduce_mean", np.mean), ("reduce_sum", np.sum), ("reduce_max", np.max)])
 @pytest.mark.parametrize("keepdims", [0, 1])
 @pytest.mark.parametrize("opset", [17, 18])
