@@ -90,6 +90,12 @@ def make_fold_batchnorm(weights: Weights) -> Pass:
             return name
         return em.param(name, template)
 
+    def operands(conv: Node, bn: Node) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray], float]:
+        """The conv's kernel and bias (None without one), the norm's gamma, beta, mean and variance, and its eps."""
+        w_name, bias_name = conv_parameters(conv)
+        return (weights[w_name], weights[bias_name] if bias_name else None, [weights[i] for i in bn.inputs[1:]],
+                float(bn.attrs["eps"]))
+
     def fold(node: Node, em: Emitter) -> list[str] | None:
         if node.op == "conv":
             return fold_into_next(node, em)
@@ -99,10 +105,8 @@ def make_fold_batchnorm(weights: Weights) -> Pass:
         if not foldable_conv(em.graph, node, conv, em.used_once(node.inputs[0])):
             return None
         assert conv is not None
-        w_name, bias_name = conv_parameters(conv)
-        gamma, beta, mean, var = (weights[i] for i in node.inputs[1:])
-        new_w, new_b = folded_parameters(weights[w_name], weights[bias_name] if bias_name else None,
-                                         gamma, beta, mean, var, float(node.attrs["eps"]))
+        kernel, bias, stats, eps = operands(conv, node)
+        new_w, new_b = folded_parameters(kernel, bias, *stats, eps)
         em.absorb(conv)
         em.source = conv
         return [emit_conv(em, conv, conv.inputs[0], new_w, new_b)]
@@ -112,11 +116,8 @@ def make_fold_batchnorm(weights: Weights) -> Pass:
         if not foldable_into_next(em.graph, conv, bn, em.used_once(conv.inputs[0])):
             return None
         assert bn is not None
-        w_name, bias_name = conv_parameters(conv)
-        gamma, beta, mean, var = (weights[i] for i in bn.inputs[1:])
-        new_w, new_b = folded_input_parameters(weights[w_name], weights[bias_name] if bias_name else None,
-                                               int(conv.attrs["groups"]), gamma, beta, mean, var,
-                                               float(bn.attrs["eps"]))
+        kernel, bias, stats, eps = operands(conv, bn)
+        new_w, new_b = folded_input_parameters(kernel, bias, int(conv.attrs["groups"]), *stats, eps)
         em.absorb(bn)
         return [emit_conv(em, conv, bn.inputs[0], new_w, new_b)]
 
