@@ -119,13 +119,15 @@ def _op_times(profile_file: str) -> tuple[dict[str, dict[str, float]], int]:
     return {op: {"ms": ms / timed, "nodes": len(nodes[op])} for op, ms in per_op.items()}, timed
 
 
+def compile_spec(model: str) -> onnx.ModelProto:
+    """Spec ``model`` compiled for ``onnx`` as ``bench`` compiles it (default batch of 1, seed-0 weights)."""
+    spec_args = argparse.Namespace(spec=spec_path(model), entry=None, sets=[], inputs=[], lib=[], weights=None, seed=0)
+    return compile_to_onnx(spec_args, "onnx")
+
+
 def compiled_models(models: list[str], onnx_files: list[Path]) -> dict[str, onnx.ModelProto]:
     """The specs compiled for ``onnx`` (with their default batch of 1), then the ONNX files, by name."""
-    compiled = {}
-    for model in models:
-        spec_args = argparse.Namespace(spec=spec_path(model), entry=None, sets=[], inputs=[], lib=[], weights=None,
-                                       seed=0)
-        compiled[model] = compile_to_onnx(spec_args, "onnx")
+    compiled = {model: compile_spec(model) for model in models}
     for path in onnx_files:
         compiled[path.stem] = onnx.load(str(path))
     return compiled
@@ -200,8 +202,7 @@ def torch_export(model: str, folder: Path) -> Path:
     module = build_module(graph, initial_weights(graph, seed=0)).eval()
     x = np.random.default_rng(0).standard_normal(graph.values[graph.inputs[0]].shape).astype(np.float32)
     exported, how = export_reference(module, torch.from_numpy(x))
-    spec_args = argparse.Namespace(spec=spec_path(model), entry=None, sets=[], inputs=[], lib=[], weights=None, seed=0)
-    ours = compile_to_onnx(spec_args, "onnx")
+    ours = compile_spec(model)
     outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
         graph.inputs[0]: x})[0] for m in (exported, ours)]
     print(f"{model}: {how} vs netdsl, largest output difference {np.abs(outputs[0] - outputs[1]).max():.2e}")

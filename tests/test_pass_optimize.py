@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pass_support import add_param, at, builder_with_input, check_rewrite, f32, op_counts, run_ort
 
+from netdsl.builder import GraphBuilder
 from netdsl.interp import eval_node
 from netdsl.ir import Graph, Init, TensorType
 from netdsl.passes.base import RewriteLog
@@ -66,20 +67,33 @@ def test_fold_params_turns_parameter_only_subgraphs_into_constants() -> None:
     assert cleaned.params == {}
 
 
-def _conv_bn_graph(bias: bool, groups: int, extra_reader: bool = False) -> tuple[Graph, dict[str, np.ndarray]]:
-    """conv (optionally with bias / grouped) -> batchnorm with random statistics, and its weights."""
-    b, x = builder_with_input(2, 4, 5, 5)
-    w = add_param(b, "c.weight", rand(6, 4 // groups, 3, 3))
-    weights = {w: rand(6, 4 // groups, 3, 3)}
+def _batchnorm_stats(b: GraphBuilder, weights: dict[str, np.ndarray], channels: int) -> list[str]:
+    """The four statistics of a batch norm over ``channels`` (random, positive variance), added to ``weights``."""
+    stats = {"gamma": rand(channels), "beta": rand(channels), "mean": rand(channels),
+             "var": np.abs(rand(channels)) + 0.1}
+    names = [add_param(b, f"bn.{k}", v, "buffer" if k in ("mean", "var") else "param") for k, v in stats.items()]
+    weights.update(zip(names, stats.values()))
+    return names
+
+
+def _conv(b: GraphBuilder, weights: dict[str, np.ndarray], x: str, bias: bool, groups: int, kernel: int, pad: int,
+          line: int) -> str:
+    """A 4 -> 6 channel conv ``c`` on ``x`` (with a bias if asked) and random weights added to ``weights``."""
+    w = add_param(b, "c.weight", rand(6, 4 // groups, kernel, kernel))
+    weights[w] = rand(6, 4 // groups, kernel, kernel)
     inputs = [x, w]
     if bias:
         inputs.append(add_param(b, "c.bias", rand(6)))
         weights["c.bias"] = rand(6)
-    c = b.op("conv", inputs, at(2), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1), groups=groups)
-    stats = {"gamma": rand(6), "beta": rand(6), "mean": rand(6), "var": np.abs(rand(6)) + 0.1}
-    names = [add_param(b, f"bn.{k}", v, "buffer" if k in ("mean", "var") else "param") for k, v in stats.items()]
-    weights.update(zip(names, stats.values()))
-    y = b.op("batchnorm", [c, *names], at(3), eps=1e-5, momentum=0.1)
+    return b.op("conv", inputs, at(line), stride=(1, 1), pads=(pad,) * 4, dilation=(1, 1), groups=groups)
+
+
+def _conv_bn_graph(bias: bool, groups: int, extra_reader: bool = False) -> tuple[Graph, dict[str, np.ndarray]]:
+    """conv (optionally with bias / grouped) -> batchnorm with random statistics, and its weights."""
+    b, x = builder_with_input(2, 4, 5, 5)
+    weights: dict[str, np.ndarray] = {}
+    c = _conv(b, weights, x, bias, groups, kernel=3, pad=1, line=2)
+    y = b.op("batchnorm", [c, *_batchnorm_stats(b, weights, 6)], at(3), eps=1e-5, momentum=0.1)
     b.output(b.op("add", [y, c], at(4)) if extra_reader else y)
     return b.graph, weights
 
@@ -125,17 +139,10 @@ def _bn_conv_graph(bias: bool, groups: int, kernel: int = 1, pad: int = 0,
                    extra_reader: bool = False) -> tuple[Graph, dict[str, np.ndarray]]:
     """x -> (sigmoid, so that no conv precedes the norm) -> batchnorm -> conv, and the weights."""
     b, x = builder_with_input(2, 4, 5, 5)
-    stats = {"gamma": rand(4), "beta": rand(4), "mean": rand(4), "var": np.abs(rand(4)) + 0.1}
-    names = [add_param(b, f"bn.{k}", v, "buffer" if k in ("mean", "var") else "param") for k, v in stats.items()]
-    weights = dict(zip(names, stats.values()))
-    y = b.op("batchnorm", [b.op("sigmoid", [x], at(2)), *names], at(3), eps=1e-5, momentum=0.1)
-    w = add_param(b, "c.weight", rand(6, 4 // groups, kernel, kernel))
-    weights[w] = rand(6, 4 // groups, kernel, kernel)
-    inputs = [y, w]
-    if bias:
-        inputs.append(add_param(b, "c.bias", rand(6)))
-        weights["c.bias"] = rand(6)
-    c = b.op("conv", inputs, at(4), stride=(1, 1), pads=(pad,) * 4, dilation=(1, 1), groups=groups)
+    weights: dict[str, np.ndarray] = {}
+    y = b.op("batchnorm", [b.op("sigmoid", [x], at(2)), *_batchnorm_stats(b, weights, 4)], at(3), eps=1e-5,
+             momentum=0.1)
+    c = _conv(b, weights, y, bias, groups, kernel, pad, line=4)
     b.output(b.op("add", [c, b.op("reduce_mean", [y], at(5), axes=(1,), keepdims=True)], at(6)) if extra_reader else c)
     return b.graph, weights
 

@@ -50,16 +50,16 @@ class Net:
         bias = self.param(f"{name}.bias", (out,))
         return self.op("conv", [x, w, bias], stride=(1, 1), pads=(kernel // 2,) * 4, dilation=(1, 1), groups=groups)
 
-    def batchnorm(self, x: str) -> str:
+    def batchnorm(self, x: str, name: str = "bn") -> str:
         c = self.b.graph.type_of(x).shape[1]
-        stats = [self.param(f"bn.{k}", (c,), positive=k == "running_var")
+        stats = [self.param(f"{name}.{k}", (c,), positive=k == "running_var")
                  for k in ("weight", "bias", "running_mean", "running_var")]
         return self.op("batchnorm", [x, *stats], eps=1e-5, momentum=0.1)
 
-    def scale(self, x: str) -> str:
-        """A layer scale: x * gamma, gamma of shape [C, 1, 1]."""
-        c = self.b.graph.type_of(x).shape[1]
-        return self.op("mul", [x, self.param("gamma", (c, 1, 1))])
+    def scale(self, x: str, name: str = "gamma", gamma_first: bool = False) -> str:
+        """A layer scale: x * gamma (or gamma * x), gamma of shape [C, 1, 1]."""
+        gamma = self.param(name, (self.b.graph.type_of(x).shape[1], 1, 1))
+        return self.op("mul", [gamma, x] if gamma_first else [x, gamma])
 
     def avgpool(self, x: str, kernel: int = SIZE, stride: int = SIZE, pad: int = 0) -> str:
         return self.op("avgpool", [x], kernel=(kernel, kernel), stride=(stride, stride), pads=(pad,) * 4)
@@ -151,7 +151,6 @@ def test_the_pass_is_in_every_inference_pipeline() -> None:
     assert [t for t, passes in PIPELINES.items() if PASS.name in passes] == ["onnx", "trt", "trt-restricted", "trt-dla"]
 
 
-
 # ----------------------------------------------------------------------------- property: random op chains
 
 STEPS = ("conv", "grouped conv", "batchnorm", "scale", "residual", "sigmoid")
@@ -173,10 +172,9 @@ def test_any_chain_of_ops_under_a_pool_keeps_its_values_and_never_costs_more(
             x = n.conv(x, width, groups=2 if step == "grouped conv" and n.b.graph.type_of(x).shape[1] % 2 == 0 else 1,
                        name=f"c{k}")
         elif step == "batchnorm":
-            x = n.op("batchnorm", [x, *(n.param(f"bn{k}.{s}", (n.b.graph.type_of(x).shape[1],), positive=s == "var")
-                                        for s in ("w", "b", "mean", "var"))], eps=1e-5, momentum=0.1)
+            x = n.batchnorm(x, name=f"bn{k}")
         elif step == "scale":
-            x = n.op("mul", [n.param(f"g{k}", (n.b.graph.type_of(x).shape[1], 1, 1)), x])
+            x = n.scale(x, name=f"g{k}", gamma_first=True)
         elif step == "residual" and n.b.graph.type_of(x).shape == n.b.graph.type_of(n.x).shape:
             x = n.op("add", [n.x, x])  # n.x is also read by the first op: it is pooled once per reader
         else:
