@@ -105,7 +105,7 @@ class BenchResult:
         return next((r for r in self.rows if r.batch == batch), None)
 
 
-SIZE_FIELDS = ("params", "macs", "bytes_per_frame")
+SIZE_FIELDS = ("params", "macs", "bytes_per_frame", "macs_compiled")
 
 
 def _size_fields(size: ModelSize | None) -> dict[str, int | None]:
@@ -597,7 +597,10 @@ def render_bench(table: BenchTable, console: Console) -> None:
         cells = []
         if with_size:
             size = _size_fields(result.size)
-            cells += [_count(size[name]) for name in SIZE_FIELDS]
+            macs = _count(size["macs"])
+            if size["macs_compiled"] is not None and size["macs_compiled"] != size["macs"]:
+                macs += f"\n{_count(size['macs_compiled'])} compiled"
+            cells += [_count(size["params"]), macs, _count(size["bytes_per_frame"])]
         cells += [_coverage_cell(result.coverage.get(profile)) for profile in profiles]
         for batch in table.batches:
             row = result.row(batch)

@@ -32,11 +32,16 @@ _NOT_PARAMETERS = {("BatchNormalization", 3), ("BatchNormalization", 4), ("Resiz
 
 @dataclass
 class ModelSize:
-    """Parameters, MACs per frame and bytes moved per frame (None where unknown)."""
+    """Parameters, MACs per frame and bytes moved per frame (None where unknown).
+
+    ``macs_compiled`` is, for a spec, the MACs per frame of its graph after the benchmarked target's
+    passes (what actually runs: e.g. 1x1 convs moved to the smaller side of a resize); ``macs`` is the
+    spec as written, as ``netdsl stats`` reports it."""
 
     params: int | None = None
     macs: int | None = None
     bytes_per_frame: int | None = None
+    macs_compiled: int | None = None
 
 
 @dataclass

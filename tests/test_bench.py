@@ -375,6 +375,30 @@ def test_command_shows_size_and_coverage_per_model(write_spec, tmp_path: Path,  
     assert any("params" in line and "trt-restricted" in line for line in printed.splitlines())  # the header
 
 
+UPSAMPLE_SPEC = """
+model upsample_net(dim: int = 16) {
+    input x: f32[N=1, dim, H=4, W=4]
+    output y = conv(resize(x, scale=[4.0, 4.0]), dim // 2, kernel=1) as c
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["ort", "torch"])
+def test_command_shows_the_macs_the_target_runs(write_spec, tmp_path: Path, backend: str,  # noqa: ANN001
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # The onnx pipeline runs the 1x1 conv on the 4x4 side of the resize (conv_before_resize); the torch
+    # target keeps the spec's order, so only the ONNX Runtime row shows compiled MACs.
+    spec = write_spec(UPSAMPLE_SPEC, "upsample.net")
+    out = tmp_path / "bench.json"
+    assert run_command(str(spec), "--batch", "1", "--runs", "1", "--warmup", "0", "--coverage", "none",
+                       "--backend", backend, "--json", str(out)) == 0
+    (model,) = json.loads(out.read_text())["models"]
+    written, on_grid = 16 * 16 * 16 * 8, 4 * 4 * 16 * 8
+    assert model["macs"] == written
+    assert model["macs_compiled"] == (on_grid if backend == "ort" else written)
+    assert ("compiled" in capsys.readouterr().out) == (backend == "ort")
+
+
 def test_command_coverage_flags(write_spec, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
     spec = write_spec(SQUEEZE_SPEC)
     assert run_command(str(spec), "--batch", "1", "--runs", "1", "--warmup", "0", "--coverage", "nope") == 2

@@ -6,7 +6,8 @@ missing this says so and measures with ONNX Runtime instead) and ``torch`` (PyTo
 generated from specs). Fixed-batch ONNX models are re-batched and verified against the original.
 
 Beside the latencies, each model gets its parameters, MACs and bytes moved per frame (from
-``netdsl stats`` for specs, from the ONNX graph for ONNX files) and, per ``--coverage`` profile,
+``netdsl stats`` for specs, from the ONNX graph for ONNX files; for a spec whose passes change its
+MACs, the MACs as compiled too) and, per ``--coverage`` profile,
 its TensorRT coverage: ``100%`` when every node is allowed, else covered/total nodes, with the
 refused nodes grouped by op and reason. A spec is compiled for the profile's target for this; an
 ONNX file is checked as it is.
@@ -148,16 +149,21 @@ def parse_profiles(text: str) -> list[Any]:
 
 def model_size(path: str, args: argparse.Namespace, onnx_model: Any = None) -> Any:
     """A spec's :class:`ModelSize` from :func:`netdsl.traffic.graph_stats` (as ``netdsl stats`` shows it),
-    an ONNX file's from its graph (``onnx_model``, the file already loaded)."""
+    with the MACs of its graph after the benchmarked target's passes beside; an ONNX file's from its
+    graph (``onnx_model``, the file already loaded)."""
     from netdsl.backends.model_facts import ModelSize, onnx_size
 
     if onnx_model is not None:
         return onnx_size(onnx_model)
+    from netdsl.commands.compile import lower
     from netdsl.driver import graph_from_args
     from netdsl.traffic import graph_stats
 
-    totals = graph_stats(graph_from_args(_spec_args(path, args))).to_json()
-    return ModelSize(totals["params"], totals["macs"], totals["bytes_per_frame"])
+    spec_args = _spec_args(path, args)
+    totals = graph_stats(graph_from_args(spec_args)).to_json()
+    target = "torch" if args.backend == "torch" else args.target
+    compiled = graph_stats(lower(spec_args, target).graph).to_json()
+    return ModelSize(totals["params"], totals["macs"], totals["bytes_per_frame"], compiled["macs"])
 
 
 def model_coverage(path: str, args: argparse.Namespace, profile: Any, onnx_model: Any = None) -> Any:
