@@ -66,6 +66,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _nonnegative_perms(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each Transpose's ``perm`` counted from the front. torch 2.13's exporters can write a
+    ``permute(0, -1, 1, 2)`` as it is; ONNX allows only axes in [0, rank), and ONNX Runtime 1.32
+    refuses such a model. The same permutation, written with non-negative axes."""
+    for node in model.graph.node:
+        if node.op_type == "Transpose":
+            for attr in node.attribute:
+                if attr.name == "perm" and any(axis < 0 for axis in attr.ints):
+                    rank = len(attr.ints)
+                    attr.ints[:] = [axis % rank for axis in attr.ints]
+    return model
+
+
 def export_reference(module: torch.nn.Module, x: torch.Tensor) -> tuple[onnx.ModelProto, str]:
     """``module`` exported to ONNX: with the dynamo exporter, else the TorchScript one; returns (model, how)."""
     try:
@@ -73,12 +86,12 @@ def export_reference(module: torch.nn.Module, x: torch.Tensor) -> tuple[onnx.Mod
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
-        return program.model_proto, "torch.onnx.export(dynamo=True)"
+        return _nonnegative_perms(program.model_proto), "torch.onnx.export(dynamo=True)"
     except Exception as err:  # noqa: BLE001 - any exporter failure falls back to the other exporter
         print(f"dynamo export failed ({type(err).__name__}: {err}); using the TorchScript exporter")
     buffer = io.BytesIO()
     torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17)
-    return onnx.load_from_string(buffer.getvalue()), "torch.onnx.export(dynamo=False)"
+    return _nonnegative_perms(onnx.load_from_string(buffer.getvalue())), "torch.onnx.export(dynamo=False)"
 
 
 def run_once(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

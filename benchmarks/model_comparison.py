@@ -192,7 +192,7 @@ def torch_export(model: str, folder: Path) -> Path:
     """``torch.onnx.export`` of the module generated for spec ``model`` (seed-0 weights, as ``bench`` compiles it),
     written to ``folder``; prints how far its output is from netdsl's emission on a random input."""
     import torch
-    from acmix_speed import export_reference
+    from acmix_speed import export_reference, run_once
 
     from netdsl.backends.torch_backend import build_module
     from netdsl.driver import load_graph
@@ -203,8 +203,7 @@ def torch_export(model: str, folder: Path) -> Path:
     x = np.random.default_rng(0).standard_normal(graph.values[graph.inputs[0]].shape).astype(np.float32)
     exported, how = export_reference(module, torch.from_numpy(x))
     ours = compile_spec(model)
-    outputs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
-        graph.inputs[0]: x})[0] for m in (exported, ours)]
+    outputs = [run_once(m, x) for m in (exported, ours)]  # the exporters name the input differently
     print(f"{model}: {how} vs netdsl, largest output difference {np.abs(outputs[0] - outputs[1]).max():.2e}")
     path = folder / f"{model}_torch_export.onnx"
     onnx.save(exported, str(path))
