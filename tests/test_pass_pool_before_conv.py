@@ -16,7 +16,7 @@ from netdsl.cost import graph_cost
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
 from netdsl.interp import run_graph
-from netdsl.ir import Graph
+from netdsl.ir import Graph, Node
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.pipeline import run_pipeline
 from netdsl.passes.pool_before_conv import PASS
@@ -49,6 +49,18 @@ class Net:
         w = self.param(f"{name}.weight", (out, cin // groups, kernel, kernel))
         bias = self.param(f"{name}.bias", (out,))
         return self.op("conv", [x, w, bias], stride=(1, 1), pads=(kernel // 2,) * 4, dilation=(1, 1), groups=groups)
+
+    def linear(self, x: str, out: int, name: str = "fc") -> str:
+        """A linear map of the last axis (with bias)."""
+        w = self.param(f"{name}.weight", (out, self.b.graph.type_of(x).shape[-1]))
+        return self.op("linear", [x, w, self.param(f"{name}.bias", (out,))])
+
+    def channels_last_mlp(self, x: str, hidden: int, name: str = "mlp") -> str:
+        """ConvNeXt's block body: to NHWC, linear, sigmoid, linear back, layer scale, to NCHW."""
+        t = self.op("transpose", [x], perm=(0, 2, 3, 1))
+        t = self.linear(self.op("sigmoid", [self.linear(t, hidden, f"{name}.1")]), CHANNELS, f"{name}.2")
+        t = self.op("mul", [self.param(f"{name}.gamma", (CHANNELS,)), t])
+        return self.op("transpose", [t], perm=(0, 3, 1, 2))
 
     def batchnorm(self, x: str, name: str = "bn") -> str:
         c = self.b.graph.type_of(x).shape[1]
@@ -93,12 +105,29 @@ def chain_of_convs(n: Net) -> str:
     return n.avgpool(n.conv(n.conv(n.x, 8, name="a"), 4, name="b"))
 
 
+def mean_without_keepdims(n: Net) -> str:
+    return n.mean(n.conv(n.x, 4), keepdims=False)
+
+
+def convnext_tail(n: Net) -> str:
+    # ConvNeXt's last block and global mean: x + transpose(gamma * pwconv2(act(pwconv1(...)))), mean over H, W
+    return n.mean(n.op("add", [n.x, n.channels_last_mlp(n.x, 8)]), keepdims=False)
+
+
+def mean_over_channels_last_axes(n: Net) -> str:
+    return n.mean(n.linear(n.op("transpose", [n.x], perm=(0, 2, 3, 1)), 4), axes=(1, 2))
+
+
 @pytest.mark.parametrize("build, ops, conv_pixels", [
     (pointwise_conv, {"avgpool": 1, "conv": 1}, 1),
     (residual_with_layer_scale, {"sigmoid": 1, "avgpool": 2, "conv": 1, "mul": 1, "add": 1}, 1),
     (grouped_conv_and_batchnorm, {"reduce_mean": 1, "conv": 1, "batchnorm": 1}, 1),
     (strided_pool, {"avgpool": 1, "conv": 1}, 9),
     (chain_of_convs, {"avgpool": 1, "conv": 2}, 1),
+    (mean_without_keepdims, {"reduce_mean": 1, "conv": 1, "reshape": 1}, 1),
+    (convnext_tail, {"reduce_mean": 2, "transpose": 2, "linear": 2, "sigmoid": 1, "mul": 1, "add": 1,
+                     "reshape": 1}, 0),
+    (mean_over_channels_last_axes, {"transpose": 1, "reduce_mean": 1, "linear": 1}, 0),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_the_pool_moves_above_pointwise_ops(build: Callable[[Net], str], ops: dict[str, int], conv_pixels: int) -> None:
     n = Net()
@@ -110,7 +139,18 @@ def test_the_pool_moves_above_pointwise_ops(build: Callable[[Net], str], ops: di
         assert h * w == conv_pixels
     assert graph_cost(out).macs < graph_cost(graph).macs
     pools = [node for node in out.nodes if node.op in ("avgpool", "reduce_mean")]
-    assert all(out.type_of(p.inputs[0]).shape[2:] == (SIZE, SIZE) for p in pools)
+    assert all(SIZE * SIZE == _averaged(out, p) for p in pools)
+    linears = [node for node in out.nodes if node.op == "linear"]
+    if linears:  # the last linear runs on the pooled tensor: one row per image
+        last = out.type_of(linears[-1].outputs[0])
+        assert last.numel == last.shape[0] * last.shape[-1]
+
+
+def _averaged(graph: Graph, pool: Node) -> int:
+    """How many positions the map ``pool`` reads has (an average pool: H x W; a mean: its averaged axes)."""
+    shape = graph.type_of(pool.inputs[0]).shape
+    axes = (2, 3) if pool.op == "avgpool" else pool.attrs["axes"]
+    return int(np.prod([shape[a] for a in axes]))
 
 
 @pytest.mark.parametrize("case, build", [
@@ -120,7 +160,9 @@ def test_the_pool_moves_above_pointwise_ops(build: Callable[[Net], str], ops: di
     ("conv output read twice", lambda n: n.op("add", [n.avgpool(c := n.conv(n.x, 4)), n.mean(c)])),
     ("product of two maps", lambda n: n.avgpool(n.op("mul", [n.conv(n.x, CHANNELS), n.x]))),
     ("sums only", lambda n: n.avgpool(n.op("add", [n.x, n.op("sigmoid", [n.x])]))),
-    ("mean without keepdims", lambda n: n.mean(n.conv(n.x, 4), keepdims=False)),
+    ("linear over an averaged axis", lambda n: n.mean(n.linear(n.op("transpose", [n.x], perm=(0, 2, 3, 1)), 4),
+                                                      axes=(3,))),
+    ("windowed pool of a transpose", lambda n: n.avgpool(n.op("transpose", [n.conv(n.x, 4)], perm=(0, 1, 3, 2)))),
     ("mean over channels", lambda n: n.mean(n.conv(n.x, 4), axes=(1, 2, 3))),
 ])
 def test_the_pool_stays_where_moving_is_wrong_or_does_not_pay(case: str, build: Callable[[Net], str]) -> None:
@@ -145,6 +187,19 @@ def test_the_onnx_pipeline_runs_the_last_csa_mlp_on_the_pooled_map(repo_root: Pa
                                run_ort(graph, weights, feeds)[0], **TOL)
 
 
+def test_the_onnx_pipeline_runs_the_last_convnext_linear_on_the_pooled_map(repo_root: Path) -> None:
+    # A small ConvNeXt: the last map is 7x7 at 224 input, the last dim 32 and its MLP 4 x 32 wide
+    graph = load_graph(repo_root / "specs" / "models" / "convnext_tiny.net", "convnext_tiny",
+                       ["depths=1,1,1,1", "dims=8,16,24,32", "num_classes=10"])
+    weights = initial_weights(graph, seed=1)
+    with_pass = run_pipeline(graph, "onnx", weights=weights)
+    without = run_pipeline(graph, "onnx", weights=weights, passes=[p for p in with_pass.passes if p != PASS.name])
+    assert graph_cost(without.graph).macs - graph_cost(with_pass.graph).macs == 128 * 32 * (49 - 1)
+    feeds = random_feeds(graph)
+    np.testing.assert_allclose(run_ort(with_pass.graph, with_pass.weights, feeds)[0],
+                               run_ort(graph, weights, feeds)[0], **TOL)
+
+
 def test_the_pass_is_in_every_inference_pipeline() -> None:
     from netdsl.passes.pipeline import PIPELINES
 
@@ -153,13 +208,13 @@ def test_the_pass_is_in_every_inference_pipeline() -> None:
 
 # ----------------------------------------------------------------------------- property: random op chains
 
-STEPS = ("conv", "grouped conv", "batchnorm", "scale", "residual", "sigmoid")
+STEPS = ("conv", "grouped conv", "batchnorm", "scale", "residual", "sigmoid", "channels-last mlp")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(st.sampled_from(STEPS), min_size=1, max_size=6),
        pool=st.sampled_from([("avgpool", 6, 6), ("avgpool", 2, 2), ("avgpool", 3, 2), ("avgpool", 4, 1),
-                             ("mean", 0, 0)]),
+                             ("mean", 0, 0), ("mean without keepdims", 0, 0)]),
        widths=st.lists(st.sampled_from([2, 4, 6]), min_size=6, max_size=6))
 def test_any_chain_of_ops_under_a_pool_keeps_its_values_and_never_costs_more(
         steps: list[str], pool: tuple[str, int, int], widths: list[int]) -> None:
@@ -177,10 +232,13 @@ def test_any_chain_of_ops_under_a_pool_keeps_its_values_and_never_costs_more(
             x = n.scale(x, name=f"g{k}", gamma_first=True)
         elif step == "residual" and n.b.graph.type_of(x).shape == n.b.graph.type_of(n.x).shape:
             x = n.op("add", [n.x, x])  # n.x is also read by the first op: it is pooled once per reader
+        elif step == "channels-last mlp" and n.b.graph.type_of(x).shape[1] == CHANNELS:
+            x = n.channels_last_mlp(x, width, name=f"m{k}")
         else:
             x = n.op("sigmoid", [x])
     kind, kernel, stride = pool
-    graph, weights = n.done(n.mean(x) if kind == "mean" else n.avgpool(x, kernel, stride))
+    pooled = n.avgpool(x, kernel, stride) if kind == "avgpool" else n.mean(x, keepdims=kind == "mean")
+    graph, weights = n.done(pooled)
     feeds = random_feeds(graph)
     before = run_graph(graph, weights, feeds, np.float64)
     log = RewriteLog()

@@ -6,8 +6,8 @@
   norm) stay; batch norms are folded into the convs before them (ONNX Runtime would fuse those
   too, but only folded ones can move), 1x1 convs move in front of enlarging resizes
   (``conv_before_resize``: CSA's projections run on the small map) and behind average pools
-  (``pool_before_conv``: CSA's last MLP conv runs on the pooled pixel), then constant folding, CSE,
-  cleanup of data movement and DCE run;
+  (``pool_before_conv``: CSA's last MLP conv and ConvNeXt's last MLP linear run on the pooled pixel),
+  then constant folding, CSE, cleanup of data movement and DCE run;
 * ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
   batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
   shuffle cleanup;
