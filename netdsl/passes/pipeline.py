@@ -7,7 +7,8 @@
   too, but only folded ones can move), 1x1 convs move in front of enlarging resizes
   (``conv_before_resize``: CSA's projections run on the small map) and behind average pools
   (``pool_before_conv``: CSA's last MLP conv and ConvNeXt's last MLP linear run on the pooled pixel),
-  then constant folding, CSE, cleanup of data movement and DCE run;
+  means and sums over leading axes become matrix products (``reduce_to_matmul``: ONNX Runtime's
+  reductions are slow there), then constant folding, CSE, cleanup of data movement and DCE run;
 * ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
   batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
   shuffle cleanup;
@@ -47,8 +48,8 @@ _FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constan
                    "dce"]
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": ["fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv", "constant_folding", "cse",
-             "cleanup_shuffles", "dce"],
+    "onnx": ["fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv", "reduce_to_matmul",
+             "constant_folding", "cse", "cleanup_shuffles", "dce"],
     "torch": ["cse", "cleanup_shuffles"],
     "trt": ["fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and

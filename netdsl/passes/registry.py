@@ -34,6 +34,7 @@ PASS_MODULES = (
     "conv_before_resize",
     "pool_before_conv",
     "downscale_to_conv",
+    "reduce_to_matmul",
     "strided_slice_to_conv",
     "resize_to_conv",
     "constant_folding",
