@@ -597,9 +597,9 @@ def render_bench(table: BenchTable, console: Console) -> None:
         cells = []
         if with_size:
             size = _size_fields(result.size)
-            macs = _count(size["macs"])
-            if size["macs_compiled"] is not None and size["macs_compiled"] != size["macs"]:
-                macs += f"\n{_count(size['macs_compiled'])} compiled"
+            macs, compiled = _count(size["macs"]), _count(size["macs_compiled"])
+            if size["macs_compiled"] is not None and compiled != macs:  # only a difference the table shows
+                macs += f"\n{compiled} compiled"
             cells += [_count(size["params"]), macs, _count(size["bytes_per_frame"])]
         cells += [_coverage_cell(result.coverage.get(profile)) for profile in profiles]
         for batch in table.batches:

@@ -383,6 +383,28 @@ model upsample_net(dim: int = 16) {
 """
 
 
+TOKEN_MEAN_SPEC = """
+model token_mean(tokens: int = 2, dim: int = 2048) {
+    input x: f32[N=1, tokens, dim]
+    output y = linear(reduce_mean(x, [1]), 2 * dim) as fc
+}
+"""
+
+
+@pytest.mark.parametrize("tokens, shown", [(2, False), (49, True)])
+def test_command_shows_compiled_macs_only_where_the_table_would_differ(
+        write_spec, tmp_path: Path, capsys: pytest.CaptureFixture[str], tokens: int, shown: bool) -> None:  # noqa: ANN001
+    # The mean over the tokens becomes a matmul (reduce_to_matmul): tokens x 2048 MACs more. Two tokens add
+    # 4096 to 8,388,608 (8.39M either way); 49 add 100,352 (8.49M).
+    spec = write_spec(TOKEN_MEAN_SPEC, "tokens.net")
+    out = tmp_path / "bench.json"
+    assert run_command(str(spec), "--batch", "1", "--runs", "1", "--warmup", "0", "--coverage", "none",
+                       "--set", f"tokens={tokens}", "--json", str(out)) == 0
+    (model,) = json.loads(out.read_text())["models"]
+    assert (model["macs"], model["macs_compiled"]) == (2048 * 4096, 2048 * 4096 + tokens * 2048)
+    assert ("compiled" in capsys.readouterr().out) == shown
+
+
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_command_shows_the_macs_the_target_runs(write_spec, tmp_path: Path, backend: str,  # noqa: ANN001
                                                 capsys: pytest.CaptureFixture[str]) -> None:
