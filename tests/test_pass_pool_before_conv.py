@@ -174,29 +174,21 @@ def test_the_pool_stays_where_moving_is_wrong_or_does_not_pay(case: str, build: 
     assert [(node.op, node.inputs) for node in out.nodes] == before and not log.entries
 
 
-def test_the_onnx_pipeline_runs_the_last_csa_mlp_on_the_pooled_map(repo_root: Path) -> None:
+@pytest.mark.parametrize("model, sets, saved", [
     # A small CSA backbone: the last map is 6x6 (AvgPool2d(6)), the last dim 48 and the MLP 3 x 48 wide
-    graph = load_graph(repo_root / "specs" / "models" / "convselfattn.net", "convselfattn",
-                       ["depths=1,1,1,1", "dims=16,24,32,48", "num_heads=1,1,2,2"])
+    ("convselfattn", ["depths=1,1,1,1", "dims=16,24,32,48", "num_heads=1,1,2,2"], 48 * 144 * (36 - 1)),
+    # A small ConvNeXt: the last map is 7x7, the last dim 32 and its MLP 4 x 32 wide. pwconv2 (128 -> 32)
+    # runs on 1 pixel instead of 49; the channels-last mean of its input is then a matmul of 49 x 128 MACs
+    # (reduce_to_matmul)
+    ("convnext_tiny", ["depths=1,1,1,1", "dims=8,16,24,32", "num_classes=10"], 128 * 32 * (49 - 1) - 49 * 128),
+])
+def test_the_onnx_pipeline_runs_the_last_mlp_on_the_pooled_map(repo_root: Path, model: str, sets: list[str],
+                                                              saved: int) -> None:
+    graph = load_graph(repo_root / "specs" / "models" / f"{model}.net", model, sets)
     weights = initial_weights(graph, seed=1)
     with_pass = run_pipeline(graph, "onnx", weights=weights)
     without = run_pipeline(graph, "onnx", weights=weights, passes=[p for p in with_pass.passes if p != PASS.name])
-    assert graph_cost(without.graph).macs - graph_cost(with_pass.graph).macs == 48 * 144 * (36 - 1)
-    feeds = random_feeds(graph)
-    np.testing.assert_allclose(run_ort(with_pass.graph, with_pass.weights, feeds)[0],
-                               run_ort(graph, weights, feeds)[0], **TOL)
-
-
-def test_the_onnx_pipeline_runs_the_last_convnext_linear_on_the_pooled_map(repo_root: Path) -> None:
-    # A small ConvNeXt: the last map is 7x7 at 224 input, the last dim 32 and its MLP 4 x 32 wide
-    graph = load_graph(repo_root / "specs" / "models" / "convnext_tiny.net", "convnext_tiny",
-                       ["depths=1,1,1,1", "dims=8,16,24,32", "num_classes=10"])
-    weights = initial_weights(graph, seed=1)
-    with_pass = run_pipeline(graph, "onnx", weights=weights)
-    without = run_pipeline(graph, "onnx", weights=weights, passes=[p for p in with_pass.passes if p != PASS.name])
-    # pwconv2 (128 -> 32) on 1 pixel instead of 49; the channels-last mean of its 128-wide input is then a
-    # matmul (reduce_to_matmul) of 49 x 128 MACs
-    assert graph_cost(without.graph).macs - graph_cost(with_pass.graph).macs == 128 * 32 * (49 - 1) - 49 * 128
+    assert graph_cost(without.graph).macs - graph_cost(with_pass.graph).macs == saved
     feeds = random_feeds(graph)
     np.testing.assert_allclose(run_ort(with_pass.graph, with_pass.weights, feeds)[0],
                                run_ort(graph, weights, feeds)[0], **TOL)
