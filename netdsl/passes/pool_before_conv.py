@@ -27,6 +27,7 @@ rounding differs (float32: a few ulps).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from netdsl.ir import Node, TensorType
@@ -66,10 +67,7 @@ def _shrinking_pool(em: Emitter, node: Node) -> _Pool | None:
             return None
         return _Pool(node, frozenset((2, 3)))
     axes = frozenset(a % x.rank for a in node.attrs["axes"])
-    averaged = 1
-    for a in axes:
-        averaged *= x.shape[a]
-    return _Pool(node, axes) if averaged > 1 else None
+    return _Pool(node, axes) if math.prod(x.shape[a] for a in axes) > 1 else None
 
 
 def _constant_over(t: TensorType, out: TensorType, axes: frozenset[int]) -> bool:

@@ -26,40 +26,32 @@ RULE = "reduce_to_matmul"
 REDUCTIONS = ("reduce_mean", "reduce_sum")
 
 
-def _leading_run(shape: tuple[int, ...], axes: list[int]) -> tuple[int, int, int] | None:
-    """(P, R, T) when ``axes`` are one contiguous run of ``shape`` with more than one element after it."""
-    first, last = axes[0], axes[-1]
-    if axes != list(range(first, last + 1)):
+def _leading_run(graph: Graph, node: Node) -> tuple[int, int, int] | None:
+    """(P, R, T) when ``node`` reduces one contiguous run of its input's axes with more than one element after it."""
+    shape = graph.type_of(node.inputs[0]).shape
+    axes = sorted({a % len(shape) for a in node.attrs["axes"]})
+    if not axes or axes != list(range(axes[0], axes[-1] + 1)):
         return None
+    first, last = axes[0], axes[-1]
     after = math.prod(shape[last + 1:])
     return (math.prod(shape[:first]), math.prod(shape[first:last + 1]), after) if after > 1 else None
 
 
-def _axes(graph: Graph, node: Node) -> list[int]:
-    rank = graph.type_of(node.inputs[0]).rank
-    return sorted({a % rank for a in node.attrs["axes"]})
-
-
 def _as_matmul(node: Node, em: Emitter) -> list[str] | None:
-    if node.op not in REDUCTIONS:
-        return None
-    x = node.inputs[0]
-    t = em.graph.type_of(x)
-    axes = _axes(em.graph, node)
-    run = _leading_run(t.shape, axes) if axes else None
+    run = _leading_run(em.graph, node) if node.op in REDUCTIONS else None
     if run is None:
         return None
     p, r, after = run
-    row = em.const(np.full((1, r), 1.0 / r if node.op == "reduce_mean" else 1.0), t.dtype, "ones")
+    x = node.inputs[0]
+    row = em.const(np.full((1, r), 1.0 / r if node.op == "reduce_mean" else 1.0), em.graph.type_of(x).dtype, "ones")
     product = em.op("matmul", [row, em.op("reshape", [x], shape=(p, r, after))])
     return [em.op("reshape", [product], shape=em.graph.type_of(node.outputs[0]).shape)]
 
 
 def _post(graph: Graph) -> list[str]:
     """Reductions still over a leading run of axes (there should be none)."""
-    return [f"{node.op} over {_axes(graph, node)} of {graph.type_of(node.inputs[0])} is left"
-            for node in graph.nodes if node.op in REDUCTIONS and _axes(graph, node)
-            and _leading_run(graph.type_of(node.inputs[0]).shape, _axes(graph, node)) is not None]
+    return [f"{node.op} over {list(node.attrs['axes'])} of {graph.type_of(node.inputs[0])} is left"
+            for node in graph.nodes if node.op in REDUCTIONS and _leading_run(graph, node) is not None]
 
 
 PASS = node_pass(RULE, "optimize", _as_matmul, __doc__ or "", post=_post)
