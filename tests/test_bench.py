@@ -375,14 +375,6 @@ def test_command_shows_size_and_coverage_per_model(write_spec, tmp_path: Path,  
     assert any("params" in line and "trt-restricted" in line for line in printed.splitlines())  # the header
 
 
-UPSAMPLE_SPEC = """
-model upsample_net(dim: int = 16) {
-    input x: f32[N=1, dim, H=4, W=4]
-    output y = conv(resize(x, scale=[4.0, 4.0]), dim // 2, kernel=1) as c
-}
-"""
-
-
 TOKEN_MEAN_SPEC = """
 model token_mean(tokens: int = 2, dim: int = 2048) {
     input x: f32[N=1, tokens, dim]
@@ -403,6 +395,14 @@ def test_command_shows_compiled_macs_only_where_the_table_would_differ(
     (model,) = json.loads(out.read_text())["models"]
     assert (model["macs"], model["macs_compiled"]) == (2048 * 4096, 2048 * 4096 + tokens * 2048)
     assert ("compiled" in capsys.readouterr().out) == shown
+
+
+UPSAMPLE_SPEC = """
+model upsample_net(dim: int = 16) {
+    input x: f32[N=1, dim, H=4, W=4]
+    output y = conv(resize(x, scale=[4.0, 4.0]), dim // 2, kernel=1) as c
+}
+"""
 
 
 @pytest.mark.parametrize("backend", ["ort", "torch"])

@@ -160,9 +160,10 @@ def model_size(path: str, args: argparse.Namespace, onnx_model: Any = None) -> A
     from netdsl.traffic import graph_stats
 
     spec_args = _spec_args(path, args)
-    totals = graph_stats(graph_from_args(spec_args)).to_json()
+    graph = graph_from_args(spec_args)
+    totals = graph_stats(graph).to_json()
     target = "torch" if args.backend == "torch" else args.target
-    compiled = graph_stats(lower(spec_args, target).graph).to_json()
+    compiled = graph_stats(lower(spec_args, target, graph).graph).to_json()
     return ModelSize(totals["params"], totals["macs"], totals["bytes_per_frame"], compiled["macs"])
 
 

@@ -80,11 +80,12 @@ def load_weights_or_init(graph: object, path: Path | None, seed: int) -> dict:
         raise NetdslError(Diagnostic(str(err))) from None
 
 
-def lower(args: argparse.Namespace, target: str) -> PipelineResult:
-    """Elaborate the spec, load weights and run the target's pass pipeline."""
+def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> PipelineResult:
+    """Elaborate the spec (unless its ``graph`` is given), load weights and run the target's pass pipeline
+    (on a copy: ``graph`` is left as it is)."""
     from netdsl.passes.pipeline import run_pipeline
 
-    graph = graph_from_args(args)
+    graph = graph_from_args(args) if graph is None else graph
     weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
     return run_pipeline(graph, target, weights=weights, passes=passes, print_after=getattr(args, "print_after", None))
