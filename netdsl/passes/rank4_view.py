@@ -10,6 +10,9 @@ two axes of the view; these helpers pick such splits within the stricter of the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+from netdsl.passes.rewriter import Emitter
 
 DIM_LIMIT = 4096  # the smaller of the restricted (4096) and DLA (8192 non-batch, 4096 batch) limits
 POOL_WINDOW = 8  # DLA pools windows of at most 8 x 8 (trt-dla.toml AveragePool kernel limit)
@@ -46,3 +49,9 @@ def window_factors(n: int, window: int = POOL_WINDOW) -> list[int] | None:
         else:
             factors.append(q)
     return sorted(factors, reverse=True)
+
+
+def view_as(em: Emitter, x: str, shape: Sequence[int]) -> str:
+    """``x`` reshaped to ``shape`` (``x`` itself when it has that shape)."""
+    shape = tuple(shape)
+    return x if em.graph.type_of(x).shape == shape else em.op("reshape", [x], "view", shape=shape)

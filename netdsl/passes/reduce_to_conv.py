@@ -35,7 +35,7 @@ import numpy as np
 
 from netdsl.ir import Node
 from netdsl.passes.base import ops_absent
-from netdsl.passes.rank4_view import DIM_LIMIT, split_extent, window_factors
+from netdsl.passes.rank4_view import DIM_LIMIT, split_extent, view_as, window_factors
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "reduce_to_conv"
@@ -79,8 +79,9 @@ def _pool_grid(extent: int) -> tuple[list[int], list[int]] | None:
     return (rows, cols) if max(math.prod(rows), math.prod(cols)) <= DIM_LIMIT else None
 
 
-def _form(before: int, extent: int, after: int) -> str | None:
-    if after > 1:
+def _form(shape: tuple[int, ...], before: int, extent: int, after: int) -> str | None:
+    """The form reducing ``[before, extent, after]`` of a tensor of ``shape`` (see the module docstring)."""
+    if after > 1 or (shape == (before, extent, 1, 1) and extent <= DIM_LIMIT):  # a conv on the tensor as it is
         return "channels" if _chunkable(extent) and split_extent(after) else None
     if split_extent(before) is None:
         return None
@@ -96,7 +97,8 @@ def plan(shape: tuple[int, ...], axes: set[int]) -> list[Step] | None:
     while any(reduced for _, reduced in current):
         i = max((k for k, (_, reduced) in enumerate(current) if reduced), key=lambda k: current[k][0])
         before, after = math.prod(e for e, _ in current[:i]), math.prod(e for e, _ in current[i + 1:])
-        form = _form(before, current[i][0], after)
+        laid_out = () if steps else shape  # only the first step reads the input as it is
+        form = _form(laid_out, before, current[i][0], after)
         if form is None:
             return None
         steps.append(Step(before, current[i][0], after, form))
@@ -108,11 +110,6 @@ def _ones_conv(em: Emitter, x: str, channels: int, mean: bool) -> str:
     kernel = np.full((1, channels, 1, 1), 1.0 / channels if mean else 1.0)
     weight = em.const(kernel, em.graph.type_of(x).dtype, "ones")
     return em.op("conv", [x, weight], stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1)
-
-
-def _view(em: Emitter, x: str, shape: tuple[int, ...]) -> str:
-    """``x`` reshaped to ``shape`` (``x`` itself when it has that shape)."""
-    return x if em.graph.type_of(x).shape == shape else em.op("reshape", [x], "view", shape=shape)
 
 
 def _kept_split(shape: tuple[int, ...], lead: tuple[int, ...], n: int) -> tuple[int, int] | None:
@@ -127,15 +124,15 @@ def _channels(em: Emitter, x: str, before: int, extent: int, after: int, mean: b
     if extent > DIM_LIMIT:  # two convolutions: the inner chunks of a channels first, then the b chunk sums
         a, b = split_extent(extent) or (extent, 1)
         t1, t2 = split_extent(after) or (after, 1)
-        x = _ones_conv(em, _view(em, x, (before * b, a, t1, t2)), a, mean)
+        x = _ones_conv(em, view_as(em, x, (before * b, a, t1, t2)), a, mean)
         extent = b
     t1, t2 = _kept_split(em.graph.type_of(x).shape, (before, extent), after) or split_extent(after) or (after, 1)
-    return _ones_conv(em, _view(em, x, (before, extent, t1, t2)), extent, mean)
+    return _ones_conv(em, view_as(em, x, (before, extent, t1, t2)), extent, mean)
 
 
 def _map_grid(shape: tuple[int, ...], before: int, extent: int) -> tuple[list[int], list[int]] | None:
     """Windows pooling the last two axes of the rank-4 map ``shape`` in place, if it lays out ``[before, extent]``."""
-    if len(shape) != 4 or shape[0] * shape[1] != before or shape[2] * shape[3] != extent or shape[1] > DIM_LIMIT:
+    if len(shape) != 4 or shape[0] * shape[1] != before or shape[2] * shape[3] != extent or max(shape[1:]) > DIM_LIMIT:
         return None
     rows, cols = window_factors(shape[2]), window_factors(shape[3])
     return (rows, cols) if rows is not None and cols is not None else None
@@ -144,10 +141,12 @@ def _map_grid(shape: tuple[int, ...], before: int, extent: int) -> tuple[list[in
 def _pool(em: Emitter, x: str, before: int, extent: int, mean: bool) -> str:
     """Mean (or sum) of the trailing run of ``x`` viewed as ``[before, extent]`` by average pools."""
     shape = em.graph.type_of(x).shape
-    in_place = _map_grid(shape, before, extent)
-    rows, cols = in_place or _pool_grid(extent) or ([extent], [])
+    in_place, generic = _map_grid(shape, before, extent), _pool_grid(extent)
+    if in_place and generic and max(map(len, generic)) < max(map(len, in_place)):
+        in_place = None  # a re-laid-out view pools in fewer steps
+    rows, cols = in_place or generic or ([extent], [])
     batch, channels = shape[:2] if in_place else (split_extent(before) or (before, 1))[::-1]
-    y = _view(em, x, (batch, channels, math.prod(rows), math.prod(cols)))
+    y = view_as(em, x, (batch, channels, math.prod(rows), math.prod(cols)))
     for k in range(max(len(rows), len(cols))):
         window = (rows[k] if k < len(rows) else 1, cols[k] if k < len(cols) else 1)
         y = em.op("avgpool", [y], "mean", kernel=window, stride=window, pads=(0, 0, 0, 0))
