@@ -17,7 +17,7 @@ import math
 from netdsl.ir import Node
 from netdsl.passes.base import ops_absent
 from netdsl.passes.layernorm_decompose import affine, normalise
-from netdsl.passes.rank4_view import split_extent, view_as
+from netdsl.passes.rank4_view import rank4_shape, split_extent, view_as
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "groupnorm_decompose"
@@ -29,10 +29,10 @@ def _decompose_groupnorm(node: Node, em: Emitter) -> list[str] | None:
     x, *params = node.inputs
     shape = em.graph.type_of(x).shape
     batch, channels, groups = shape[0], shape[1], node.attrs["groups"]
-    per_group, positions = channels // groups * math.prod(shape[2:]), math.prod(shape[2:])
+    per_group = channels // groups * math.prod(shape[2:])
     grouped = view_as(em, x, (batch, groups, *(split_extent(per_group) or (per_group, 1))))
     y = normalise(em, grouped, (2, 3), node.attrs["eps"])
-    map_view = shape if len(shape) == 4 else (batch, channels, *(split_extent(positions) or (positions, 1)))
+    map_view = rank4_shape(shape, (batch, channels))
     weight, bias = (params + [None, None])[:2]
     return [view_as(em, affine(em, view_as(em, y, map_view), weight, bias), shape)]
 

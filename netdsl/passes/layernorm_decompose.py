@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from netdsl.ir import Node
 from netdsl.passes.base import ops_absent
-from netdsl.passes.rank4_view import split_extent, view_as
+from netdsl.passes.rank4_view import rank4_shape, view_as
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "layernorm_decompose"
@@ -42,21 +42,14 @@ RULE = "layernorm_decompose"
 Undo = Callable[[str], str]
 
 
-def _map(n: int) -> tuple[int, int]:
-    """``n`` positions as a map within the view limits (``(n, 1)`` when no split fits)."""
-    return split_extent(n) or (n, 1)
-
-
 def channels_first(em: Emitter, x: str, axis: int) -> tuple[str, Undo]:
     """A rank-4 view of ``x`` with ``axis`` as axis 1, and the function mapping a result back to ``x``'s layout."""
     shape = em.graph.type_of(x).shape
     rank, c = len(shape), shape[axis]
-    if axis == 0:
-        return view_as(em, x, (1, c, *_map(math.prod(shape[1:])))), lambda y: view_as(em, y, shape)
-    n, between, after = shape[0], math.prod(shape[1:axis]), math.prod(shape[axis + 1:])
-    if between == 1 or after > 1:
-        view = (n * between, c, *_map(after))
-        return view_as(em, x, view), lambda y: view_as(em, y, shape)
+    n, between, after = (shape[0], math.prod(shape[1:axis]), math.prod(shape[axis + 1:])) if axis else (1, 1, 0)
+    if axis == 0 or between == 1 or after > 1:
+        lead = (n * between, c) if axis else (1, c)
+        return view_as(em, x, rank4_shape(shape, lead)), lambda y: view_as(em, y, shape)
     perm = (0, axis, *range(1, axis))
     moved_shape = tuple(shape[p] for p in perm)
     moved = em.op("transpose", [x], perm=perm)
@@ -65,7 +58,7 @@ def channels_first(em: Emitter, x: str, axis: int) -> tuple[str, Undo]:
         back = tuple(perm.index(i) for i in range(rank))
         return em.op("transpose", [view_as(em, y, moved_shape)], perm=back)
 
-    return view_as(em, moved, (n, c, *_map(between))), undo
+    return view_as(em, moved, rank4_shape(moved_shape, (n, c))), undo
 
 
 def normalise(em: Emitter, x: str, axes: tuple[int, ...], eps: float) -> str:

@@ -55,3 +55,11 @@ def view_as(em: Emitter, x: str, shape: Sequence[int]) -> str:
     """``x`` reshaped to ``shape`` (``x`` itself when it has that shape)."""
     shape = tuple(shape)
     return x if em.graph.type_of(x).shape == shape else em.op("reshape", [x], "view", shape=shape)
+
+
+def rank4_shape(natural: tuple[int, ...], lead: tuple[int, int]) -> tuple[int, ...]:
+    """``natural`` when it already is a rank-4 view starting with ``lead`` within the limits, else ``lead`` + a map."""
+    if len(natural) == 4 and natural[:2] == lead and max(natural[1:]) <= DIM_LIMIT:
+        return natural
+    rest = math.prod(natural) // math.prod(lead)
+    return (*lead, *(split_extent(rest) or (rest, 1)))
