@@ -55,7 +55,7 @@ def _image(low: float, high: float, alpha: float) -> tuple[float, float]:
 
 
 def schedule(lo: float, hi: float) -> list[float]:
-    """The step alphas that bring every ``a`` in [lo, hi] within :data:`TOLERANCE` of sqrt(a) (see the module docstring)."""
+    """The step alphas that bring every ``a`` in [lo, hi] within :data:`TOLERANCE` of sqrt(a) (module docstring)."""
     low, high = 1.0, math.cosh(math.log(hi / lo) / 4.0)
     steps: list[float] = []
     while max(high - 1.0, 1.0 - low) > TOLERANCE:
