@@ -163,8 +163,12 @@ def check_ranges(args: argparse.Namespace, result: PipelineResult) -> None:
     from netdsl.range_check import calibration_batches, check_input_ranges
 
     if args.no_range_check:
-        print("warning: --no-range-check: the model is written unchecked; a value above 65504 becomes Inf in "
-              "float16, an input outside a lowering's range gives a wrong number", file=sys.stderr)
+        if args.dtype == "float16":
+            print("warning: --no-range-check: the float16 model is written unchecked; a value above 65504 becomes Inf",
+                  file=sys.stderr)
+        if args.target in RANGE_CHECKED_TARGETS:
+            print("warning: --no-range-check: the input ranges of the lowerings are not checked; an input outside "
+                  "a lowering's range gives a wrong number", file=sys.stderr)
         return
     try:
         batches = calibration_batches(result.graph, args.calib_samples, args.seed,

@@ -26,7 +26,7 @@ subnormal inputs all work. NaN propagates.
 Error bound (measured through ONNX Runtime 1.32 against float64 ``math.erf``, every float32 of
 magnitude 2^-149 .. 2^128 sampled densely plus ±0, ±inf): erf within 1.6e-7 absolute, gelu
 within 2.4e-7 * max(1, |x|) absolute. Valid input range: all float32. Nodes (compute, beside
-the view reshapes and constants): erf 28, gelu 30.
+the view reshapes and constants): erf 27, gelu 29.
 """
 
 from __future__ import annotations
