@@ -56,6 +56,7 @@ _UNARY = {
     "hardswish": "HardSwish",
     "tanh": "Tanh",
     "exp": "Exp",
+    "erf": "Erf",
     "neg": "Neg",
     "sqrt": "Sqrt",
     "identity": "Identity",
@@ -408,6 +409,12 @@ def _gelu(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     erf = em.emit("Erf", [em.emit("Div", [x, em.scalar(np.sqrt(2.0), like)])])
     half_x = em.emit("Mul", [x, em.scalar(0.5, like)])
     em.emit("Mul", [half_x, em.emit("Add", [erf, em.scalar(1.0, like)])], out=ys[0])
+
+
+@_lowers("pow")
+def _pow(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
+    (x,) = em.inputs(node)
+    em.emit("Pow", [x, em.scalar(float(node.attrs["exponent"]), node.inputs[0])], out=ys[0])
 
 
 @_lowers("softmax")

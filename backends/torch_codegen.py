@@ -720,12 +720,18 @@ _UNARY = {
     "tanh": "torch.tanh",
     "exp": "torch.exp",
     "sqrt": "torch.sqrt",
+    "erf": "torch.erf",
 }
 
 
 @_emits(*_UNARY)
 def _unary(src: ModuleSource, node: Node) -> str:
     return _call(_UNARY[node.op], src.arg(node, 0))
+
+
+@_emits("pow")
+def _pow(src: ModuleSource, node: Node) -> str:
+    return f"{src.arg(node, 0)} ** {lit(float(node.attrs['exponent']))}"
 
 
 @_emits("neg")

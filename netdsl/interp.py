@@ -194,6 +194,7 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "exp": np.exp,
     "neg": np.negative,
     "sqrt": np.sqrt,
+    "erf": lambda x: _erf(x).astype(x.dtype),
     "identity": lambda x: x,
 }
 
@@ -208,6 +209,13 @@ for _name, _fn in _UNARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn: fn(args[0]))
 for _name, _fn2 in _BINARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn2: fn(args[0], args[1]))
+
+
+@_kernel("pow")
+def _pow(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # 0 ** -1 = inf, (-1) ** 0.5 = nan
+        return np.power(x, np.asarray(attrs["exponent"], dtype=x.dtype))
 
 
 @_kernel("softmax")

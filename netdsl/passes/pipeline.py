@@ -19,8 +19,10 @@
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
   norms, moves average pools above pointwise convs and folds parameter-only subgraphs into
   constants. Layer, group and instance norms become means (by ``reduce_mean``, lowered by
-  ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops; GELU stays (the coverage report
-  names it);
+  ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops. ``pow`` with a constant exponent,
+  ``sqrt``, ``exp``, ``erf`` and exact ``gelu`` get exact element-wise forms (``pow_decompose``,
+  ``sqrt_decompose``, ``exp_decompose``, ``erf_decompose``; a pass emitting sqrt or pow must run
+  before them);
 * ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
   strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
   fractional or shrinking factors become 1x1 convs over the resized axis (DLA only upsamples by
@@ -48,6 +50,9 @@ from netdsl.verifier import verify
 _FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constant_folding", "cse", "cleanup_shuffles",
                    "dce"]
 
+# Element-wise math without an allowed layer; pow emits the sqrt that sqrt_decompose lowers, so it goes first.
+_MATH = ["pow_decompose", "sqrt_decompose", "exp_decompose", "erf_decompose"]
+
 PIPELINES: dict[str, list[str]] = {
     "onnx": ["fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv", "reduce_to_matmul",
              "constant_folding", "cse", "cleanup_shuffles", "dce"],
@@ -59,12 +64,12 @@ PIPELINES: dict[str, list[str]] = {
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "maxpool_to_elementwise", "pad_to_slice_concat", "layernorm_decompose", "groupnorm_decompose",
         "reduce_to_conv", "reduce_max_to_elementwise", "linear_to_conv", "hardswish_decompose",
-        "tanh_decompose", *_FOLD_AND_CLEAN,
+        "tanh_decompose", *_MATH, *_FOLD_AND_CLEAN,
     ],
     "trt-dla": [
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "layernorm_decompose", "groupnorm_decompose",
-        "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose",
+        "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose", *_MATH,
         "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
