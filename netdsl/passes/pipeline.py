@@ -21,7 +21,8 @@
   constants. Layer, group and instance norms become means (by ``reduce_mean``, lowered by
   ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops; GELU stays (the coverage report
   names it);
-* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
+* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept (a
+  ``reduce_min`` becomes ``-reduce_max(-x)``), that
   strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
   fractional or shrinking factors become 1x1 convs over the resized axis (DLA only upsamples by
   whole factors), and that
@@ -64,7 +65,7 @@ PIPELINES: dict[str, list[str]] = {
     "trt-dla": [
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "layernorm_decompose", "groupnorm_decompose",
-        "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose",
+        "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "hardswish_decompose", "tanh_decompose",
         "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
