@@ -834,7 +834,7 @@ def _unfold(src: ModuleSource, node: Node) -> str:
     return f"{unfolded}.unflatten(-1, {lit(src.type_out(node).shape[2:])})"
 
 
-_REDUCTIONS = {"reduce_mean": "mean", "reduce_sum": "sum", "reduce_max": "amax"}
+_REDUCTIONS = {"reduce_mean": "mean", "reduce_sum": "sum", "reduce_max": "amax", "reduce_min": "amin"}
 
 
 @_emits(*_REDUCTIONS)

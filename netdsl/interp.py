@@ -383,7 +383,8 @@ def _maxpool(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.max(_windows(x, attrs, attrs["kernel"], fill=lowest), axis=(4, 5))
 
 
-_REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max}
+_REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max,
+                                                   "reduce_min": np.min}
 
 for _name, _reduce in _REDUCTIONS.items():
     _kernel(_name)(

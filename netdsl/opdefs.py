@@ -467,6 +467,7 @@ def _reduce(name: str, doc: str) -> None:
 _reduce("reduce_mean", "Mean over ``axes``; attrs axes, keepdims.")
 _reduce("reduce_sum", "Sum over ``axes``; attrs axes, keepdims.")
 _reduce("reduce_max", "Max over ``axes``; attrs axes, keepdims.")
+_reduce("reduce_min", "Min over ``axes``; attrs axes, keepdims.")
 
 
 @_op("concat", 1, None)

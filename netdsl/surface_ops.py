@@ -592,6 +592,7 @@ def _reduce(name: str, ir_op: str) -> None:
 _reduce("reduce_mean", "reduce_mean")
 _reduce("reduce_sum", "reduce_sum")
 _reduce("reduce_max", "reduce_max")
+_reduce("reduce_min", "reduce_min")
 
 
 @surface("global_avgpool", Arg("x", "tensor"))

@@ -23,7 +23,8 @@
   ``sqrt``, ``exp``, ``erf`` and exact ``gelu`` get exact element-wise forms (``pow_decompose``,
   ``sqrt_decompose``, ``exp_decompose``, ``erf_decompose``; a pass emitting sqrt or pow must run
   before them);
-* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
+* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept (a
+  ``reduce_min`` becomes ``-reduce_max(-x)``), that
   strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
   fractional or shrinking factors become 1x1 convs over the resized axis (DLA only upsamples by
   whole factors), and that
@@ -69,7 +70,7 @@ PIPELINES: dict[str, list[str]] = {
     "trt-dla": [
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "layernorm_decompose", "groupnorm_decompose",
-        "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose", *_MATH,
+        "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "hardswish_decompose", "tanh_decompose", *_MATH,
         "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }

@@ -27,6 +27,7 @@ PASS_MODULES = (
     "layernorm_decompose",
     "groupnorm_decompose",
     "reduce_max_to_elementwise",
+    "reduce_min_to_max",
     "reduce_to_conv",
     "concat_to_channels",
     "linear_to_conv",
