@@ -314,6 +314,11 @@ def _roll(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.roll(args[0], tuple(attrs["shifts"]), tuple(attrs["axes"]))
 
 
+@_kernel("where")
+def _where(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.where(args[0] != 0, args[1], args[2])
+
+
 @_kernel("gather")
 def _gather(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.take(args[0], args[1], axis=0)

@@ -55,12 +55,14 @@ PIPELINES: dict[str, list[str]] = {
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
     # concats, and the maxpool lowering emits an edge pad, all lowered by the passes after them.
     "trt-restricted": [
-        "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
+        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "maxpool_to_elementwise", "pad_to_slice_concat", "reduce_to_conv", "reduce_max_to_elementwise",
         "linear_to_conv", "hardswish_decompose", "tanh_decompose", *_FOLD_AND_CLEAN,
     ],
     "trt-dla": [
-        "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
+        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "reduce_to_conv", "linear_to_conv",
         "hardswish_decompose", "tanh_decompose", "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
