@@ -6,7 +6,7 @@ inner width 32), written with ``matmul`` + ``softmax`` and with ``attention``, c
 budget lifted (``unchunked``: each product materialised whole, the form before chunking). For
 each: ONNX Runtime latency (CPU, one thread, all models interleaved run by run; median and
 ratio to the ``onnx`` build of the same spec), ONNX node count, largest activation and peak
-live activation memory of the ONNX model (:func:`netdsl.memory.live_memory`, shapes inferred),
+live activation memory of the ONNX model (:func:`netdsl.backends.model_facts.onnx_activation_memory`),
 and the memory-traffic floor of the restricted form: the bytes its two products must write and
 read once (``2 · 4 · 2 · L² · inner`` at float32, ``L`` the positions).
 The restricted outputs are checked against the ``onnx`` build first (max error relative to
@@ -34,8 +34,8 @@ from rich.table import Table
 
 from netdsl.atomic_write import atomic_write_text
 from netdsl.backends.bench import session_options
+from netdsl.backends.model_facts import onnx_activation_memory
 from netdsl.commands.compile import emit_onnx, lower
-from netdsl.memory import MemoryFigures, live_memory
 from netdsl.passes import contraction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,21 +69,6 @@ def build(entry: str, target: str, args: argparse.Namespace) -> bytes:
     return emit_onnx(result, target, 17).SerializeToString()
 
 
-def onnx_memory(model: onnx.ModelProto) -> MemoryFigures:
-    """Peak live and largest activation of an ONNX model as ONNX Runtime receives it (shapes inferred), so that
-    the ``onnx`` build's attention matrix, inside one IR op, counts too."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    weights = {i.name for i in model.graph.initializer}
-    size = {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        t = info.type.tensor_type
-        if info.name not in weights and t.shape.dim:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
-            size[info.name] = itemsize * int(np.prod([d.dim_value for d in t.shape.dim]))
-    nodes = [(list(n.input), list(n.output)) for n in model.graph.node]
-    return live_memory(nodes, size, [i.name for i in model.graph.input], [o.name for o in model.graph.output])
-
-
 def traffic_floor(args: argparse.Namespace) -> int:
     """Bytes both products must write and read once at float32: ``2 · 4 · 2 · L² · inner``."""
     positions = args.size * args.size
@@ -105,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             (out,) = session.run(None, feed)
             if reference is None:
                 reference = out
-            mem = onnx_memory(onnx.load_from_string(model))
+            mem = onnx_activation_memory(onnx.load_from_string(model))
             sessions[(entry, target)] = session
             rows.append({"spec": entry, "target": target, "nodes": mem.nodes,
                          "largest_bytes": mem.largest_bytes, "peak_bytes": mem.peak_bytes,
