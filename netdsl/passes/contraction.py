@@ -13,7 +13,8 @@ materialises 32 attention matrices. :func:`plan_contraction` cuts it into pieces
   about ``2·P·K·M·N`` elements of memory traffic, the floor of any form that materialises it;
 * **contracted blocks**: ``K`` is sliced into ``kb`` blocks whose summed products are added
   (Slice, Mul, Conv, Add per block): ``+3·P·M·N`` elements of traffic per extra block. Needed
-  only when a single row or column already exceeds the budget (``K`` larger than the output).
+  only when a single row of the product exceeds the budget; one row of the product is as large
+  as an operand, so the default budget never needs them: they serve smaller explicit budgets.
 
 The plan is the cheapest (bytes moved + :data:`NODE_BYTES` per node) whose largest piece holds
 at most ``budget`` elements: :data:`BUDGET_FACTOR` times the largest of the two operands and the
@@ -74,8 +75,8 @@ def plan_contraction(p: int, k: int, m: int, n: int, itemsize: int = 4, budget: 
             if best is None or (plan.bytes_moved + NODE_BYTES * plan.nodes
                                 < best.bytes_moved + NODE_BYTES * best.nodes):
                 best = plan
-    if best is None:  # a single row times a single contracted element exceeds the budget: take the finest cut
-        best = _costed(ROWS, 1, 1, p, k, m, n, itemsize, (a_size, b_size))
+    if best is None:  # one element of K along the shorter side exceeds the budget: take the finest cut
+        best = _costed(COLUMNS if n >= m else ROWS, 1, 1, p, k, m, n, itemsize, (a_size, b_size))
     return best
 
 
