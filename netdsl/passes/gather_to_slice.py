@@ -1,7 +1,7 @@
 """``gather`` of rows by constant indices -> Slice + Concat, or a one-hot 1x1 convolution (by cost).
 
-Restricted TensorRT and DLA have no Gather layer. When the index is computed by a ``const``
-node, the rows are known at compile time. The table ``[T, ...]`` is viewed as ``[1, T, R, 1]``
+Restricted TensorRT and DLA have no Gather layer. When the index is a constant (``const`` nodes
+only), the rows are known at compile time. The table ``[T, ...]`` is viewed as ``[1, T, R, 1]``
 (``R`` the elements of a row) so that rows are channels, which every target slices and
 concatenates, then one of two forms picks the ``n`` indexed rows (negative indices count from
 the end, as in the op):
@@ -27,7 +27,7 @@ import numpy as np
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Node
 from netdsl.passes.contraction import NODE_BYTES
-from netdsl.passes.matmul_to_conv import is_constant
+from netdsl.passes.known_values import absorb_producer, is_constant, known_array
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "gather_to_slice"
@@ -58,9 +58,10 @@ def _lower_gather(node: Node, em: Emitter) -> list[str] | None:
     if node.op != "gather":
         return None
     table, index = node.inputs
-    idx = em.const_value(index)
+    idx = known_array(em, index)
     if idx is None or is_constant(em, table):
         return None
+    absorb_producer(em, index)
     t = em.graph.type_of(table)
     out = em.graph.values[node.outputs[0]].shape
     rows = np.asarray(idx, dtype=np.int64).reshape(-1) % t.shape[0]

@@ -28,19 +28,10 @@ import numpy as np
 from netdsl.ir import Node
 from netdsl.passes.base import ops_absent
 from netdsl.passes.contraction import contract, view
+from netdsl.passes.known_values import is_constant
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "matmul_to_conv"
-
-
-def is_constant(em: Emitter, value: str) -> bool:
-    """True when ``value`` is a parameter, a constant, or computed from those only."""
-    if em.graph.is_param(value):
-        return True
-    node = em.producer(value)
-    if node is None:
-        return False
-    return node.op == "const" or (bool(node.inputs) and all(is_constant(em, i) for i in node.inputs))
 
 
 def _leading(em: Emitter, x: str, batch: tuple[int, ...]) -> tuple[str, int]:

@@ -1,7 +1,7 @@
 """``where`` with a constant mask -> ``a · m + b · (1 - m)`` (Mul, Add; no Select layer).
 
 Restricted TensorRT and DLA have no Select layer (ONNX Where). When the condition is computed by
-a ``const`` node, its values are known: ``m`` is the 0/1 float constant of ``cond != 0`` and
+``const`` nodes alone, its values are known: ``m`` is the 0/1 float constant of ``cond != 0`` and
 ``1 - m`` is folded too, so the blend costs two Mul and one Add. An all-true (all-false) mask
 makes the op an identity of ``a`` (``b``), broadcast to the result's shape if needed.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdsl.ir import Graph, Node
+from netdsl.passes.known_values import absorb_producer, known_array
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "where_to_blend"
@@ -34,9 +35,10 @@ def _blend(node: Node, em: Emitter) -> list[str] | None:
     if node.op != "where":
         return None
     cond, a, b = node.inputs
-    mask = em.const_value(cond)
+    mask = known_array(em, cond)
     if mask is None:
         return None
+    absorb_producer(em, cond)
     out = em.graph.values[node.outputs[0]]
     selected = np.asarray(mask) != 0
     if selected.all() or not selected.any():
