@@ -765,6 +765,14 @@ def _gather(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])
 
 
+@_lowers("where")
+def _where(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
+    cond, a, b = em.inputs(node)
+    if em.type_of(node.inputs[0]).dtype != "bool":  # nonzero selects a, as ONNX's Cast to bool gives
+        cond = em.emit("Cast", [cond], {"to": onnx.TensorProto.BOOL})
+    em.emit("Where", [cond, a, b], out=ys[0])
+
+
 def supported_ops() -> frozenset[str]:
     """The IR ops this backend can lower."""
     return frozenset(_LOWERINGS)

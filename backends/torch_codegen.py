@@ -905,6 +905,12 @@ def _roll(src: ModuleSource, node: Node) -> str:
     return _call("torch.roll", src.arg(node, 0), shifts=shifts, dims=dims)
 
 
+@_emits("where")
+def _where(src: ModuleSource, node: Node) -> str:
+    cond, a, b = src.args(node)
+    return f"torch.where({cond} != 0, {a}, {b})"
+
+
 @_emits("gather")
 def _gather(src: ModuleSource, node: Node) -> str:
     table, index = src.args(node)

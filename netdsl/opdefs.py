@@ -294,6 +294,23 @@ for _name, _doc in {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / 
     _binary(_name, _doc + " with numpy broadcasting")
 
 
+@_op("where", 3, 3)
+def _where(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Elementwise select: ``a`` where ``cond`` is nonzero (true), else ``b``; numpy broadcasting of all three.
+
+    inputs: cond (any dtype), a, b (the same dtype, which the result has).
+    """
+    cond, a, b = types
+    if a.dtype != b.dtype:
+        raise OpTypeError(f"where branches need one dtype, found {a} and {b}", 2)
+    shape = broadcast_shapes(a.shape, b.shape)
+    try:
+        shape = broadcast_shapes(cond.shape, shape)
+    except OpTypeError:
+        raise OpTypeError(f"where condition {cond} does not broadcast to {fmt_shape(shape)}", 0) from None
+    return [TensorType(a.dtype, shape)]
+
+
 @_op("const", 0, 0)
 def _const(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """A constant tensor; attrs: value (numpy array), dtype (IR dtype name)."""

@@ -533,6 +533,12 @@ def gather(el: Elaborator, scope: Scope, b: Bound) -> Any:
     return _emit(el, scope, b, "gather", [b["table"], b["index"]], ["table", "index"])
 
 
+@surface("where", Arg("mask", "tensor"), Arg("a", "tensor"), Arg("b", "tensor"))
+def where(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """``a`` where ``mask`` is nonzero, else ``b`` (numpy broadcasting)."""
+    return _emit(el, scope, b, "where", [b["mask"], b["a"], b["b"]], ["mask", "a", "b"])
+
+
 # ----------------------------------------------------------------------------- attention, pooling, resize
 
 

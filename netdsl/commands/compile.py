@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.driver import add_spec_args, graph_from_args
+from netdsl.growth import print_growth_warnings
 from netdsl.range_check import DEFAULT_SAMPLES
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> 
     weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
     return run_pipeline(graph, target, weights=weights, passes=passes, print_after=getattr(args, "print_after", None))
+
 
 
 def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
@@ -210,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     check_dtype_flags(args)
     target = args.target
     result = lower(args, target)
+    print_growth_warnings(result.log)
     if target == "torch":
         from netdsl.backends.torch_backend import write_source
 

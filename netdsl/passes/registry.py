@@ -18,6 +18,9 @@ from netdsl.passes.base import Pass, WeightedPass, Weights
 PASS_MODULES = (
     "lower_attention",
     "lower_local_attention",
+    "matmul_to_conv",
+    "gather_to_slice",
+    "where_to_blend",
     "shift_to_conv",
     "unfold_to_conv",
     "roll_to_slice_concat",
