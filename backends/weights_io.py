@@ -211,7 +211,8 @@ def load_weights(path: str | os.PathLike[str], graph: Graph) -> dict[str, np.nda
     """Weights for every parameter of ``graph`` from a ``.safetensors``/``.npz``/``.pt``/``.pth`` file.
 
     Each tensor is matched by name and cast to its parameter's dtype. Raises WeightsError on an
-    unreadable file, one declaring more data than :func:`max_file_bytes`, or once with every missing/unexpected/mis-shaped/non-finite tensor listed.
+    unreadable file, one declaring more data than :func:`max_file_bytes`, or once with every
+    missing/unexpected/mis-shaped/non-finite tensor listed.
     """
     return match_weights(read_tensors(path, max_file_bytes(graph)), graph, str(path))
 
