@@ -45,6 +45,7 @@ MIN_OPSET = 17  # LayerNormalization
 MAX_OPSET = 21
 MIN_IR_VERSION = 10  # node metadata_props
 PROTOBUF_LIMIT = 2**31 - 1  # a serialised ModelProto must stay below 2 GiB
+PAYLOAD_MIN_BYTES = 1024  # initializers above this size are kept as arrays by to_onnx_parts
 
 META_SPAN = "netdsl.span"
 META_BLOCK = "netdsl.block"
@@ -817,8 +818,12 @@ class _AttributeCache:
         return proto
 
 
-def _assemble(em: _Emitter, graph: Graph, opset: int) -> onnx.ModelProto:
+def _assemble(em: _Emitter, graph: Graph, opset: int,
+              payloads: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The ModelProto of the emitted nodes, built in place (each weight is copied once, into the proto).
+
+    With ``payloads`` given, initializers of more than :data:`PAYLOAD_MIN_BYTES` are left without
+    data and their arrays collected in it instead, by name (see :func:`to_onnx_parts`).
 
     Initializers and value infos are listed in order of first use: graph inputs, then each node's
     inputs and outputs in node order, then graph outputs. Value infos are the typed variables
@@ -852,9 +857,13 @@ def _assemble(em: _Emitter, graph: Graph, opset: int) -> onnx.ModelProto:
     proto.input.extend(_value_info(t) for t in inputs)
     proto.output.extend(_value_info(t) for t in outputs)
     for t in by_name.values():
-        if t.array is not None:
-            proto.initializer.add(name=t.name, data_type=_tensor_dtype(t.array.dtype), dims=t.array.shape,
-                                  raw_data=t.array.tobytes())
+        if t.array is None:
+            continue
+        tensor = proto.initializer.add(name=t.name, data_type=_tensor_dtype(t.array.dtype), dims=t.array.shape)
+        if payloads is not None and t.array.nbytes > PAYLOAD_MIN_BYTES:
+            payloads[t.name] = t.array
+        else:
+            tensor.raw_data = t.array.tobytes()
     io_names = {t.name for t in inputs} | {t.name for t in outputs}
     proto.value_info.extend(_value_info(t) for t in by_name.values()
                             if t.array is None and t.dtype is not None and t.name not in io_names)
@@ -889,6 +898,24 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
     Raises ValueError for an unsupported opset, a missing or mis-shaped weight, or an op with no
     lowering.
     """
+    return _emit(graph, weights, opset, channels_last_resize, None)
+
+
+def to_onnx_parts(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
+                  channels_last_resize: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """:func:`to_onnx`'s model with its large initializers left empty, and their arrays by name.
+
+    The arrays are the given weights themselves (not copies), so a model written with
+    :func:`netdsl.backends.onnx_stream.write_onnx_parts` holds each weight once in memory.
+    Initializers of at most :data:`PAYLOAD_MIN_BYTES` (shapes, axes, scales) keep their data,
+    so the model's constants can still be read (the TensorRT coverage check does).
+    """
+    payloads: dict[str, np.ndarray] = {}
+    return _emit(graph, weights, opset, channels_last_resize, payloads), payloads
+
+
+def _emit(graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_last_resize: bool,
+          payloads: dict[str, np.ndarray] | None) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported (use {MIN_OPSET}..{MAX_OPSET})")
     unknown = sorted({n.op for n in graph.nodes} - set(_LOWERINGS))
@@ -898,7 +925,7 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
         em = _Emitter(graph, weights, opset, channels_last_resize)
         for index, node in enumerate(graph.nodes):
             em.lower(index, node)
-        model = _assemble(em, graph, opset)
+        model = _assemble(em, graph, opset, payloads)
     model.ir_version = max(MIN_IR_VERSION, helper.find_min_ir_version_for(list(model.opset_import)))
     return model
 

@@ -67,6 +67,7 @@ from netdsl.datasets import LongRangeTask, resize_bilinear
 from netdsl.diagnostics import NetdslError, render
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
+from netdsl.interrupts import Terminated, report_stop, signals_raise
 from netdsl.ir import Graph
 
 DATASETS = ("digits", "long-range")
@@ -416,7 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     procs = init_processes()
     try:
-        result = train(config, procs)
+        with signals_raise():
+            result = train(config, procs)
+    except (KeyboardInterrupt, Terminated) as stop:
+        return report_stop(stop)
     except NetdslError as err:
         print(render(err.diag), file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The ``netdsl`` command line.
 
 Exit status: 0 success, 2 bad input (a located error is printed), 1 internal error
-(``--debug`` shows the traceback).
+(``--debug`` shows the traceback), 130 and 143 when stopped by SIGINT or SIGTERM (see
+:mod:`netdsl.interrupts`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from netdsl import __version__
 from netdsl.diagnostics import NetdslError, render
+from netdsl.interrupts import Terminated, report_stop, signals_raise
 
 # Subcommand modules under netdsl.commands; each has add_parser(subparsers) and run(args) -> int.
 COMMANDS = ("check", "show", "compile", "explain", "coverage", "bench", "stats", "quantize", "receptive_field")
@@ -59,13 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with signals_raise():
+            return int(args.run(args) or 0)
     except NetdslError as err:
         print(render(err.diag), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        return report_stop(stop)
     except Exception as err:  # an internal error: never a bare traceback unless asked for
         if debug or getattr(args, "debug", False):
             traceback.print_exc()

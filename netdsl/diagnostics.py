@@ -61,6 +61,12 @@ class SourceCache:
         return lines[line - 1] if 0 < line <= len(lines) else None
 
 
+def one_line(text: object) -> str:
+    """``str(text)`` with its runs of whitespace, newlines included, collapsed to single spaces
+    (third-party error messages inside a one-line diagnostic)."""
+    return " ".join(str(text).split())
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """``"did you mean 'x'?"`` for the closest candidate, or None."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast as pyast
-import hashlib
+import json
 import os
 from functools import lru_cache
 from importlib import resources
@@ -66,29 +66,36 @@ MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_TREE_DEPTH = 600  # parse-tree levels; deeper sources are refused before recursive stages run
 
 
-def _table_cache(grammar: str) -> str | bool:
-    """Where lark keeps the parse tables built from ``grammar`` between runs (False: no cache).
+# How the grammar is compiled; the tables in ``grammar/netdsl.tables.json`` are generated with
+# these options by ``scripts/generate_parser.py`` (and carry them).
+LARK_OPTIONS: dict[str, Any] = {"parser": "lalr", "lexer": "contextual", "propagate_positions": True,
+                                "maybe_placeholders": True}
+TABLES_FILE = "grammar/netdsl.tables.json"
 
-    Building the LALR tables takes longer than parsing a model, so they are cached in the user's
-    cache folder, one file per grammar text. lark checks the file against the grammar, its options
-    and its own version before using it, and rebuilds (and rewrites) it when it does not match or
-    cannot be read.
+
+def decode_tables(tables: dict[str, Any]) -> tuple[dict[str, Any], dict[int, Any]]:
+    """lark's serialised parser ``(data, memo)`` from the JSON of the tables file.
+
+    JSON turned the integer keys of the memo, of the symbol list and of the parse states into
+    strings and tuples into lists; lark looks states, symbols and memo entries up by integer.
     """
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(root, "netdsl")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return False
-    digest = hashlib.sha256(grammar.encode("utf-8")).hexdigest()[:16]
-    return os.path.join(folder, f"grammar-{digest}.lark-tables")
+    data, memo = tables["data"], tables["memo"]
+    table = data["parser"]["parser"]
+    table["tokens"] = {int(k): v for k, v in table["tokens"].items()}
+    table["states"] = {int(s): {int(k): tuple(a) for k, a in row.items()} for s, row in table["states"].items()}
+    return data, {int(k): v for k, v in memo.items()}
 
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    grammar = resources.files("netdsl").joinpath("grammar/netdsl.lark").read_text()
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True, maybe_placeholders=True,
-                cache=_table_cache(grammar))
+    """The parser, from the generated tables shipped in the package.
+
+    The tables are JSON data: loading them runs no code from outside the package, and nothing is
+    built or cached at run time. ``Lark._load_from_dict`` is the entry lark's own standalone
+    parsers load their tables with.
+    """
+    text = resources.files("netdsl").joinpath(TABLES_FILE).read_text(encoding="utf-8")
+    return Lark._load_from_dict(*decode_tables(json.loads(text)))
 
 
 def expected_words(expected: set[str]) -> str:

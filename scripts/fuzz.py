@@ -1,10 +1,12 @@
-"""Long fuzzing run of the front end, to run before a release.
+"""Long fuzzing run of everything netdsl reads, to run before a release.
 
-    python scripts/fuzz.py --examples 20000 [--seed S] [--deadline 5] [--save DIR]
+    python scripts/fuzz.py --examples 100000 [--seed S] [--deadline 5] [--families ...] [--save DIR]
 
 Feeds generated programs, mutated bundled specs and random bytes/text (the strategies of
-``tests/fuzz/spec_strategies.py``) to ``netdsl check`` in-process, each run under a deadline and
-a memory budget. Every input must end in exit 0, or exit 2 with a located ``error:`` message.
+``tests/fuzz/spec_strategies.py``) to ``netdsl check``, weights files to ``netdsl compile
+--weights`` and ONNX files to ``netdsl coverage`` (``tests/fuzz/file_strategies.py``), in-process,
+each run under a deadline and a memory budget. Every input must end in exit 0, or exit 2 with a
+located ``error:`` message (for a file: naming the file).
 Prints the number of inputs tried and the crashes found, grouped by kind with the smallest
 input of each kind; exits 1 if there was any crash.
 """
@@ -28,21 +30,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fuzz import (  # noqa: E402
     DEFAULT_DEADLINE_S,
     DEFAULT_MEMORY_BUDGET,
-    SPEC_NAME,
     Outcome,
     innermost_netdsl_frame,
     run_check,
-    run_cli,
 )
+from fuzz.file_strategies import FileInput, onnx_files, run_onnx_file, run_weights_file, weights_files  # noqa: E402
 from fuzz.spec_strategies import generated_specs, mutated_specs, random_inputs  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FAMILIES: dict[str, Callable[[], st.SearchStrategy]] = {
-    "generated": generated_specs,
-    "mutated": mutated_specs,
-    "random": random_inputs,
+Input = str | bytes | FileInput
+Runner = Callable[..., Outcome]  # (input, workdir, deadline_s, memory_bytes, debug=False) -> Outcome
+FAMILIES: dict[str, tuple[Callable[[], st.SearchStrategy], Runner]] = {
+    "generated": (generated_specs, run_check),
+    "mutated": (mutated_specs, run_check),
+    "random": (random_inputs, run_check),
+    "weights": (weights_files, run_weights_file),
+    "onnx": (onnx_files, run_onnx_file),
 }
 FRAME_RE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 PROGRESS_EVERY = 1000
@@ -57,7 +62,7 @@ class Crash:
 
     signature: str
     count: int = 0
-    smallest: str | bytes = field(default=b"")
+    smallest: Input = field(default=b"")
     report: str = ""
 
 
@@ -78,14 +83,13 @@ class Tally:
         return sum(self.crashed.values())
 
 
-def crash_site(outcome: Outcome, source: str | bytes, workdir: Path, deadline_s: float) -> str:
-    """Where in the front end a crash happened: the hang's frame, or the internal error's, via --debug."""
+def crash_site(outcome: Outcome, source: Input, runner: Runner, workdir: Path, deadline_s: float) -> str:
+    """Where in netdsl a crash happened: the hang's frame, or the internal error's, via --debug."""
     if outcome.timed_out:
         return outcome.where
     if outcome.code != 1:
         return "front end"  # a wrong message rather than an exception: no traceback to read
-    run_check(source, workdir, deadline_s)  # rewrite the spec file, then run it again with --debug
-    debug = run_cli(["--debug", "check", str(workdir / SPEC_NAME)], deadline_s)
+    debug = runner(source, workdir, deadline_s, DEFAULT_MEMORY_BUDGET, debug=True)
     frames = [(f, int(line), fn) for f, line, fn in FRAME_RE.findall(debug.stderr)]
     return innermost_netdsl_frame(frames)
 
@@ -95,22 +99,22 @@ def signature(outcome: Outcome, site: str, workdir: Path) -> str:
     if outcome.timed_out:
         problem = "no result within the deadline (hang or runaway work)"
     else:
-        problem = re.sub(r"\d+", "N", outcome.problems()[0].replace(str(workdir / SPEC_NAME), "<spec>"))
+        problem = re.sub(r"\d+", "N", outcome.problems()[0].replace(str(workdir), "<work>"))
     return f"{problem[:160]} @ {site}"
 
 
-def fuzz_family(name: str, strategy: st.SearchStrategy, examples: int, run_seed: int, tally: Tally,
+def fuzz_family(name: str, strategy: st.SearchStrategy, runner: Runner, examples: int, run_seed: int, tally: Tally,
                 workdir: Path, deadline_s: float, memory_bytes: int) -> None:
     """Run ``examples`` inputs of one family, recording crashes instead of stopping at the first."""
     tally.tried[name] = tally.crashed[name] = 0
     started = time.monotonic()
     for chunk, first in enumerate(range(0, examples, CHUNK)):
         chunk_seed = random.Random(f"{run_seed}/{name}/{chunk}").randrange(2**32)
-        fuzz_chunk(name, strategy, min(CHUNK, examples - first), chunk_seed, tally, workdir, deadline_s,
+        fuzz_chunk(name, strategy, runner, min(CHUNK, examples - first), chunk_seed, tally, workdir, deadline_s,
                    memory_bytes, started)
 
 
-def fuzz_chunk(name: str, strategy: st.SearchStrategy, examples: int, chunk_seed: int, tally: Tally,
+def fuzz_chunk(name: str, strategy: st.SearchStrategy, runner: Runner, examples: int, chunk_seed: int, tally: Tally,
                workdir: Path, deadline_s: float, memory_bytes: int, started: float) -> None:
     """One Hypothesis run of ``examples`` inputs (see :data:`CHUNK`)."""
 
@@ -118,12 +122,12 @@ def fuzz_chunk(name: str, strategy: st.SearchStrategy, examples: int, chunk_seed
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(source=strategy)
-    def one(source: str | bytes) -> None:
-        outcome = run_check(source, workdir, deadline_s, memory_bytes)
+    def one(source: Input) -> None:
+        outcome = runner(source, workdir, deadline_s, memory_bytes)
         tally.tried[name] += 1
         if outcome.problems():
             tally.crashed[name] += 1
-            kind = signature(outcome, crash_site(outcome, source, workdir, deadline_s), workdir)
+            kind = signature(outcome, crash_site(outcome, source, runner, workdir, deadline_s), workdir)
             crash = tally.crashes.setdefault(kind, Crash(kind))
             crash.count += 1
             if crash.count == 1 or len(source) < len(crash.smallest):
@@ -143,12 +147,15 @@ def print_summary(tally: Tally, save: Path | None) -> None:
     ordered = sorted(tally.crashes.values(), key=lambda c: -c.count)
     for i, crash in enumerate(ordered, 1):
         shown = crash.smallest if isinstance(crash.smallest, str) else repr(crash.smallest)
+        data = crash.smallest.encode() if isinstance(crash.smallest, str) else crash.smallest
         print(f"\n[{i}] {crash.count}x {crash.signature}\n--- smallest input ({len(crash.smallest)} chars)\n"
               f"{shown[:600]}")
         if save is not None:
             save.mkdir(parents=True, exist_ok=True)
-            data = crash.smallest.encode() if isinstance(crash.smallest, str) else crash.smallest
-            (save / f"crash-{i:02d}.net").write_bytes(data)
+            if isinstance(data, FileInput):
+                data.write(save / f"crash-{i:02d}")
+            else:
+                (save / f"crash-{i:02d}.net").write_bytes(data)
             (save / f"crash-{i:02d}.txt").write_text(f"{crash.signature}\n\n{crash.report}\n")
 
 
@@ -175,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="netdsl-fuzz-") as tmp:
         for i, name in enumerate(families):
             share = args.examples // len(families) + (i < args.examples % len(families))
-            fuzz_family(name, FAMILIES[name](), share, run_seed + i, tally, Path(tmp), args.deadline,
+            strategy, runner = FAMILIES[name]
+            fuzz_family(name, strategy(), runner, share, run_seed + i, tally, Path(tmp), args.deadline,
                         args.memory_mib << 20)
     print(f"finished in {time.monotonic() - started:.0f} s")
     print_summary(tally, args.save)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fuzz import FuzzTimeout, Outcome, deadline, memory_budget, run_check, run_cli
+from fuzz.file_strategies import FileInput, onnx_files, run_onnx_file, run_weights_file, weights_files
 from fuzz.spec_strategies import BUNDLED_SPECS, generated_specs, mutated_specs, random_inputs, tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -166,3 +167,18 @@ def test_arithmetic_on_a_bool_tensor_is_a_located_error(workdir: Path) -> None:
     outcome = run_cli(["check", str(spec)])
     assert outcome.code == 2 and not outcome.problems(), outcome.describe()
     assert "arithmetic on a bool tensor is not defined" in outcome.stderr
+
+
+# ----------------------------------------------------------------------------- weights and ONNX files
+
+
+@FAST
+@given(file=weights_files())
+def test_fuzz_weights_files(workdir: Path, file: FileInput) -> None:
+    assert_clean(run_weights_file(file, workdir), file.data)
+
+
+@FAST
+@given(file=onnx_files())
+def test_fuzz_onnx_files(workdir: Path, file: FileInput) -> None:
+    assert_clean(run_onnx_file(file, workdir), file.data)

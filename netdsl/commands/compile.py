@@ -220,21 +220,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.output} (class {result.graph.name}, {len(result.graph.params)} parameters and buffers)")
         return 0
 
-    from netdsl.backends.onnx_backend import save_onnx
-
     profile = target_profile(args) if target in TRT_TARGETS else None
     if args.dtype == "float16" or target in RANGE_CHECKED_TARGETS:
         check_ranges(args, result)
-    model = emit_onnx(result, target, args.opset)
-    dtype_note = ""
-    if args.dtype == "float16":
-        from netdsl.backends.onnx_float16 import Float16Error, to_float16
-
-        try:
-            model = to_float16(model, io_dtype(args, profile))
-        except Float16Error as err:  # reached with --no-range-check: a weight beyond float16
-            raise NetdslError(Diagnostic(f"{err}; nothing was written")) from None
-        dtype_note = f", float16 with {io_dtype(args, profile)} inputs and outputs"
+    model, payloads = emit_onnx_parts(result, target, args)
     if profile is not None:
         from rich.console import Console
 
@@ -249,11 +238,33 @@ def run(args: argparse.Namespace) -> int:
                 f"{report.uncovered_count} of {report.total} nodes and {len(report.graph_violations)} graph-level "
                 f"rule(s) are not allowed by profile '{profile.name}'; nothing was written", None,
                 notes=report.violation_lines()))
-        save_onnx(model, args.output)
+    from netdsl.backends.onnx_stream import write_onnx_parts
+
+    write_onnx_parts(model, payloads, args.output)
+    dtype_note = f", float16 with {io_dtype(args, profile)} inputs and outputs" if args.dtype == "float16" else ""
+    if profile is not None:
         print(f"wrote {args.output} ({report.total}/{report.total} nodes covered by '{profile.name}'{dtype_note})")
         print("build the engine on the target with:")
         print("  " + trtexec_command(args.output, profile.flow or profile.name, args.precision))
         return 0
-    save_onnx(model, args.output)
     print(f"wrote {args.output} ({len(model.graph.node)} nodes, opset {args.opset}{dtype_note})")
     return 0
+
+
+def emit_onnx_parts(result: PipelineResult, target: str, args: argparse.Namespace) -> tuple[onnx.ModelProto, dict]:
+    """The model to write and its large initializers' arrays (see :func:`netdsl.backends.onnx_backend.to_onnx_parts`).
+
+    A float32 model keeps the pipeline's weight arrays as they are, so each weight is held once; a
+    float16 model is converted whole (its weights are new, half-size arrays) and written as it is.
+    """
+    if args.dtype == "float32":
+        from netdsl.backends.onnx_backend import to_onnx_parts
+
+        return to_onnx_parts(result.graph, result.weights, opset=args.opset, channels_last_resize=target == "onnx")
+    from netdsl.backends.onnx_float16 import Float16Error, to_float16
+
+    profile = target_profile(args) if target in TRT_TARGETS else None
+    try:
+        return to_float16(emit_onnx(result, target, args.opset), io_dtype(args, profile)), {}
+    except Float16Error as err:  # reached with --no-range-check: a weight beyond float16
+        raise NetdslError(Diagnostic(f"{err}; nothing was written")) from None

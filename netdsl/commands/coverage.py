@@ -48,17 +48,18 @@ def add_model_input_args(p: argparse.ArgumentParser) -> None:
 def load_model_input(path: str | Path, args: argparse.Namespace, target: str) -> Any:
     """An ``onnx.ModelProto`` from an ``.onnx`` file, or from a spec compiled for ``target``.
 
-    Raises :class:`NetdslError` for a missing or unreadable file."""
+    Raises :class:`NetdslError` for a missing, unreadable or invalid file (see
+    :mod:`netdsl.backends.onnx_input`)."""
     path = Path(path)
     if not path.is_file():
         raise NetdslError(Diagnostic(f"{path}: no such file"))
     if path.suffix == ".onnx":
-        import onnx
+        from netdsl.backends.onnx_input import OnnxFileError, load_onnx_file
 
         try:
-            return onnx.load(str(path))
-        except Exception as err:  # noqa: BLE001 - protobuf and onnx raise several error types
-            raise NetdslError(Diagnostic(f"{path}: not a readable ONNX model: {err}")) from None
+            return load_onnx_file(path)
+        except OnnxFileError as err:
+            raise NetdslError(Diagnostic(str(err))) from None
     from netdsl.commands import compile as compile_command
 
     return compile_command.compile_to_onnx(argparse.Namespace(**{**vars(args), "spec": path}), target)

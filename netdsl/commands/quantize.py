@@ -40,12 +40,11 @@ def run(args: argparse.Namespace) -> int:
     """Quantize, write the model, report the coverage of the Q/DQ model."""
     import onnx
 
+    from netdsl.backends.onnx_input import OnnxFileError, load_onnx_file
     from netdsl.backends.quantize import QuantizeError, load_calibration_data, model_input, quantize_int8
     from netdsl.backends.trt_coverage import check_coverage
     from netdsl.profile import ProfileError, load_profile
 
-    if not args.model.is_file():
-        raise NetdslError(Diagnostic(f"{args.model}: no such file"))
     if not args.output.absolute().parent.is_dir():
         raise NetdslError(Diagnostic(f"{args.output}: the folder {args.output.absolute().parent} does not exist"))
     try:
@@ -53,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     except ProfileError as err:
         raise NetdslError(Diagnostic(str(err))) from None
     try:
-        model = onnx.load(str(args.model), load_external_data=False)
-    except Exception as err:  # noqa: BLE001 - protobuf and onnx raise several error types
-        raise NetdslError(Diagnostic(f"{args.model}: not a readable ONNX model: {err}")) from None
+        model = load_onnx_file(args.model)
+    except OnnxFileError as err:
+        raise NetdslError(Diagnostic(str(err))) from None
     try:
         spec = model_input(model)
         data = load_calibration_data(args.calib, spec, args.samples)

@@ -46,8 +46,23 @@ class FuzzTimeout(BaseException):
 
 
 @dataclass(frozen=True)
+class Contract:
+    """What a command's acceptable endings look like (the defaults are ``netdsl check``'s).
+
+    ``ok_prefix`` starts the standard output of an exit-0 run ("" accepts any). An exit-2 error
+    counts as located when it points into a spec (a ``-->`` line), is about a flag, or names
+    ``names_file`` on its first line (errors about an input file). ``verdict`` is the text of an
+    exit-2 answer that is a finding rather than an error (``coverage``: a node not covered).
+    """
+
+    ok_prefix: str = "ok:"
+    names_file: str | None = None
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """How one ``netdsl check`` run ended."""
+    """How one netdsl run ended."""
 
     code: int | None  # None when the run was stopped at its deadline
     stdout: str
@@ -56,6 +71,7 @@ class Outcome:
     deadline_s: float = field(default=DEFAULT_DEADLINE_S)
     where: str = ""  # for a run stopped at its deadline: the front-end line it was running
     warnings: tuple[str, ...] = ()  # Python warnings the run raised (a user would see them on stderr)
+    contract: Contract = field(default_factory=Contract)
 
     @property
     def timed_out(self) -> bool:
@@ -73,17 +89,24 @@ class Outcome:
             what = "memory budget exceeded" if "MemoryError" in self.stderr else "internal error"
             found.append(f"{what} (exit 1): {first_line(self.stderr)}")
         elif self.code == 0:
-            if not self.stdout.startswith("ok:"):
-                found.append(f"exit 0 without an 'ok:' line: {first_line(self.stdout)!r}")
+            if not self.stdout.startswith(self.contract.ok_prefix):
+                found.append(f"exit 0 without an {self.contract.ok_prefix!r} line: {first_line(self.stdout)!r}")
         elif self.code == 2:
-            if not self.stderr.startswith("error:"):
+            if self.contract.verdict and not self.stderr and self.contract.verdict in self.stdout:
+                pass  # an answer ("not covered"), not an error
+            elif not self.stderr.startswith("error:"):
                 found.append(f"exit 2 whose message does not start with 'error:': {first_line(self.stderr)!r}")
-            elif "\n  --> " not in self.stderr and not any(f in first_line(self.stderr) for f in FLAG_WORDS):
+            elif not self._located():
                 found.append(f"exit 2 without a location: {first_line(self.stderr)!r}")
         else:
             found.append(f"unexpected exit status {self.code}: {first_line(self.stderr)!r}")
         # Last, so that the first problem is the most severe one.
         return found + [f"a Python warning reached the user: {w}" for w in self.warnings]
+
+    def _located(self) -> bool:
+        head = first_line(self.stderr)
+        return ("\n  --> " in self.stderr or any(f in head for f in FLAG_WORDS)
+                or (self.contract.names_file is not None and self.contract.names_file in head))
 
     def describe(self) -> str:
         """A report of this outcome for an assertion message."""
@@ -179,8 +202,9 @@ def deadline(seconds: float) -> Iterator[Alarm]:
 
 
 def run_cli(argv: list[str], deadline_s: float = DEFAULT_DEADLINE_S,
-            memory_bytes: int = DEFAULT_MEMORY_BUDGET) -> Outcome:
-    """Run ``netdsl ARGV`` in this process with captured output, a deadline and a memory budget."""
+            memory_bytes: int = DEFAULT_MEMORY_BUDGET, contract: Contract | None = None) -> Outcome:
+    """Run ``netdsl ARGV`` in this process with captured output, a deadline and a memory budget,
+    judged by ``contract`` (``netdsl check``'s by default)."""
     out, err = io.StringIO(), io.StringIO()
     start = time.monotonic()
     code: int | None
@@ -205,16 +229,23 @@ def run_cli(argv: list[str], deadline_s: float = DEFAULT_DEADLINE_S,
         code, where = None, "an unknown place (the stop was swallowed)"
     shown = tuple(f"{w.category.__name__}: {w.message} ({innermost_netdsl_frame([(w.filename, w.lineno, '')])})"
                   for w in caught)
-    return Outcome(code, out.getvalue(), err.getvalue(), time.monotonic() - start, deadline_s, where, shown)
+    return Outcome(code, out.getvalue(), err.getvalue(), time.monotonic() - start, deadline_s, where, shown,
+                   contract or Contract())
 
 
 def run_check(source: str | bytes, workdir: Path, deadline_s: float = DEFAULT_DEADLINE_S,
-              memory_bytes: int = DEFAULT_MEMORY_BUDGET) -> Outcome:
+              memory_bytes: int = DEFAULT_MEMORY_BUDGET, debug: bool = False) -> Outcome:
     """Write ``source`` to a spec file in ``workdir`` and run ``netdsl check`` on it.
 
     The file name is always the same, so that repeated runs do not grow the CLI's cache of
-    source texts (it keeps one text per path).
+    source texts (it keeps one text per path). ``debug`` adds ``--debug`` (a traceback for an
+    internal error).
     """
     path = workdir / SPEC_NAME
     path.write_bytes(source.encode("utf-8") if isinstance(source, str) else source)
-    return run_cli(["check", str(path)], deadline_s, memory_bytes)
+    return run_cli([*debug_flag(debug), "check", str(path)], deadline_s, memory_bytes)
+
+
+def debug_flag(debug: bool) -> list[str]:
+    """The ``--debug`` flag when ``debug`` is set."""
+    return ["--debug"] if debug else []

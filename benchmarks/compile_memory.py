@@ -1,0 +1,89 @@
+"""Peak memory of ``netdsl compile`` against the size of the model it writes.
+
+    python benchmarks/compile_memory.py [--json OUT] [--models a,b] [--no-deep]
+
+Compiles every bundled model (``specs/models/*.net``, each file's last model) and a 10x deep
+ConvNeXt-T (``--set depths=30,30,90,30``) for the ``onnx`` target, each in its own subprocess,
+and reads the subprocess's peak resident set (``ru_maxrss`` of the finished child). Prints a
+table and, with ``--json``, writes the rows.
+
+The ratio is ``(peak - baseline) / model size``: the baseline is the peak of ``netdsl check`` on
+the same spec (the interpreter, numpy, lark and the elaborated graph, no weights), measured the
+same way. The raw peak / size ratio is printed too; for small models the ~100 MB baseline
+dominates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "specs" / "models"
+DEEP = ("convnext_tiny.net", ["--set", "depths=30,30,90,30"], "convnext_tiny 10x deep")
+
+
+def peak_rss(argv: list[str]) -> int:
+    """Peak resident bytes of ``python -m netdsl.cli ARGV`` in a fresh subprocess (Linux: ru_maxrss in KiB).
+
+    Each runs under a small launcher process, so that its RUSAGE_CHILDREN holds that one command only.
+    """
+    launcher = ("import resource, subprocess, sys; "
+                "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", launcher, sys.executable, "-m", "netdsl.cli", *argv],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip()) * 1024
+
+
+def output_bytes(path: Path) -> int:
+    """Size of a written model, with its external data file if it has one."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def measure(spec: Path, extra: list[str], label: str, folder: Path) -> dict:
+    out = folder / "model.onnx"
+    baseline = peak_rss(["check", str(spec), *extra])
+    peak = peak_rss(["compile", str(spec), *extra, "--target", "onnx", "-o", str(out)])
+    size = output_bytes(out)
+    for p in folder.iterdir():
+        p.unlink()
+    return {"model": label, "model_bytes": size, "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
+            "ratio": (peak - baseline) / size, "raw_ratio": peak / size}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--models", help="comma-separated spec file stems (default: all bundled models)")
+    parser.add_argument("--no-deep", action="store_true", help="leave out the 10x deep ConvNeXt-T")
+    args = parser.parse_args(argv)
+    bundled = [p.stem for p in sorted(MODELS.glob("*.net")) if p.stem != "common"]  # common.net: shared blocks only
+    stems = args.models.split(",") if args.models else bundled
+    cases = [(MODELS / f"{stem}.net", [], stem) for stem in stems]
+    if not args.no_deep:
+        cases.append((MODELS / DEEP[0], DEEP[1], DEEP[2]))
+    rows = []
+    print(f"{'model':28} {'model MB':>9} {'peak MB':>8} {'check MB':>9} {'(peak-check)/size':>18} {'peak/size':>10}")
+    with tempfile.TemporaryDirectory(prefix="netdsl-memory-") as tmp:
+        for spec, extra, label in cases:
+            row = measure(spec, extra, label, Path(tmp))
+            rows.append(row)
+            print(f"{label:28} {row['model_bytes'] / 1e6:9.1f} {row['peak_rss_bytes'] / 1e6:8.0f} "
+                  f"{row['baseline_rss_bytes'] / 1e6:9.0f} {row['ratio']:18.2f} {row['raw_ratio']:10.2f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"python": sys.version.split()[0], "cpu_count": os.cpu_count(), "rows": rows},
+                                        indent=2) + "\n")
+    worst = max(r["ratio"] for r in rows)
+    print(f"largest (peak - check) / size: {worst:.2f}")
+    return 0 if worst <= 2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
