@@ -371,7 +371,7 @@ def _layernorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 
 @_lowers("groupnorm")
 def _groupnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
-    x, weight, bias = em.inputs(node)
+    x, *affine = em.inputs(node)
     xt = em.type_of(node.inputs[0])
     groups = node.attrs["groups"]
     dtype = em.np_dtype(node.inputs[0])
@@ -380,9 +380,12 @@ def _groupnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     normed = em.emit("InstanceNormalization", [grouped, em.const(np.ones(groups), dtype),
                                                em.const(np.zeros(groups), dtype)],
                      {"epsilon": float(node.attrs.get("eps", 1e-5))})
+    if not affine:
+        em.reshape(normed, xt.shape, out=ys[0])
+        return
     per_channel = (xt.shape[1],) + (1,) * (xt.rank - 2)
-    scaled = em.emit("Mul", [em.reshape(normed, xt.shape), em.reshape(weight, per_channel)])
-    em.emit("Add", [scaled, em.reshape(bias, per_channel)], out=ys[0])
+    scaled = em.emit("Mul", [em.reshape(normed, xt.shape), em.reshape(affine[0], per_channel)])
+    em.emit("Add", [scaled, em.reshape(affine[1], per_channel)], out=ys[0])
 
 
 # ---- element-wise ------------------------------------------------------------------------------

@@ -707,8 +707,9 @@ def _groupnorm(src: ModuleSource, node: Node) -> str:
     layer = src.layer(node)
     if layer is not None:
         return f"{layer}({src.arg(node, 0)})"
-    x, weight, bias = src.args(node)
-    return _call("F.group_norm", x, lit(node.attrs["groups"]), weight, bias, eps=lit(node.attrs["eps"]))
+    x, *affine = src.args(node)
+    affine = affine or ["None", "None"]
+    return _call("F.group_norm", x, lit(node.attrs["groups"]), *affine, eps=lit(node.attrs["eps"]))
 
 
 _UNARY = {

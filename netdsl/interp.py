@@ -175,10 +175,10 @@ def _layernorm(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
 
 @_kernel("groupnorm")
 def _groupnorm(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-    x, weight, bias = args
+    x, *affine = args
     grouped = x.reshape(x.shape[0], attrs["groups"], -1)
     y = _normalise(grouped, 2, attrs["eps"]).reshape(x.shape)
-    return y * _along(weight, 1, x.ndim) + _along(bias, 1, x.ndim)
+    return y * _along(affine[0], 1, x.ndim) + _along(affine[1], 1, x.ndim) if affine else y
 
 
 # ---------------------------------------------------------------------------------------------

@@ -183,13 +183,15 @@ def _layernorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     return [x]
 
 
-@_op("groupnorm", 3, 3)
+@_op("groupnorm", 1, 3)
 def _groupnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-    """Group normalisation over (C/groups, spatial...) per group; inputs x[B,C,...], weight[C], bias[C].
+    """Group normalisation over (C/groups, spatial...) per group; inputs x[B,C,...], weight[C] and bias[C] or neither.
 
-    attrs: groups, eps.
+    attrs: groups, eps. Biased variance, as PyTorch; groups = C is instance norm.
     """
     x = types[0]
+    if len(types) == 2:
+        raise OpTypeError("groupnorm takes both weight and bias or neither", 1)
     if attrs["groups"] < 1:
         raise OpTypeError(f"groupnorm groups must be positive, found {attrs['groups']}", "groups")
     if x.shape[1] % attrs["groups"]:

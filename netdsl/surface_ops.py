@@ -359,6 +359,23 @@ def groupnorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
     return _emit(el, scope, b, "groupnorm", ins, ["x"], groups=b["groups"], eps=b["eps"])
 
 
+@surface("instancenorm", Arg("x", "tensor"), Arg("eps", "float", 1e-5), Arg("affine", "bool", False),
+         roles=("weight", "bias"))
+def instancenorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Instance norm (PyTorch InstanceNorm2d: no running statistics, ``affine=false`` by default): a group
+    norm with one channel per group; ``NAME.weight``, ``NAME.bias`` of the channel count when affine."""
+    x = b["x"]
+    xt = el.tensor_type(x)
+    _need_rank(el, scope, b, "instancenorm", 3)
+    ins = [x]
+    if b["affine"]:
+        prefix = _layer_prefix(el, scope, b, "instancenorm")
+        vec = TensorType(xt.dtype, (xt.shape[1],))
+        ins += [_new_param(el, scope, b, prefix, "weight", vec, Init("ones")),
+                _new_param(el, scope, b, prefix, "bias", vec, Init("zeros"))]
+    return _emit(el, scope, b, "groupnorm", ins, ["x"], groups=xt.shape[1], eps=b["eps"])
+
+
 # ----------------------------------------------------------------------------- element-wise
 
 

@@ -254,7 +254,8 @@ CASES = [
     pytest.param("with init(convv.weight = zeros())", "unknown op 'convv' in init selector 'convv.weight'",
                  "convv", "convv", "help: did you mean 'conv'?", id="unknown-op"),
     pytest.param("with init(relu.weight = zeros())", "relu() creates no parameters, so 'relu.weight' selects nothing",
-                 "relu.", "relu", "help: ops that create parameters: batchnorm, conv, groupnorm, layernorm, linear",
+                 "relu.", "relu",
+                 "help: ops that create parameters: batchnorm, conv, groupnorm, instancenorm, layernorm, linear",
                  id="op-without-parameters"),
     pytest.param("with init(conv.wieght = zeros())", "conv creates no parameter 'wieght'", "wieght", "wieght",
                  "help: did you mean 'weight'?", id="unknown-role"),
@@ -280,7 +281,7 @@ CASES = [
                  "argument 'mode' of kaiming_normal() must be one of 'fan_out', found \"fan_in\"", "\"fan_in",
                  "\"fan_in\"", None, id="kaiming-mode"),
     pytest.param("with init(bn.weight = ones())", "unknown op 'bn' in init selector 'bn.weight'", "bn.weight", "bn",
-                 "help: ops that create parameters: batchnorm, conv, groupnorm, layernorm, linear",
+                 "help: ops that create parameters: batchnorm, conv, groupnorm, instancenorm, layernorm, linear",
                  id="layer-name-is-not-an-op"),
 ]
 

@@ -128,3 +128,37 @@ def lower_and_compare(graph: Graph, target: str) -> Graph:
 def test_target_lowering_is_covered_and_equal(build, target: str) -> None:
     graph = lower_and_compare(build(), target)
     assert not {n.op for n in graph.nodes} & {"layernorm", "groupnorm", "reduce_mean"}
+
+
+INSTANCE_NORM_SPEC = """
+model inorm_demo() {
+    input x: f32[2, 6, 5, 7]
+    a = instancenorm(x) as plain
+    output y = instancenorm(a, affine=true, eps=1e-3) as scaled
+}
+"""
+
+
+def test_instancenorm_is_pytorch_instancenorm2d_and_lowers_for_restricted_targets(write_spec) -> None:
+    import torch
+
+    from netdsl.backends.torch_backend import build_module
+    from netdsl.driver import load_graph
+
+    graph = load_graph(write_spec(INSTANCE_NORM_SPEC), None, [], [])
+    assert sorted(graph.params) == ["scaled.bias", "scaled.weight"]
+    rng = np.random.default_rng(5)
+    weights = {"scaled.weight": rng.standard_normal(6).astype(np.float32),
+               "scaled.bias": rng.standard_normal(6).astype(np.float32)}
+    reference = torch.nn.Sequential(torch.nn.InstanceNorm2d(6), torch.nn.InstanceNorm2d(6, eps=1e-3, affine=True))
+    reference[1].load_state_dict({k.split(".")[1]: torch.from_numpy(v) for k, v in weights.items()})
+    x = (3.0 + rng.standard_normal((2, 6, 5, 7))).astype(np.float32)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(x)).numpy()
+        got_torch = build_module(graph, weights)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got_torch, want, atol=1e-5)
+    for target in ("trt-restricted", "trt-dla"):
+        lowered = run_pipeline(graph, target, weights=weights)
+        assert "groupnorm" not in {n.op for n in lowered.graph.nodes}
+        (got,) = run_ort(lowered.graph, lowered.weights, {"x": x})
+        np.testing.assert_allclose(got, want, atol=1e-5)

@@ -14,7 +14,8 @@ On the view: ``m = mean(x)``, ``d = x - m``, ``d = d - mean(d)``, ``v = mean(d *
 ``y = d / sqrt(v + eps)``, then ``y * weight + bias``; the view is undone. The means are
 ``reduce_mean`` nodes over axis 1 (``keepdims``) that ``reduce_to_conv`` turns into 1x1
 convolutions with constant kernels (or average pools), so this pass runs before it; ``sqrt`` is
-lowered by the math lowerings, which run after it.
+lowered by the math lowerings, which run after it: its ``range`` attribute tells them that its
+input lies in ``[eps, VARIANCE_CEILING]`` (``var >= 0``, and float addition is monotonic).
 
 Why the variance is the two-pass ``mean((x - m)^2)`` and not ``mean(x^2) - m^2``: the latter
 subtracts two numbers of size ``m^2`` to get one of size ``v``, so for values around 1e4 with unit
@@ -38,6 +39,9 @@ from netdsl.passes.rank4_view import rank4_shape, view_as
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "layernorm_decompose"
+
+VARIANCE_CEILING = 1e12
+"""The largest ``var + eps`` the ``sqrt`` lowering is built for (|x - mean| up to 1e6), the general range's top."""
 
 Undo = Callable[[str], str]
 
@@ -70,7 +74,8 @@ def normalise(em: Emitter, x: str, axes: tuple[int, ...], eps: float) -> str:
     centred = em.op("sub", [x, mean(x, "mean")], "centred")
     centred = em.op("sub", [centred, mean(centred, "offset")], "centred")
     var = mean(em.op("mul", [centred, centred], "square"), "var")
-    std = em.op("sqrt", [em.op("add", [var, em.scalar(eps, var)], "var_eps")], "std")
+    var_eps = em.op("add", [var, em.scalar(eps, var)], "var_eps")
+    std = em.op("sqrt", [var_eps], "std", range=(eps, VARIANCE_CEILING))
     return em.op("div", [centred, std], "normed")
 
 
