@@ -149,6 +149,7 @@ UNARY_REFS = {
     "exp": torch.exp,
     "neg": torch.neg,
     "sqrt": torch.sqrt,
+    "erf": torch.erf,
     "identity": lambda x: x,
 }
 

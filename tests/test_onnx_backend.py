@@ -148,7 +148,7 @@ def test_groupnorm() -> None:
 UNARY_REFERENCES = {
     "relu": F.relu, "gelu": lambda a: F.gelu(a, approximate="none"), "sigmoid": torch.sigmoid, "silu": F.silu,
     "hardswish": F.hardswish, "tanh": torch.tanh, "exp": torch.exp, "neg": torch.neg, "sqrt": torch.sqrt,
-    "identity": lambda a: a,
+    "erf": torch.erf, "identity": lambda a: a,
 }
 
 

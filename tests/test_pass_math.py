@@ -283,6 +283,15 @@ def test_restricted_targets_lower_every_math_op_and_agree_with_onnx(write_spec, 
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("target", ["trt-restricted", "trt-dla"])
+def test_lane_views_stay_within_the_profiles_spatial_limits(target: str) -> None:
+    b, x = builder_with_input(1, 3136, 256)  # CvT-13's first MLP: a 6272-row view would break trt-restricted's 4096
+    b.output(b.op("gelu", [x], at(2)))
+    lowered = run_pipeline(b.graph, target, weights={})
+    report = check_coverage(to_onnx(lowered.graph, {}), load_profile(target))
+    assert report.covered, report.violation_lines()
+
+
 def test_lowered_math_passes_the_float16_range_check(write_spec) -> None:
     graph = math_graph(write_spec)
     lowered = run_pipeline(graph, "trt-restricted", weights=initial_weights(graph))

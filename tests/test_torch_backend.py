@@ -269,6 +269,7 @@ UNARY = {
     "exp": np.exp,
     "neg": lambda x: -x,
     "sqrt": lambda x: np.sqrt(np.abs(x)),
+    "erf": np.vectorize(math.erf),
     "identity": lambda x: x,
 }
 

@@ -23,9 +23,10 @@ and stays 0 when u is infinite; :mod:`netdsl.passes.softmax_exp`), which is exac
 ulps and underflows to 0 where e^(-u^2) is below the float32 range, so ±inf, huge, tiny and
 subnormal inputs all work. NaN propagates.
 
-Error bound (measured through ONNX Runtime 1.32 against float64 ``math.erf``, every float32 of
-magnitude 2^-149 .. 2^128 sampled densely plus ±0, ±inf): erf within 1.6e-7 absolute, gelu
-within 2.4e-7 * max(1, |x|) absolute. Valid input range: all float32. Nodes (compute, beside
+Error bound (measured through ONNX Runtime 1.32 against float64 ``math.erf`` on 4,291,066
+float32 inputs: every 997th bit pattern from 0 through the subnormals and normals to inf, of
+either sign): erf within 2.8e-7 absolute (largest near |x| = 0.0044, where ``1 - erfc`` rounds),
+gelu within 1.1e-7 * max(1, |x|) absolute. Valid input range: all float32. Nodes (compute, beside
 the view reshapes and constants): erf 27, gelu 29.
 """
 

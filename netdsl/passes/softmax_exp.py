@@ -7,8 +7,8 @@ smaller one's exponential can underflow, where the true value is tiny too.
 
 Lanes live on axis 1 of a rank-4 view ``[d0, lanes, m, n]`` of the tensor (:func:`lane_view`):
 TensorRT's DLA runs element-wise ops, Softmax and Slice on rank-4 tensors only, concatenates on
-the channel axis only and needs every non-batch dimension within 8192, so the view splits the
-tensor's axes where the larger of ``2m`` and ``n`` is smallest.
+the channel axis only and needs every non-batch dimension within 8192 (4096 for the spatial axes
+of ``trt-restricted``), so the view is as square as the sample's size allows.
 """
 
 from __future__ import annotations
@@ -25,15 +25,18 @@ created it to hold (NaN passes); :mod:`netdsl.range_check` checks it on calibrat
 
 
 def lane_view(em: Emitter, x: str) -> str:
-    """``x`` reshaped to ``[d0, 1, m, n]`` (a no-op reshape is left to ``cleanup_shuffles``)."""
+    """``x`` reshaped to ``[d0, 1, m, n]`` with m * n the size of a sample (a no-op reshape is left to
+    ``cleanup_shuffles``).
+
+    Every op on the view is element-wise, so any factorisation works: the one with the smallest
+    ``max(2m, n)`` keeps both spatial axes within the restricted profiles' limits (4096 for
+    ``trt-restricted``, 8192 for DLA) for samples of up to 8.4 million values.
+    """
     shape = em.graph.type_of(x).shape
-    if len(shape) < 2:
-        view = (shape[0] if shape else 1, 1, 1, 1)
-    else:
-        rest = shape[1:]
-        split = min(range(len(rest) + 1), key=lambda k: max(2 * math.prod(rest[:k]), math.prod(rest[k:])))
-        view = (shape[0], 1, math.prod(rest[:split]), math.prod(rest[split:]))
-    return em.op("reshape", [x], "view", shape=view)
+    size = math.prod(shape[1:])
+    divisors = [d for d in range(1, math.isqrt(size) + 1) if size % d == 0]
+    m = min(divisors + [size // d for d in divisors], key=lambda d: max(2 * d, size // d))
+    return em.op("reshape", [x], "view", shape=(shape[0] if shape else 1, 1, m, size // m))
 
 
 def lane_const(em: Emitter, values: list[float], like: str) -> str:

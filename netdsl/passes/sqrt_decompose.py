@@ -17,11 +17,17 @@ every a in the range is within 2^-24 relative of its root in exact arithmetic. T
 alone would take 23; ``var + eps`` of a layer norm with eps = 1e-5 and the default upper bound
 takes 7 as well, 1e-5 .. 1e4 takes 6.
 
-Error bound (measured through ONNX Runtime 1.32 against float64 sqrt over a dense log sweep
-of the default range): within 2 ulp. Nodes: 2 for the start, 3 per step, 1 per distinct alpha
-(25 for the default range). Valid input range: [lo, hi]; the first node carries it
+Error bound (measured through ONNX Runtime 1.32 against float64 sqrt on 2,000,001 log-spaced
+float32 inputs): within 0.92 ulp over the default range (0.31 on average), 0.75 ulp over
+1e-5 .. 1e12 and 1e-5 .. 1e4. Nodes: 2 for the start, 3 per step, 1 per distinct alpha (26 for
+the default range, 22 for 1e-5 .. 1e4); a reciprocal square root adds one Div.
+
+Valid input range: [lo, hi]; the first node carries it
 (:data:`netdsl.passes.softmax_exp.INPUT_RANGE`) for the range check of restricted compiles, and a
-constant input outside it is a located compile error. 0 is outside every range (the steps only
+constant input outside it is a located compile error. Another pass that emits ``sqrt`` on a value
+it knows to be bounded (``var + eps`` of a normalisation lies in [eps, ...]) passes the bounds as
+the node's ``range`` attribute, ``em.op("sqrt", [v], range=(eps, hi))``, and must run before this
+pass. 0 is outside every range (the steps only
 approach it by factors of alpha); ``sqrt(var + eps)`` with eps > 0 never meets it.
 """
 
