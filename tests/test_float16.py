@@ -312,7 +312,7 @@ def test_node_created_by_a_pass_names_the_pass(write_spec, run_cli, tmp_path: Pa
                             "-o", tmp_path / "a.onnx"])
     lines = error_lines(err)
     assert code == 2 and not (tmp_path / "a.onnx").exists()
-    assert re.fullmatch(r"error: mul 'y\.mul' overflows float16: max \|x\| = [0-9.e+]+ on 8 calibration samples, "
+    assert re.fullmatch(r"error: mul 'y\.product' overflows float16: max \|x\| = [0-9.e+]+ on 8 calibration samples, "
                         r"above 65504", lines[0])
     assert lines[1] == f"  --> {spec}:5:16"
     assert "   = note: created by pass lower_attention from the op written here" in lines
