@@ -10,6 +10,7 @@ import pytest
 from pass_support import at, check_rewrite, f32, op_counts, random_feeds, run_ort
 
 from netdsl.backends.onnx_backend import to_onnx
+from netdsl.backends.trt_coverage import check_coverage
 from netdsl.builder import GraphBuilder
 from netdsl.driver import load_graph
 from netdsl.interp import run_graph
@@ -17,6 +18,7 @@ from netdsl.ir import Graph, Init, TensorType
 from netdsl.passes import gather_to_slice, where_to_blend
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.pipeline import run_pipeline
+from netdsl.profile import load_profile
 
 
 def gather_graph(table: tuple[int, ...], index: np.ndarray) -> Graph:
@@ -87,8 +89,10 @@ def test_where_blend_is_exact_for_finite_values_and_nan_where_the_dropped_branch
     assert np.isnan(got[0, :2]).all()  # the dropped inf (y, then x) is multiplied by 0
 
 
-def test_where_op_agrees_in_interpreter_onnx_runtime_and_torch(write_spec) -> None:
-    """``where(mask, a, b)`` from a spec, a mask concatenated from constants: the three backends agree."""
+@pytest.mark.parametrize("target", ["trt-restricted", "trt-dla"])
+def test_where_op_agrees_in_interpreter_onnx_runtime_and_torch(write_spec, target: str) -> None:
+    """``where(mask, a, b)`` from a spec, a mask concatenated from constants: the three backends and the
+    lowered graph (every node covered by the target's profile) agree."""
     import torch
 
     from netdsl.backends.torch_backend import build_module
@@ -108,6 +112,18 @@ def test_where_op_agrees_in_interpreter_onnx_runtime_and_torch(write_spec) -> No
     np.testing.assert_array_equal(session.run(None, feeds)[0], want)
     module = build_module(graph, {})
     np.testing.assert_array_equal(module(torch.from_numpy(feeds["x"])).detach().numpy(), want)
-    lowered = run_pipeline(graph, "trt-restricted", weights={})
+    lowered = run_pipeline(graph, target, weights={})
     assert "where" not in op_counts(lowered.graph)
+    assert check_coverage(to_onnx(lowered.graph, {}), load_profile(target)).covered
     np.testing.assert_array_equal(run_ort(lowered.graph, lowered.weights or {}, feeds)[0], want)
+
+
+@pytest.mark.parametrize("target", ["trt-restricted", "trt-dla"])
+def test_gather_lowered_for_the_target_is_covered_and_exact(target: str) -> None:
+    index = np.array([[1, 2], [5, 0]])
+    graph = gather_graph((6, 4, 5), index)
+    lowered = run_pipeline(graph, target, weights={})
+    assert "gather" not in op_counts(lowered.graph)
+    assert check_coverage(to_onnx(lowered.graph, {}), load_profile(target)).covered
+    feeds = random_feeds(graph)
+    np.testing.assert_array_equal(run_ort(lowered.graph, {}, feeds)[0], feeds["table"][index])

@@ -15,7 +15,9 @@
 * ``trt`` (standard TensorRT) folds batch norms into convolutions and moves average pools above
   pointwise convs;
 * ``trt-restricted`` lowers everything it can to the restricted layer set (conv, elementwise,
-  shuffle, concat, slice, softmax, resize by scales): attention, shift, unfold, roll, max
+  shuffle, concat, slice, softmax, resize by scales): attention, matrix products of two
+  activations (both in chunks no larger than about the attention matrix), gathers by constant
+  indices, selects by constant masks, shift, unfold, roll, max
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
   norms, moves average pools above pointwise convs and folds parameter-only subgraphs into
   constants. Layer, group and instance norms become means (by ``reduce_mean``, lowered by
@@ -60,7 +62,8 @@ PIPELINES: dict[str, list[str]] = {
     "torch": ["cse", "cleanup_shuffles"],
     "trt": ["fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
-    # concats, and the maxpool lowering emits an edge pad, all lowered by the passes after them.
+    # concats, matmul_to_conv emits linear maps, and the maxpool lowering emits an edge pad, all
+    # lowered by the passes after them.
     "trt-restricted": [
         "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
         "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
