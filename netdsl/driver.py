@@ -13,6 +13,7 @@ from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.elaborate import elaborate_program
 from netdsl.ir import Graph
 from netdsl.loader import load_program
+from netdsl.resolve import resolve_program
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -70,8 +71,10 @@ def parse_inputs(inputs: list[str]) -> dict[str, tuple[int, ...]]:
 
 def load_graph(spec: str | Path, entry: str | None = None, sets: list[str] | None = None,
                inputs: list[str] | None = None, lib: list[Path] | None = None) -> Graph:
-    """Parse, load imports, elaborate and type-check ``spec``; return the typed graph."""
+    """Parse, load imports, resolve the names of every block, elaborate and type-check ``spec``'s entry;
+    return the typed graph."""
     program = load_program(spec, lib)
+    resolve_program(program)
     return elaborate_program(program, entry, parse_sets(sets or []), parse_inputs(inputs or []))
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from netdsl.backends.trt_coverage import CoverageReport
     from netdsl.ir import Graph
     from netdsl.passes.pipeline import PipelineResult
     from netdsl.profile import Profile
@@ -46,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", help="TensorRT profile name or file (default: the target's)")
     p.add_argument("--passes", help="comma-separated passes to run instead of the target's pipeline")
     p.add_argument("--print-after", metavar="PASS", help="print the IR after this pass")
+    p.add_argument("--strict", action="store_true",
+                   help="TensorRT targets: refuse a model that relies on an assumed profile rule (list them)")
+    p.add_argument("--wide", action="store_true",
+                   help="TensorRT targets: print every column of the coverage table in full (node names, reasons)")
     p.add_argument("--precision", choices=("fp16", "int8", "fp32"), default="fp16",
                    help="precision in the printed trtexec command")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
@@ -175,6 +180,18 @@ def target_profile(args: argparse.Namespace) -> Profile:
         raise NetdslError(Diagnostic(str(err))) from None
 
 
+def refuse_assumed(report: CoverageReport, profile: Profile, strict: bool) -> None:
+    """With ``--strict``, a located refusal listing the assumed rules the model relies on."""
+    from netdsl.backends.trt_coverage import assumed_rule_notes
+
+    notes = assumed_rule_notes(report, profile)
+    if strict and notes:
+        raise NetdslError(Diagnostic(
+            f"--strict: {report.assumed_count} of {report.total} nodes are allowed only by {len(notes)} assumed "
+            f"rule(s) of profile '{profile.name}'; nothing was written", None, notes=notes,
+            help="rewrite those ops into confirmed or evidenced ones, or drop --strict to accept the assumptions"))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise NetdslError(Diagnostic("compile needs an output file: -o OUT"))
@@ -204,19 +221,17 @@ def run(args: argparse.Namespace) -> int:
             raise NetdslError(Diagnostic(f"{err}; nothing was written")) from None
         dtype_note = f", float16 with {io_dtype(args, profile)} inputs and outputs"
     if profile is not None:
-        from rich.console import Console
-
-        from netdsl.backends.trt_coverage import check_coverage, render_coverage
+        from netdsl.backends.trt_coverage import check_coverage, coverage_console, render_coverage
         from netdsl.backends.trt_engine import trtexec_command
 
         report = check_coverage(model, profile)
-        console = Console(stderr=False, width=160)
-        render_coverage(report, console)
+        render_coverage(report, coverage_console(args.wide), wide=args.wide)
         if not report.covered:
             raise NetdslError(Diagnostic(
                 f"{report.uncovered_count} of {report.total} nodes and {len(report.graph_violations)} graph-level "
                 f"rule(s) are not allowed by profile '{profile.name}'; nothing was written", None,
                 notes=report.violation_lines()))
+        refuse_assumed(report, profile, args.strict)
         save_onnx(model, args.output)
         print(f"wrote {args.output} ({report.total}/{report.total} nodes covered by '{profile.name}'{dtype_note})")
         print("build the engine on the target with:")
