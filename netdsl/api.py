@@ -41,8 +41,9 @@ def load(spec: str | os.PathLike[str], entry: str | None = None, params: dict[st
     ``params`` sets the entry's parameters (``{"dim": 32}``); ``inputs`` gives input shapes
     (``{"x": (2, 64, 14, 14)}``); ``lib`` adds folders to search for imports."""
     program = load_program(spec, [Path(p) for p in lib or []])
+    graph = elaborate_program(program, entry, params or {}, inputs or {})
     resolve_program(program)
-    return elaborate_program(program, entry, params or {}, inputs or {})
+    return graph
 
 
 def initial_weights(graph: Graph, seed: int = 0) -> Weights:

@@ -71,11 +71,13 @@ def parse_inputs(inputs: list[str]) -> dict[str, tuple[int, ...]]:
 
 def load_graph(spec: str | Path, entry: str | None = None, sets: list[str] | None = None,
                inputs: list[str] | None = None, lib: list[Path] | None = None) -> Graph:
-    """Parse, load imports, resolve the names of every block, elaborate and type-check ``spec``'s entry;
-    return the typed graph."""
+    """Parse, load imports, elaborate and type-check ``spec``'s entry, resolve the names of every other block;
+    return the entry's typed graph."""
     program = load_program(spec, lib)
+    # The entry first: errors in the blocks it uses come with their instantiation chain.
+    graph = elaborate_program(program, entry, parse_sets(sets or []), parse_inputs(inputs or []))
     resolve_program(program)
-    return elaborate_program(program, entry, parse_sets(sets or []), parse_inputs(inputs or []))
+    return graph
 
 
 def graph_from_args(args: argparse.Namespace) -> Graph:

@@ -81,7 +81,7 @@ class _BlockResolver:
         self.bound: set[str] = {p.name for p in block.params}
 
     def error(self, message: str, span: Span, help: str | None = None) -> NetdslError:
-        return NetdslError(Diagnostic(f"{message} (in {self.block.kind} {self.block.name})", span, help=help))
+        return NetdslError(Diagnostic(message, span, help=help))
 
     def run(self) -> None:
         for p in self.block.params:
@@ -139,24 +139,18 @@ class _BlockResolver:
                 self.expr(d.expr)
 
     def init_clause(self, clause: ast.InitClause | None) -> None:
-        if clause is None:
-            return
-        for item in clause.items:
-            op = self.ops.get(item.op)
-            if op is None or not op.roles:
-                makers = [name for name, o in self.ops.items() if o.roles]
-                raise self.error(f"unknown op '{item.op}' in a with init selector", item.op_span,
-                                 help=did_you_mean(item.op, makers))
-            if item.role not in op.roles:
-                raise self.error(f"{item.op} has no parameter role '{item.role}'", item.role_span,
-                                 help=did_you_mean(item.role, op.roles) or f"roles: {', '.join(op.roles)}")
+        """The initialisers of a ``with init`` clause (its selectors are checked where the clause applies)."""
+        for item in clause.items if clause is not None else []:
             self.initialiser(item.value)
 
     def initialiser(self, e: ast.Expr) -> None:
-        if isinstance(e, ast.Call) and e.func in self.inits:
-            self.arguments(e, [a.name for a in self.inits[e.func].args], e.func)
-        else:
+        if not isinstance(e, ast.Call):
             self.expr(e)
+        elif e.func in self.inits:
+            self.arguments(e, [a.name for a in self.inits[e.func].args], f"{e.func}()")
+        else:
+            raise self.error(f"unknown initialiser '{e.func}'", e.func_span,
+                             help=did_you_mean(e.func, self.inits) or f"initialisers: {', '.join(sorted(self.inits))}")
 
     def message(self, st: ast.Require) -> None:
         """Names inside the message's ``{expr}`` interpolations, located at the interpolation."""
@@ -172,7 +166,7 @@ class _BlockResolver:
             try:
                 self.expr(let.value)
             except NetdslError as err:
-                raise self.error(f"in the message's {m.group(0)}: {err.diag.message.rsplit(' (in ', 1)[0]}",
+                raise self.error(f"in the message's {m.group(0)}: {err.diag.message}",
                                  where, help=err.diag.help) from None
 
     def message_span(self, st: ast.Require, text: str) -> Span:
@@ -207,33 +201,39 @@ class _BlockResolver:
         elif isinstance(e, ast.Attribute):
             self.expr(e.obj)
             if e.attr not in TENSOR_ATTRIBUTES:
-                raise self.error(f"unknown attribute '{e.attr}'", e.span,
-                                 help=did_you_mean(e.attr, TENSOR_ATTRIBUTES) or "tensors have .shape, .dtype and .rank")
+                raise self.error(f"tensor has no attribute '{e.attr}'", e.span, help=did_you_mean(
+                    e.attr, TENSOR_ATTRIBUTES) or "tensors have .shape, .dtype and .rank")
         elif isinstance(e, ast.Call):
             self.call(e)
 
     def call(self, e: ast.Call) -> None:
+        from netdsl.surface_ops import signature_text
+
         if e.func in self.program.blocks:
-            accepted = [p.name for p in self.program.blocks[e.func].params]
+            block = self.program.blocks[e.func]
+            accepted = [p.name for p in block.params]
+            self.arguments(e, accepted, f"{e.func}", "parameter",
+                           f"{e.func} takes: " + ", ".join(f"{p.name}: {p.type}" for p in block.params))
         elif e.func in self.ops:
-            accepted = [a.name for a in self.ops[e.func].args]
+            op = self.ops[e.func]
+            self.arguments(e, [a.name for a in op.args], f"{e.func}()", "argument", signature_text(op))
         elif e.func in self.builtins:
-            accepted = []
+            self.arguments(e, [], f"{e.func}()")
         else:
             names = list(self.program.blocks) + list(self.ops) + list(self.builtins)
             raise self.error(f"unknown op or block '{e.func}'", e.func_span, help=did_you_mean(e.func, names))
-        self.arguments(e, accepted, e.func)
         if e.name is not None:
             for seg in e.name.segments:
                 if isinstance(seg.value, ast.Expr):
                     self.expr(seg.value)
 
-    def arguments(self, e: ast.Call, accepted: list[str], what: str) -> None:
+    def arguments(self, e: ast.Call, accepted: list[str], what: str, noun: str = "argument",
+                  listing: str | None = None) -> None:
+        """The call's arguments; a keyword the callee does not take is an error worded like the elaborator's."""
         for a in e.args:
             self.expr(a)
         for kw in e.kwargs:
             if kw.name not in accepted:
-                raise self.error(f"{what}() has no argument '{kw.name}'", kw.span,
-                                 help=did_you_mean(kw.name, accepted) or
-                                 (f"{what} takes: {', '.join(accepted)}" if accepted else f"{what} takes no keywords"))
+                raise self.error(f"{what} has no {noun} '{kw.name}'", kw.span,
+                                 help=did_you_mean(kw.name, accepted) or listing)
             self.expr(kw.value)

@@ -18,7 +18,7 @@ from netdsl.verifier import verify
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check", help="type-check a spec and every block it defines or imports (exit 0 when well-formed)")
+    p = sub.add_parser("check", help="type-check a spec and every block it defines or imports (0: well-formed)")
     p.add_argument("spec", help=".net file")
     add_spec_args(p)
     p.set_defaults(run=run)
@@ -26,7 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     program = load_program(args.spec, args.lib)
-    resolve_program(program)
     library = args.entry is None and not any(b.kind == "model" for b in program.main.blocks) \
         and len(program.main.blocks) > 1
     entry = None if library else program.entry(args.entry)
@@ -37,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         n_params = sum(p.type.numel for p in graph.params.values() if p.kind == "param")
         outs = ", ".join(f"{o}: {graph.values[o]}" for o in graph.outputs)
         summary = f"{graph.name}: {len(graph.nodes)} ops, {n_params:,} parameters -> {outs}; "
+    resolve_program(program)  # after the entry, whose errors come with their instantiation chain
     others = [b for sf in program.files for b in sf.blocks if b is not entry and standalone(b)]
     for block in others:
         verify(elaborate_program(program, block.name))
