@@ -1046,10 +1046,15 @@ def _render_compact(nodes: list[NodeCoverage], console: Console, title: str) -> 
         rows.append((str(n.index), n.op, n.layer, n.level, _short_location(n.location), ref))
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     # Short columns keep their full width; the layer and the location give way (ellipsis) to fit the line.
-    widths = [max([len(r[k]) for r in rows] + [len(h)]) for k, h in enumerate(("#", "op", "", "level", "", "note"))]
+    headers = ("#", "op", "TensorRT layer", "level", "spec location", "note")
+    widths = [max([len(r[k]) for r in rows] + [len(h)]) for k, h in enumerate(headers)]
+    widths[1] = min(widths[1], 22)
+    # The layer takes what the other columns and the mark leave of the line: each of the 7 columns is padded by a
+    # space on both sides but the outer ones, and separated by a space (the box's blank rule), edges included.
+    layer_width = max(12, TABLE_WIDTH - (sum(widths) - widths[2]) - 1 - (2 * 7 - 2) - 8)
     table.add_column("#", no_wrap=True, min_width=widths[0], justify="right")
-    table.add_column("op", no_wrap=True, min_width=min(widths[1], 22), overflow="ellipsis")
-    table.add_column("TensorRT layer", no_wrap=True, max_width=22, overflow="ellipsis")
+    table.add_column("op", no_wrap=True, min_width=widths[1], overflow="ellipsis")
+    table.add_column("TensorRT layer", no_wrap=True, max_width=layer_width, overflow="ellipsis")
     table.add_column("", no_wrap=True, min_width=1)
     table.add_column("level", no_wrap=True, min_width=widths[3])
     table.add_column("spec location", no_wrap=True, overflow="ellipsis")

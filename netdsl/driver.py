@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from netdsl.diagnostics import Diagnostic, NetdslError
-from netdsl.elaborate import elaborate_program
 from netdsl.ir import Graph
-from netdsl.loader import load_program
-from netdsl.resolve import resolve_program
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -71,13 +68,10 @@ def parse_inputs(inputs: list[str]) -> dict[str, tuple[int, ...]]:
 
 def load_graph(spec: str | Path, entry: str | None = None, sets: list[str] | None = None,
                inputs: list[str] | None = None, lib: list[Path] | None = None) -> Graph:
-    """Parse, load imports, elaborate and type-check ``spec``'s entry, resolve the names of every other block;
-    return the entry's typed graph."""
-    program = load_program(spec, lib)
-    # The entry first: errors in the blocks it uses come with their instantiation chain.
-    graph = elaborate_program(program, entry, parse_sets(sets or []), parse_inputs(inputs or []))
-    resolve_program(program)
-    return graph
+    """:func:`netdsl.api.load` with command-line style ``--set`` and ``--input`` strings."""
+    from netdsl import api
+
+    return api.load(spec, entry, parse_sets(sets or []), parse_inputs(inputs or []), lib)
 
 
 def graph_from_args(args: argparse.Namespace) -> Graph:

@@ -71,29 +71,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load_weights_or_init(graph: object, path: Path | None, seed: int) -> dict:
+def load_weights_or_init(graph: Graph, path: Path | None, seed: int) -> dict:
     """Weights from ``path`` (matched by name, checked) or the seeded default initialisation."""
-    from netdsl.initializers import initial_weights
+    from netdsl import api
 
-    if path is None:
-        return initial_weights(graph, seed)  # type: ignore[arg-type]
-    from netdsl.backends.weights_io import WeightsError, load_weights
-
-    try:
-        return load_weights(path, graph)  # type: ignore[arg-type]
-    except WeightsError as err:
-        raise NetdslError(Diagnostic(str(err))) from None
+    return api.initial_weights(graph, seed) if path is None else api.read_weights(path, graph)
 
 
 def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> PipelineResult:
     """Elaborate the spec (unless its ``graph`` is given), load weights and run the target's pass pipeline
     (on a copy: ``graph`` is left as it is)."""
-    from netdsl.passes.pipeline import run_pipeline
+    from netdsl import api
 
     graph = graph_from_args(args) if graph is None else graph
     weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
-    return run_pipeline(graph, target, weights=weights, passes=passes, print_after=getattr(args, "print_after", None))
+    return api.lower(graph, target, weights, passes=passes, print_after=getattr(args, "print_after", None))
 
 
 def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
