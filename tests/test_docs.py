@@ -93,3 +93,20 @@ def test_api_examples_run(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (tmp_path / "specs").symlink_to(REPO / "specs")
     ran = run_page(REPO / "docs" / "api.md", run_cli, tmp_path, monkeypatch)
     assert ran.count("python") >= 7
+
+
+def test_readme_is_a_short_page_whose_examples_hold(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 160
+    python = re.search(r'requires-python = ">=(\d+\.\d+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert f"Python {python} or newer" in text
+    # The spec shown is the tutorial's, which the tutorial test checks, compiles and trains.
+    (shown,) = [code for lang, code in fenced_blocks(readme) if lang == "net"]
+    tutorial_spec = next(code for lang, code in fenced_blocks(REPO / "docs" / "tutorial.md") if lang == "net")
+    assert tutorial_spec.split("\n", 1)[1] == shown
+    (tmp_path / "specs").symlink_to(REPO / "specs")
+    monkeypatch.chdir(tmp_path)
+    for lang, code in fenced_blocks(readme):
+        if lang == "python":
+            run_python(code, {"__name__": "__docs__"})
