@@ -1071,7 +1071,7 @@ def _render_wide(nodes: list[NodeCoverage], console: Console, title: str) -> Non
     for column in ("#", "node", "op", "TensorRT layer", "", "level", "reason", "spec location", "suggested rewrite"):
         table.add_column(column, overflow="fold")
     for n in nodes:
-        reason = "\n".join(n.reasons) if n.reasons else ("assumed allowed (status unknown)" if n.assumed else "")
+        reason = "\n".join(n.reasons) if n.reasons else ("allowed by assumption" if n.assumed else "")
         where = n.where if n.location or n.doc else ""
         cells = (str(n.index), n.name, n.op, n.layer)
         table.add_row(*(escape(c) for c in cells), _mark(n), n.level,
