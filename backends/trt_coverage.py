@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,11 +25,12 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, defs, helper, numpy_helper
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from netdsl.profile import Limit, OpRule, Profile, check_kind
+from netdsl.profile import LEVELS, Limit, OpRule, Profile, check_kind
 
 # node metadata written by the netdsl ONNX emitter (netdsl.backends.onnx_backend)
 SPAN_KEY = "netdsl.span"
@@ -72,6 +74,7 @@ class NodeCoverage:
     op: str
     layer: str
     status: str  # the rule's status, or "unlisted"
+    level: str  # the rule's evidence level (confirmed, evidenced, assumed), or "unlisted"
     covered: bool
     assumed: bool  # covered only because the profile assumes the op is allowed
     reasons: list[str] = field(default_factory=list)
@@ -130,9 +133,26 @@ class CoverageReport:
         return self.total - self.covered_count
 
     @property
+    def level_counts(self) -> dict[str, int]:
+        """Covered nodes per evidence level of their rule (every level of :data:`LEVELS`, strongest first)."""
+        counts = dict.fromkeys(LEVELS, 0)
+        for n in self.nodes:
+            if n.covered:
+                counts[n.level] += 1
+        return counts
+
+    @property
     def assumed_count(self) -> int:
         """Covered nodes that rest on an assumption (rule status ``unknown``)."""
-        return sum(n.covered and n.assumed for n in self.nodes)
+        return self.level_counts["assumed"]
+
+    def assumed_rules(self) -> dict[str, int]:
+        """The assumed op rules the covered nodes rely on, with how many nodes use each."""
+        rules: dict[str, int] = {}
+        for n in self.nodes:
+            if n.covered and n.level == "assumed":
+                rules[n.op] = rules.get(n.op, 0) + 1
+        return rules
 
     @property
     def covered(self) -> bool:
@@ -163,6 +183,7 @@ class CoverageReport:
                 "total": self.total,
                 "uncovered": self.uncovered_count,
                 "assumed": self.assumed_count,
+                "levels": self.level_counts,
                 "graph_violations": len(self.graph_violations),
                 "ok": self.covered,
             },
@@ -926,6 +947,7 @@ def check_coverage(model: onnx.ModelProto, profile: Profile) -> CoverageReport:
             op=_op_key(node),
             layer=_layer_text(rule, view),
             status=rule.status if rule else "unlisted",
+            level=rule.level if rule else "unlisted",
             covered=not reasons,
             assumed=bool(rule and rule.assumed),
             reasons=reasons,
@@ -944,32 +966,114 @@ def check_coverage(model: onnx.ModelProto, profile: Profile) -> CoverageReport:
 # --------------------------------------------------------------------------- rendering
 
 
-def render_coverage(report: CoverageReport, console: Console, violations_only: bool = False) -> None:
-    """Print the per-node table (all nodes, or only the uncovered ones) and the summary."""
-    table = Table(title=escape(f"TensorRT coverage: {report.model} under profile '{report.profile}'"))
-    for column in ("#", "node", "op", "TensorRT layer", "", "reason", "spec location", "suggested rewrite"):
-        table.add_column(column, overflow="fold")
-    for n in report.nodes:
-        if violations_only and n.covered:
-            continue
-        if not n.covered:
-            mark = "[red]✗[/red]"
-        elif n.assumed:
-            mark = "[yellow]~[/yellow]"
-        else:
-            mark = "[green]✓[/green]"
-        reason = "\n".join(n.reasons) if n.reasons else ("assumed allowed (status unknown)" if n.assumed else "")
-        where = n.where if n.location or n.doc else ""
-        cells = (str(n.index), n.name, n.op, n.layer, reason, where, n.rewrite or "")
-        table.add_row(*(escape(c) for c in cells[:4]), mark, *(escape(c) for c in cells[4:]))
-    console.print(table)
+TABLE_WIDTH = 100
+"""Columns of the default coverage table: one line per node, long texts as numbered footnotes."""
+
+_MARKS = {"uncovered": "[red]✗[/red]", "assumed": "[yellow]~[/yellow]", "covered": "[green]✓[/green]"}
+
+
+def _mark(n: NodeCoverage) -> str:
+    return _MARKS["uncovered" if not n.covered else "assumed" if n.assumed else "covered"]
+
+
+def _explanation(n: NodeCoverage) -> str:
+    """The node's reasons and suggested rewrite as one text (empty for a covered node)."""
+    text = "; ".join(n.reasons)
+    return f"{text} (rewrite: {n.rewrite})" if text and n.rewrite else text
+
+
+def render_coverage(report: CoverageReport, console: Console, violations_only: bool = False,
+                    wide: bool = False) -> None:
+    """Print the per-node table (all nodes, or only the uncovered ones) and the summary.
+
+    The default table has one line per node and fits :data:`TABLE_WIDTH` columns: op, TensorRT layer,
+    verdict, evidence level and spec location, with each distinct reason and rewrite as a numbered
+    footnote below it. ``wide`` prints every column in full (node names, reasons, rewrites), folded."""
+    nodes = [n for n in report.nodes if not (violations_only and n.covered)]
+    title = escape(f"TensorRT coverage: {report.model} under profile '{report.profile}'")
+    if wide:
+        _render_wide(nodes, console, title)
+    else:
+        _render_compact(nodes, console, title)
     for v in report.graph_violations:
         detail = escape(f"({v.check}; {', '.join(v.sources)})")
         console.print(f"[red]✗ graph:[/red] {escape(v.message)} [dim]{detail}[/dim]")
     if report.shape_inference_error:
         console.print(f"[yellow]shape inference failed:[/yellow] {escape(report.shape_inference_error)}")
-    colour = "green" if report.covered else "red"
-    console.print(
-        f"[{colour}]{report.covered_count}/{report.total} nodes covered[/{colour}] by '{escape(report.profile)}'"
-        f" ({report.assumed_count} by assumption), {len(report.graph_violations)} graph-level violation(s)"
-    )
+    console.print(summary_line(report, markup=True))
+
+
+def assumed_rule_notes(report: CoverageReport, profile: Profile) -> list[str]:
+    """One line per assumed op rule the model's covered nodes rely on: the op, its node count, the assumption."""
+    lines = []
+    for op, count in report.assumed_rules().items():
+        rule = profile.rule_for(op)
+        why = f": {rule.assumption}" if rule is not None and rule.assumption else ""
+        lines.append(f"{op} ({count} node{'s' * (count != 1)}) is allowed by assumption{why}")
+    return lines
+
+
+def coverage_console(wide: bool) -> Console:
+    """The console the table is printed on: :data:`TABLE_WIDTH` columns (less on a narrower terminal), or 160
+    folded columns for ``wide``."""
+    terminal = Console()
+    if wide:
+        return terminal if terminal.is_terminal else Console(width=160)
+    return Console(width=min(TABLE_WIDTH, terminal.width) if terminal.is_terminal else TABLE_WIDTH)
+
+
+def summary_line(report: CoverageReport, markup: bool = False) -> str:
+    """``18/18 nodes covered: 5 confirmed, 13 evidenced, 0 assumed; 0 graph-level violation(s)``."""
+    levels = ", ".join(f"{count} {level}" for level, count in report.level_counts.items())
+    head = f"{report.covered_count}/{report.total} nodes covered"
+    if markup:
+        colour = "green" if report.covered else "red"
+        head = f"[{colour}]{head}[/{colour}]"
+    return f"{head}: {levels}; {len(report.graph_violations)} graph-level violation(s)"
+
+
+def _short_location(location: str | None) -> str:
+    """``file.net:12:9`` without the folders (the wide table and the JSON keep the full path)."""
+    return os.path.basename(location) if location else ""
+
+
+def _render_compact(nodes: list[NodeCoverage], console: Console, title: str) -> None:
+    notes: dict[str, int] = {}
+    rows = []
+    for n in nodes:
+        text = _explanation(n)
+        ref = f"[{notes.setdefault(text, len(notes) + 1)}]" if text else ""
+        rows.append((str(n.index), n.op, n.layer, n.level, _short_location(n.location), ref))
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    # Short columns keep their full width; the layer and the location give way (ellipsis) to fit the line.
+    headers = ("#", "op", "TensorRT layer", "level", "spec location", "note")
+    widths = [max([len(r[k]) for r in rows] + [len(h)]) for k, h in enumerate(headers)]
+    widths[1] = min(widths[1], 22)
+    # The layer takes what the other columns and the mark leave of the line: each of the 7 columns is padded by a
+    # space on both sides but the outer ones, and separated by a space (the box's blank rule), edges included.
+    layer_width = max(12, TABLE_WIDTH - (sum(widths) - widths[2]) - 1 - (2 * 7 - 2) - 8)
+    table.add_column("#", no_wrap=True, min_width=widths[0], justify="right")
+    table.add_column("op", no_wrap=True, min_width=widths[1], overflow="ellipsis")
+    table.add_column("TensorRT layer", no_wrap=True, max_width=layer_width, overflow="ellipsis")
+    table.add_column("", no_wrap=True, min_width=1)
+    table.add_column("level", no_wrap=True, min_width=widths[3])
+    table.add_column("spec location", no_wrap=True, overflow="ellipsis")
+    table.add_column("note", no_wrap=True, min_width=widths[5])
+    for (index, op, layer, level, location, ref), n in zip(rows, nodes):
+        table.add_row(index, escape(op), escape(layer), _mark(n), level, escape(location), escape(ref))
+    console.print(table)
+    for text, number in notes.items():
+        console.print(escape(f"[{number}] {text}"), soft_wrap=False)
+
+
+def _render_wide(nodes: list[NodeCoverage], console: Console, title: str) -> None:
+    table = Table(title=title)
+    for column in ("#", "node", "op", "TensorRT layer", "", "level", "reason", "spec location", "suggested rewrite"):
+        table.add_column(column, overflow="fold")
+    for n in nodes:
+        reason = "\n".join(n.reasons) if n.reasons else ("allowed by assumption" if n.assumed else "")
+        where = n.where if n.location or n.doc else ""
+        cells = (str(n.index), n.name, n.op, n.layer)
+        table.add_row(*(escape(c) for c in cells), _mark(n), n.level,
+                      *(escape(c) for c in (reason, where, n.rewrite or "")))
+    console.print(table)

@@ -74,8 +74,11 @@ class Segment:
 
 @dataclass
 class Path:
+    """The name of an ``as`` clause; ``shared`` when written ``as shared NAME`` (reuse NAME's parameters)."""
+
     segments: list[Segment]
     span: Span
+    shared: bool = False
 
 
 @dataclass

@@ -14,10 +14,13 @@ import traceback
 from collections.abc import Sequence
 
 from netdsl import __version__
-from netdsl.diagnostics import NetdslError, render
+from netdsl.diagnostics import Diagnostic, NetdslError, render
 from netdsl.interrupts import Terminated, report_stop, signals_raise
 
 # Subcommand modules under netdsl.commands; each has add_parser(subparsers) and run(args) -> int.
+# Optional packages a command may need, by import name: the extra of pyproject.toml that installs them.
+OPTIONAL_EXTRAS = {"torch": "torch", "tensorrt": "gpu"}
+
 COMMANDS = ("check", "show", "compile", "explain", "coverage", "bench", "stats", "quantize", "receptive_field")
 
 
@@ -66,14 +69,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NetdslError as err:
         print(render(err.diag), file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        extra = OPTIONAL_EXTRAS.get((err.name or "").partition(".")[0])
+        if extra is None:
+            return internal_error(err, debug or getattr(args, "debug", False))
+        print(render(Diagnostic(f"'netdsl {args.command}' with these options needs the '{err.name}' package, "
+                                "which is not installed", help=f'pip install "netdsl[{extra}]"')), file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, Terminated) as stop:
         return report_stop(stop)
-    except Exception as err:  # an internal error: never a bare traceback unless asked for
-        if debug or getattr(args, "debug", False):
-            traceback.print_exc()
-        else:
-            print(f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)", file=sys.stderr)
-        return 1
+    except Exception as err:
+        return internal_error(err, debug or getattr(args, "debug", False))
+
+
+def internal_error(err: Exception, debug: bool) -> int:
+    """Report an internal error (exit 1): never a bare traceback unless ``--debug`` asks for one."""
+    if debug:
+        traceback.print_exception(err)
+    else:
+        print(f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

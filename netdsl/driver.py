@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from netdsl.diagnostics import Diagnostic, NetdslError
-from netdsl.elaborate import elaborate_program
 from netdsl.ir import Graph
-from netdsl.loader import load_program
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -70,9 +68,10 @@ def parse_inputs(inputs: list[str]) -> dict[str, tuple[int, ...]]:
 
 def load_graph(spec: str | Path, entry: str | None = None, sets: list[str] | None = None,
                inputs: list[str] | None = None, lib: list[Path] | None = None) -> Graph:
-    """Parse, load imports, elaborate and type-check ``spec``; return the typed graph."""
-    program = load_program(spec, lib)
-    return elaborate_program(program, entry, parse_sets(sets or []), parse_inputs(inputs or []))
+    """:func:`netdsl.api.load` with command-line style ``--set`` and ``--input`` strings."""
+    from netdsl import api
+
+    return api.load(spec, entry, parse_sets(sets or []), parse_inputs(inputs or []), lib)
 
 
 def graph_from_args(args: argparse.Namespace) -> Graph:

@@ -53,6 +53,7 @@ class Scope:
     vars: dict[str, Any] = field(default_factory=dict)
     outputs: list[tuple[str, Tensor]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    shared: bool = False  # inside a block applied with `as shared NAME`: its parameters may exist already
 
     def local_name(self, name: str) -> str:
         """Full hierarchical name of a parameter or sub-block declared here."""
@@ -245,7 +246,8 @@ class Elaborator:
             path = ""
             prefix = caller.prefix
         frame = Frame(block.name, caller.prefix + path if path else caller.prefix.rstrip("."), call.span)
-        scope = Scope(block, prefix, caller.chain + (frame,))
+        shared = caller.shared or (call.name is not None and call.name.shared)
+        scope = Scope(block, prefix, caller.chain + (frame,), shared=shared)
         self._bind_params(scope, block, positional, named, call.span)
         self.depth += 1
         try:
@@ -456,11 +458,28 @@ class Elaborator:
         self.check_size(scope, t, decl.span)
         init = self._init(scope, st.init, t)
         full = scope.local_name(st.name)
-        if full in self.builder.graph.params:
-            raise self.error(scope, f"parameter '{full}' is already defined", st.span,
-                             help="give the block instance a distinct name with 'as'")
+        if self.reuse_param(scope, full, t, st.kind, scope.shared, st.span):
+            scope.vars[st.name] = Tensor(full)
+            return
         self.builder.param(full, t, init, kind=st.kind, provenance=Provenance(st.span, scope.chain))
         scope.vars[st.name] = Tensor(full)
+
+    def reuse_param(self, scope: Scope, name: str, t: TensorType, kind: str, shared: bool, span: Span) -> bool:
+        """Whether parameter ``name`` exists already and is reused (``as shared``); a located error when it
+        exists but is not shared, or is shared with another type or kind."""
+        first = self.builder.graph.params.get(name)
+        if first is None:
+            return False
+        where = f"'{name}' is first created at {first.provenance.span}" if first.provenance.span else None
+        if not shared:
+            raise self.error(scope, f"parameter '{name}' is already defined", span, notes=[where] if where else [],
+                             help="give each layer a distinct name with 'as', or apply the same layer again "
+                                  "with 'as shared NAME'")
+        if first.type != t or first.kind != kind:
+            raise self.error(scope, f"shared parameter '{name}' would be {kind} {t} here, but it was created as "
+                             f"{first.kind} {first.type}", span, notes=[where] if where else [],
+                             help="a shared layer needs the same input channels and sizes at every use")
+        return True
 
     def _init(self, scope: Scope, e: ast.Expr, t: TensorType) -> Init:
         from netdsl.surface_ops import INIT_FUNCS, bind
@@ -751,11 +770,30 @@ class Elaborator:
                 where = arg_spans[err.arg]
             elif isinstance(err.arg, str) and kw_spans and err.arg in kw_spans:
                 where = kw_spans[err.arg]
-            raise self.error(scope, err.message, where, notes=[err.note] if err.note else []) from None
+            notes = ([err.note] if err.note else []) + self._operand_origins(inputs, span)
+            raise self.error(scope, err.message, where, notes=notes) from None
         for o in outs:
             self.check_size(scope, self.builder.graph.values[o], span)
         tensors = [Tensor(o) for o in outs]
         return tensors[0] if n_outputs == 1 else tensors
+
+
+    def _operand_origins(self, inputs: list[Tensor], span: Span) -> list[str]:
+        """Notes saying where each tensor operand of a failing op was produced (other than at the op itself)."""
+        graph = self.builder.graph
+        producers = graph.producers()
+        notes = []
+        for k, t in enumerate(inputs):
+            node = producers.get(t.name)
+            origin = node.provenance.span if node is not None else None
+            if node is None and t.name in graph.params:
+                origin = graph.params[t.name].provenance.span
+            if origin is not None and origin != span and not (node is not None and node.op == "const"):
+                what = node.op if node is not None else "parameter"
+                notes.append(f"operand {k + 1} ({graph.type_of(t.name)}) is produced by {what} at {origin}")
+            elif node is None and t.name in graph.inputs:
+                notes.append(f"operand {k + 1} ({graph.type_of(t.name)}) is the input '{t.name}'")
+        return notes
 
 
 def _coerce(t: ast.TypeName, v: Any) -> tuple[bool, Any]:

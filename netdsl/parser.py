@@ -49,6 +49,7 @@ TERMINAL_WORDS = {
     "ELSE": "'else'",
     "PARAM_KW": "'param' or 'buffer'",
     "AS": "'as'",
+    "SHARED": "'shared'",
     "WITH": "'with'",
     "AND": "'and'",
     "OR": "'or'",
@@ -291,7 +292,9 @@ class _ToAst(Transformer):
         kws = [a for a in (args or []) if isinstance(a, ast.KwArg)]
         return ast.Call(self.sp(meta), fn.id, fn.span, pos, kws, name)
 
-    def as_clause(self, meta: Meta, _as: Token, path: ast.Path) -> ast.Path:
+    def as_clause(self, meta: Meta, _as: Token, *rest: Any) -> ast.Path:
+        path = rest[-1]
+        path.shared = len(rest) == 2
         return path
 
     def path(self, meta: Meta, *items: Any) -> ast.Path:

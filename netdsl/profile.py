@@ -24,10 +24,17 @@ from typing import Any
 
 BUNDLED_PROFILES = ("trt", "trt-restricted", "trt-dla")
 
-STATUSES = ("confirmed", "documented for DLA", "unknown")
-"""How well a rule is established: stated by a public NVIDIA source (``confirmed``), documented for
-the DLA flow (``documented for DLA``), or not established (``unknown``). An ``unknown`` op rule is
-not allowed unless it says ``allowed = true`` and explains the ``assumption``."""
+STATUSES = ("confirmed", "documented for DLA", "evidenced", "unknown")
+"""How a rule is established: stated by public TensorRT documentation (``confirmed``), by the DLA
+guides (``documented for DLA``), shown by a model NVIDIA states runs in the flow, such as the CSA
+reference model (``evidenced``), or not established (``unknown``). An ``unknown`` op rule is not
+allowed unless it says ``allowed = true`` and explains the ``assumption``."""
+
+LEVELS = ("confirmed", "evidenced", "assumed")
+"""Evidence levels of a verdict, strongest first: what reports count and ``--strict`` checks."""
+
+STATUS_LEVEL = {"confirmed": "confirmed", "documented for DLA": "confirmed", "evidenced": "evidenced",
+                "unknown": "assumed"}
 
 
 @dataclass(frozen=True)
@@ -144,9 +151,14 @@ class OpRule:
     limits: tuple[Limit, ...] = ()
 
     @property
+    def level(self) -> str:
+        """The evidence level of the rule (:data:`LEVELS`)."""
+        return STATUS_LEVEL[self.status]
+
+    @property
     def assumed(self) -> bool:
         """Allowed although no public source establishes it (the ``assumption`` says why)."""
-        return self.allowed and self.status == "unknown"
+        return self.allowed and self.level == "assumed"
 
 
 @dataclass(frozen=True)

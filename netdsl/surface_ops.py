@@ -218,9 +218,9 @@ def _new_param(el: Elaborator, scope: Scope, b: Bound, prefix: str, role: str, t
     op = SURFACE_OPS[b.call.func]
     assert role in op.roles, f"{op.name} creates '{role}' but does not declare it"  # keeps selectors in sync
     name = f"{prefix}.{role}"
-    if name in el.builder.graph.params:
-        raise el.error(scope, f"parameter '{name}' is already defined", (b.call.name or b.call).span,
-                       help="give each layer a distinct name with 'as'")
+    shared = scope.shared or (b.call.name is not None and b.call.name.shared)
+    if el.reuse_param(scope, name, t, kind, shared, (b.call.name or b.call).span):
+        return Tensor(name)
     el.check_size(scope, t, b.call.span)
     init, rule = el.init_overrides.apply(el, op.name, role, name, t, init, b.call.span)
     el.builder.param(name, t, init, kind, Provenance(b.call.span, scope.chain, (rule,) if rule else ()))

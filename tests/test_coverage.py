@@ -18,7 +18,7 @@ from rich.console import Console
 
 from netdsl.backends.trt_coverage import CoverageReport, NodeCoverage, check_coverage, render_coverage
 from netdsl.commands import coverage as coverage_cmd
-from netdsl.profile import load_profile
+from netdsl.profile import LEVELS, load_profile
 
 torch = pytest.importorskip("torch")
 
@@ -295,14 +295,16 @@ def test_json_and_rendering(attention_onnx: Path) -> None:
     data = json.loads(report.to_json())
     assert data["summary"] == {"covered": report.covered_count, "total": report.total,
                                "uncovered": report.uncovered_count, "assumed": report.assumed_count,
-                               "graph_violations": 0, "ok": False}
+                               "levels": report.level_counts, "graph_violations": 0, "ok": False}
+    covered_levels = [n["level"] for n in data["nodes"] if n["covered"]]
+    assert data["summary"]["levels"] == {level: covered_levels.count(level) for level in LEVELS}
     assert {"op", "layer", "covered", "reasons", "rewrite", "location", "sources"} <= set(data["nodes"][0])
     assert data["sources"]["FORUM-SAFE"].startswith("https://forums.developer.nvidia.com/")
     console = Console(file=io.StringIO(), width=200)
     render_coverage(report, console, violations_only=True)
     text = console.file.getvalue()
     assert "LayerNormalization" in text and "IUnaryLayer (kERF)" in text and "ISoftMaxLayer" not in text
-    assert f"{report.covered_count}/{report.total} nodes covered by 'trt-restricted'" in text
+    assert f"{report.covered_count}/{report.total} nodes covered: " in text
 
 
 def run_command(*argv: str) -> int:
@@ -337,4 +339,7 @@ def test_command_through_the_cli(run_cli, tmp_path: Path) -> None:
     onnx.save(conv_only_model(), path)
     code, out, _ = run_cli(["coverage", path, "--profile", "trt-dla", "--violations-only"])
     # DLA resizes only up, by whole factors: the 0.5 down-scale is the one node it rejects
-    assert code == 2 and "15/16 nodes covered by 'trt-dla'" in out and "│ down " in out
+    assert code == 2 and "15/16 nodes covered: 15 confirmed, 0 evidenced, 0 assumed" in out
+    assert "Resize" in out and "✗" in out and "│ down " not in out  # node names only in the wide table
+    code, out, _ = run_cli(["coverage", path, "--profile", "trt-dla", "--violations-only", "--wide"])
+    assert code == 2 and "│ down " in out

@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from netdsl.backends.trt_coverage import NUMERIC, PREDICATES
-from netdsl.profile import BUNDLED_PROFILES, CHECKS, STATUSES, ProfileError, check_kind, load_profile, parse_profile
+from netdsl.profile import (
+    BUNDLED_PROFILES,
+    CHECKS,
+    LEVELS,
+    STATUS_LEVEL,
+    STATUSES,
+    ProfileError,
+    check_kind,
+    load_profile,
+    parse_profile,
+)
 
 MINIMAL = """
 [profile]
@@ -74,8 +84,29 @@ def test_restricted_encodes_the_csa_reference_comments() -> None:
     reduce_mean = profile.rule_for("ReduceMean")
     assert reduce_mean.status == "confirmed" and "CSA-REF" in reduce_mean.source
     resize_limits = {limit.check: limit for limit in profile.rule_for("Resize").limits}
-    assert resize_limits["constant_scales"].status == "confirmed"
+    assert resize_limits["constant_scales"].status == "evidenced"
     assert "CSA-REF" in resize_limits["constant_scales"].source
+
+
+# The ops of NVIDIA's CSA reference model, which NVIDIA states runs in restricted mode (csa-reference.md).
+CSA_REFERENCE_OPS = ("BatchNormalization", "Sigmoid", "Mul", "Add", "Resize", "Reshape", "Transpose", "AveragePool",
+                     "Squeeze")
+
+
+def test_restricted_levels_follow_the_evidence() -> None:
+    profile = load_profile("trt-restricted")
+    for op in CSA_REFERENCE_OPS:
+        rule = profile.rule_for(op)
+        assert rule.allowed and rule.level == "evidenced" and "CSA-REF" in rule.source, op
+    assert {profile.rule_for(op).level for op in ("Conv", "Relu")} == {"confirmed"}  # the safe sample's layers
+    evidenced = [rule.op for rule in profile.ops.values() if rule.level == "evidenced"]
+    assert sorted(evidenced) == sorted(CSA_REFERENCE_OPS)  # nothing else claims the CSA model's evidence
+    assert {profile.rule_for(op).level for op in ("Softmax", "Concat", "Slice", "Sub")} == {"assumed"}
+
+
+def test_status_levels() -> None:
+    assert [STATUS_LEVEL[s] for s in STATUSES] == ["confirmed", "confirmed", "evidenced", "assumed"]
+    assert set(STATUS_LEVEL.values()) == set(LEVELS)
 
 
 def test_global_rules() -> None:

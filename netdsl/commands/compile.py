@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from netdsl.backends.trt_coverage import CoverageReport
     from netdsl.ir import Graph
     from netdsl.passes.pipeline import PipelineResult
     from netdsl.profile import Profile
@@ -51,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", help="TensorRT profile name or file (default: the target's)")
     p.add_argument("--passes", help="comma-separated passes to run instead of the target's pipeline")
     p.add_argument("--print-after", metavar="PASS", help="print the IR after this pass")
+    p.add_argument("--strict", action="store_true",
+                   help="TensorRT targets: refuse a model that relies on an assumed profile rule (list them)")
+    p.add_argument("--wide", action="store_true",
+                   help="TensorRT targets: print every column of the coverage table in full (node names, reasons)")
     p.add_argument("--precision", choices=("fp16", "int8", "fp32"), default="fp16",
                    help="precision in the printed trtexec command")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
@@ -73,29 +78,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load_weights_or_init(graph: object, path: Path | None, seed: int) -> dict:
+def load_weights_or_init(graph: Graph, path: Path | None, seed: int) -> dict:
     """Weights from ``path`` (matched by name, checked) or the seeded default initialisation."""
-    from netdsl.initializers import initial_weights
+    from netdsl import api
 
-    if path is None:
-        return initial_weights(graph, seed)  # type: ignore[arg-type]
-    from netdsl.backends.weights_io import WeightsError, load_weights
-
-    try:
-        return load_weights(path, graph)  # type: ignore[arg-type]
-    except WeightsError as err:
-        raise NetdslError(Diagnostic(str(err))) from None
+    return api.initial_weights(graph, seed) if path is None else api.read_weights(path, graph)
 
 
 def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> PipelineResult:
     """Elaborate the spec (unless its ``graph`` is given), load weights and run the target's pass pipeline
     (on a copy: ``graph`` is left as it is)."""
-    from netdsl.passes.pipeline import run_pipeline
+    from netdsl import api
 
     graph = graph_from_args(args) if graph is None else graph
     weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
-    return run_pipeline(graph, target, weights=weights, passes=passes, print_after=getattr(args, "print_after", None))
+    return api.lower(graph, target, weights, passes=passes, print_after=getattr(args, "print_after", None))
 
 
 
@@ -206,6 +204,18 @@ def target_profile(args: argparse.Namespace) -> Profile:
         raise NetdslError(Diagnostic(str(err))) from None
 
 
+def refuse_assumed(report: CoverageReport, profile: Profile, strict: bool) -> None:
+    """With ``--strict``, a located refusal listing the assumed rules the model relies on."""
+    from netdsl.backends.trt_coverage import assumed_rule_notes
+
+    notes = assumed_rule_notes(report, profile)
+    if strict and notes:
+        raise NetdslError(Diagnostic(
+            f"--strict: {report.assumed_count} of {report.total} nodes are allowed only by {len(notes)} assumed "
+            f"rule(s) of profile '{profile.name}'; nothing was written", None, notes=notes,
+            help="rewrite those ops into confirmed or evidenced ones, or drop --strict to accept the assumptions"))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise NetdslError(Diagnostic("compile needs an output file: -o OUT"))
@@ -225,19 +235,17 @@ def run(args: argparse.Namespace) -> int:
         check_ranges(args, result)
     model, payloads = emit_onnx_parts(result, target, args)
     if profile is not None:
-        from rich.console import Console
-
-        from netdsl.backends.trt_coverage import check_coverage, render_coverage
+        from netdsl.backends.trt_coverage import check_coverage, coverage_console, render_coverage
         from netdsl.backends.trt_engine import trtexec_command
 
         report = check_coverage(model, profile)
-        console = Console(stderr=False, width=160)
-        render_coverage(report, console)
+        render_coverage(report, coverage_console(args.wide), wide=args.wide)
         if not report.covered:
             raise NetdslError(Diagnostic(
                 f"{report.uncovered_count} of {report.total} nodes and {len(report.graph_violations)} graph-level "
                 f"rule(s) are not allowed by profile '{profile.name}'; nothing was written", None,
                 notes=report.violation_lines()))
+        refuse_assumed(report, profile, args.strict)
     from netdsl.backends.onnx_stream import write_onnx_parts
 
     write_onnx_parts(model, payloads, args.output)

@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="compile target for a spec (default: the profile's name, trt-restricted for profile files)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
     p.add_argument("--violations-only", action="store_true", help="list only the nodes that are not covered")
+    p.add_argument("--strict", action="store_true", help="also fail when a node is allowed only by an assumed rule")
+    p.add_argument("--wide", action="store_true", help="print every column in full (node names, reasons, rewrites)")
     add_model_input_args(p)
     p.set_defaults(run=run)
 
@@ -76,7 +78,8 @@ def wide_console() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Check coverage; 0 if every node is covered, 2 if not or on bad input."""
-    from netdsl.backends.trt_coverage import check_coverage, render_coverage
+    from netdsl.backends.trt_coverage import check_coverage, coverage_console, render_coverage
+    from netdsl.commands.compile import refuse_assumed
     from netdsl.profile import ProfileError, load_profile
 
     try:
@@ -90,9 +93,15 @@ def run(args: argparse.Namespace) -> int:
         print(render(err.diag), file=sys.stderr)
         return 2
     report = check_coverage(model, profile)
-    render_coverage(report, wide_console(), violations_only=args.violations_only)
+    render_coverage(report, coverage_console(args.wide), violations_only=args.violations_only, wide=args.wide)
     if args.json is not None:
         from netdsl.atomic_write import atomic_write_text
 
         atomic_write_text(args.json, report.to_json() + "\n")
+    if report.covered and args.strict:
+        try:
+            refuse_assumed(report, profile, strict=True)
+        except NetdslError as err:
+            print(render(err.diag), file=sys.stderr)
+            return 2
     return 0 if report.covered else 2

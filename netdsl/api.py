@@ -1,0 +1,129 @@
+"""The Python API: load and check a spec, compile it, build the PyTorch module, read and write weights.
+
+Every function takes plain Python values (paths, dicts, strings) and raises
+:class:`netdsl.diagnostics.NetdslError` for a user error, whose ``diag`` renders like the command
+line's messages (:func:`netdsl.diagnostics.render`). The commands are built on these functions.
+
+The core (``netdsl``) imports no framework; the functions that produce ONNX or PyTorch objects
+import their backend when called, so ``import netdsl.api`` works without torch installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from netdsl.diagnostics import Diagnostic, NetdslError
+from netdsl.elaborate import elaborate_program
+from netdsl.ir import Graph
+from netdsl.loader import load_program
+from netdsl.resolve import resolve_program
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    from torch import nn
+
+    from netdsl.backends.trt_coverage import CoverageReport
+    from netdsl.passes.pipeline import PipelineResult
+
+TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
+
+Weights = dict[str, "np.ndarray"]
+
+
+def load(spec: str | os.PathLike[str], entry: str | None = None, params: dict[str, Any] | None = None,
+         inputs: dict[str, tuple[int, ...]] | None = None, lib: list[str | os.PathLike[str]] | None = None) -> Graph:
+    """Parse ``spec`` and its imports, resolve the names of every block, and elaborate and type-check
+    ``entry`` (default: the file's last model) into a typed graph.
+
+    ``params`` sets the entry's parameters (``{"dim": 32}``); ``inputs`` gives input shapes
+    (``{"x": (2, 64, 14, 14)}``); ``lib`` adds folders to search for imports."""
+    program = load_program(spec, [Path(p) for p in lib or []])
+    graph = elaborate_program(program, entry, params or {}, inputs or {})
+    resolve_program(program)
+    return graph
+
+
+def initial_weights(graph: Graph, seed: int = 0) -> Weights:
+    """The seeded default initialisation of every parameter and buffer, by name (numpy arrays)."""
+    from netdsl.initializers import initial_weights as draw
+
+    return draw(graph, seed)
+
+
+def read_weights(path: str | os.PathLike[str], graph: Graph) -> Weights:
+    """Weights for ``graph`` from a ``.safetensors``, ``.npz``, ``.pt`` or ``.pth`` file, matched by name and
+    checked (shape, dtype, finiteness, nothing missing or extra)."""
+    from netdsl.backends.weights_io import WeightsError, load_weights
+
+    try:
+        return load_weights(path, graph)
+    except WeightsError as err:
+        raise NetdslError(Diagnostic(str(err))) from None
+
+
+def write_weights(weights: Weights | nn.Module, path: str | os.PathLike[str]) -> None:
+    """Save weights (a name -> array dict, or a module's ``state_dict``) as ``.safetensors``, atomically."""
+    import numpy as np
+
+    from netdsl.backends.weights_io import save_safetensors
+
+    if hasattr(weights, "state_dict"):
+        weights = {k: v.detach().cpu().numpy() for k, v in weights.state_dict().items()}
+    save_safetensors({k: np.asarray(v) for k, v in weights.items()}, path)
+
+
+def lower(graph: Graph, target: str = "onnx", weights: Weights | None = None, seed: int = 0,
+          passes: list[str] | None = None, print_after: str | None = None) -> PipelineResult:
+    """Run ``target``'s pass pipeline (or the named ``passes``) on a copy of ``graph``, carrying ``weights``
+    (default: the seeded initialisation) through the rewrites. ``result.graph`` and ``result.weights`` are
+    the lowered graph and its weights; ``print_after`` prints the IR after the pass of that name."""
+    from netdsl.passes.pipeline import run_pipeline
+
+    if target not in TARGETS:
+        raise NetdslError(Diagnostic(f"unknown target '{target}'; expected one of {', '.join(TARGETS)}"))
+    weights = initial_weights(graph, seed) if weights is None else weights
+    return run_pipeline(graph, target, weights=weights, passes=passes, print_after=print_after)
+
+
+def to_onnx(graph: Graph, target: str = "onnx", weights: Weights | None = None, seed: int = 0,
+            opset: int = 17) -> onnx.ModelProto:
+    """The ONNX model of ``graph`` lowered for ``target`` (``onnx`` or a TensorRT target), with ``weights``
+    (default: the seeded initialisation) as initializers. It is not checked against a TensorRT profile:
+    see :func:`coverage`."""
+    from netdsl.backends.onnx_backend import to_onnx as emit
+
+    if target == "torch":
+        raise NetdslError(Diagnostic("to_onnx() emits ONNX; for the torch target use build_module()"))
+    result = lower(graph, target, weights, seed)
+    return emit(result.graph, result.weights, opset=opset, channels_last_resize=target == "onnx")
+
+
+def coverage(model: onnx.ModelProto, profile: str | os.PathLike[str] = "trt-restricted") -> CoverageReport:
+    """Check every node of an ONNX model against a TensorRT profile (a bundled name or a TOML file)."""
+    from netdsl.backends.trt_coverage import check_coverage
+    from netdsl.profile import ProfileError, load_profile
+
+    try:
+        return check_coverage(model, load_profile(profile))
+    except ProfileError as err:
+        raise NetdslError(Diagnostic(str(err))) from None
+
+
+def build_module(graph: Graph, weights: Weights | None = None, seed: int = 0) -> nn.Module:
+    """A trainable ``torch.nn.Module`` computing ``graph`` (lowered for the ``torch`` target), with
+    ``weights`` (default: the seeded initialisation, the same numbers :func:`to_onnx` uses) loaded.
+    Its ``state_dict`` names are the spec's parameter names. Needs ``pip install "netdsl[torch]"``."""
+    from netdsl.backends.torch_backend import build_module as build
+
+    result = lower(graph, "torch", weights, seed)
+    return build(result.graph, result.weights)
+
+
+def torch_source(graph: Graph) -> str:
+    """The standalone Python source of :func:`build_module`'s module (imports only torch)."""
+    from netdsl.backends.torch_codegen import generate_source
+
+    return generate_source(lower(graph, "torch").graph)
