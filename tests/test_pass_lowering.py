@@ -105,21 +105,6 @@ def test_a_graph_output_that_becomes_its_input_keeps_its_name_through_an_identit
     assert out.nodes[0].inputs == [x] and out.nodes[0].outputs == out.outputs
 
 
-@pytest.mark.parametrize("op, shape, axes, keepdims, ops", [
-    ("reduce_sum", (2, 5, 3, 4), (1,), True, {"const": 1, "conv": 1}),
-    ("reduce_mean", (2, 5, 3, 4), (2, 3), True, {"const": 1, "conv": 1}),
-    ("reduce_mean", (2, 5, 3, 4), (-1,), True, {"const": 1, "conv": 1}),
-    ("reduce_sum", (2, 5, 3, 4), (1, 2, 3), False, {"const": 2, "conv": 2, "reshape": 1}),
-    ("reduce_mean", (2, 3, 7), (-1,), False, {"transpose": 1, "reshape": 2, "const": 1, "conv": 1}),
-    ("reduce_sum", (2, 5, 3, 4), (0,), True, {"reshape": 2, "const": 1, "conv": 1}),
-])
-def test_reductions_become_constant_ones_convolutions(op: str, shape: tuple[int, ...], axes: tuple[int, ...],
-                                                       keepdims: bool, ops: dict[str, int]) -> None:
-    b, x = builder_with_input(*shape)
-    b.output(b.op(op, [x], at(2), axes=axes, keepdims=keepdims))
-    check_rewrite(REDUCE, b.graph, ops)
-
-
 @pytest.mark.parametrize("shape, axes, keepdims, ops", [
     ((2, 3, 7), (-1,), True, {"slice": 7, "sub": 3, "relu": 3, "add": 3, "concat": 1}),
     ((2, 4, 2, 3), (1, 3), False, {"slice": 9, "sub": 4, "relu": 4, "add": 4, "concat": 1, "reshape": 1}),

@@ -18,8 +18,9 @@
   shuffle, concat, slice, softmax, resize by scales): attention, shift, unfold, roll, max
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
   norms, moves average pools above pointwise convs and folds parameter-only subgraphs into
-  constants. Layer norm and GELU have no exact form in
-  that set and stay (the coverage report names them);
+  constants. Layer, group and instance norms become means (by ``reduce_mean``, lowered by
+  ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops; GELU stays (the coverage report
+  names it);
 * ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
   strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
   fractional or shrinking factors become 1x1 convs over the resized axis (DLA only upsamples by
@@ -56,13 +57,15 @@ PIPELINES: dict[str, list[str]] = {
     # concats, and the maxpool lowering emits an edge pad, all lowered by the passes after them.
     "trt-restricted": [
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
-        "maxpool_to_elementwise", "pad_to_slice_concat", "reduce_to_conv", "reduce_max_to_elementwise",
-        "linear_to_conv", "hardswish_decompose", "tanh_decompose", *_FOLD_AND_CLEAN,
+        "maxpool_to_elementwise", "pad_to_slice_concat", "layernorm_decompose", "groupnorm_decompose",
+        "reduce_to_conv", "reduce_max_to_elementwise", "linear_to_conv", "hardswish_decompose",
+        "tanh_decompose", *_FOLD_AND_CLEAN,
     ],
     "trt-dla": [
         "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
-        "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "reduce_to_conv", "linear_to_conv",
-        "hardswish_decompose", "tanh_decompose", "concat_to_channels", *_FOLD_AND_CLEAN,
+        "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "layernorm_decompose", "groupnorm_decompose",
+        "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose",
+        "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
 

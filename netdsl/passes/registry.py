@@ -24,6 +24,8 @@ PASS_MODULES = (
     "maxpool_to_elementwise",
     "pad_to_slice_concat",
     "softmax_decompose",
+    "layernorm_decompose",
+    "groupnorm_decompose",
     "reduce_max_to_elementwise",
     "reduce_to_conv",
     "concat_to_channels",
