@@ -8,7 +8,7 @@
   bound), and the ratio restricted / onnx per batch with its 95% bootstrap interval, rounds
   resampled together (:func:`netdsl.backends.bench.ratio_interval`);
 * ONNX node count, peak live activation memory and largest activation of the batch-1 ONNX model
-  as ONNX Runtime receives it (the ``global_attention`` benchmark's measure), and coverage under
+  as ONNX Runtime receives it (:func:`netdsl.backends.model_facts.onnx_activation_memory`), and coverage under
   the ``trt-restricted`` profile;
 * how far the restricted model's output is from the ``onnx`` one's on a random input (largest
   difference relative to the output's largest magnitude), checked before timing.
@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from global_attention import onnx_memory
 from rich.console import Console
 from rich.table import Table
 
 from netdsl.atomic_write import atomic_write_text
 from netdsl.backends.bench import PerBatchModel, bench_many, ratio_interval, session_options
+from netdsl.backends.model_facts import onnx_activation_memory
 from netdsl.backends.trt_coverage import check_coverage
 from netdsl.commands.compile import compile_to_onnx
 from netdsl.profile import load_profile
@@ -84,7 +84,7 @@ def static_rows(models: list[str], args: argparse.Namespace) -> list[dict[str, A
             built = compiled(model, target, 1, args.size)
             out = _run(built, x, args.threads)
             reference = out if reference is None else reference
-            memory = onnx_memory(built)
+            memory = onnx_activation_memory(built)
             report = check_coverage(built, profile)
             rows.append({"model": model, "target": target, "nodes": memory.nodes, "peak_bytes": memory.peak_bytes,
                          "largest_bytes": memory.largest_bytes, "covered": report.covered_count,
