@@ -20,7 +20,7 @@ from test_restricted_models import RUNS, SMALL, SPECS, Case
 
 from netdsl.backends import onnx_backend
 from netdsl.backends.lowering_hints import lowering_note, lowering_targets_of
-from netdsl.backends.onnx_backend import emitted_ops, to_onnx
+from netdsl.backends.onnx_backend import emitted_ops, supported_ops, to_onnx
 from netdsl.backends.trt_coverage import check_coverage
 from netdsl.initializers import initial_weights
 from netdsl.passes.pipeline import PIPELINES, run_pipeline
@@ -50,6 +50,7 @@ def test_every_lowering_declares_the_onnx_ops_it_emits(monkeypatch: pytest.Monke
             result = run_pipeline(graph, target, weights=weights)
             to_onnx(result.graph, result.weights)
     assert {"attention", "gelu", "layernorm", "linear", "reduce_max", "local_attention"} <= set(emitted)
+    assert sorted(op for op in supported_ops() if not emitted_ops(op)) == []
     undeclared = {op: sorted(ops - emitted_ops(op)) for op, ops in emitted.items() if ops - emitted_ops(op)}
     assert undeclared == {}
 
