@@ -22,11 +22,17 @@ from netdsl.passes.pipeline import lowering_targets
 
 @dataclass(frozen=True)
 class Lowering:
-    """IR op ``source`` (which emits the ONNX op) is removed by pass ``rule`` under ``targets``."""
+    """IR op ``source`` (which emits the ONNX op) is removed by pass ``rule`` under ``targets`` (``when`` it
+    meets that condition, if any)."""
 
     source: str
     rule: str
     targets: tuple[str, ...]
+    when: str = ""
+
+    def text(self) -> str:
+        """E.g. "`gather` by gather_to_slice when its indices are constants"."""
+        return f"`{self.source}` by {self.rule}" + (f" when {self.when}" if self.when else "")
 
 
 @cache
@@ -41,7 +47,7 @@ def lowerings(onnx_op: str) -> tuple[tuple[Lowering, ...], tuple[str, ...]]:
     found, unlowered = [], []
     for source in _sources(onnx_op):
         rules = lowering_targets(source)
-        found += [Lowering(source, rule, tuple(targets)) for rule, targets in sorted(rules.items())]
+        found += [Lowering(source, rule, tuple(targets), when) for rule, (targets, when) in sorted(rules.items())]
         if not rules:
             unlowered.append(source)
     return tuple(found), tuple(unlowered)
@@ -64,7 +70,7 @@ def lowering_note(onnx_op: str) -> str | None:
         return None
     by_targets: dict[tuple[str, ...], list[str]] = {}
     for lowering in found:
-        by_targets.setdefault(lowering.targets, []).append(f"`{lowering.source}` by {lowering.rule}")
+        by_targets.setdefault(lowering.targets, []).append(lowering.text())
     parts = [f"for --target {_and(list(targets))} (from {', '.join(how)})" for targets, how in by_targets.items()]
     note = f"netdsl lowers {onnx_op} " + "; ".join(parts)
     if unlowered:

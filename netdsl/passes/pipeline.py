@@ -72,16 +72,18 @@ PIPELINES: dict[str, list[str]] = {
 PRINT_ALL = "all"
 
 
-def lowering_targets(op: str) -> dict[str, list[str]]:
-    """For IR op ``op``: each pass that removes it (its postcondition says so) -> the targets whose pipeline runs it.
+def lowering_targets(op: str) -> dict[str, tuple[list[str], str]]:
+    """For IR op ``op``: each pass that removes it (its postcondition says so) -> (the targets whose pipeline
+    runs it, the condition under which it removes the op, "" for always).
 
     Passes in no pipeline are left out: only what a ``--target`` applies counts as a lowering.
     """
-    found: dict[str, list[str]] = {}
+    found: dict[str, tuple[list[str], str]] = {}
     for name, p in all_passes().items():
         targets = [target for target, names in PIPELINES.items() if name in names]
-        if targets and op in removed_ops(p):
-            found[name] = targets
+        removal = removed_ops(p)
+        if targets and removal is not None and op in removal.ops:
+            found[name] = (targets, removal.when)
     return found
 
 
