@@ -23,6 +23,7 @@ import onnx
 
 from netdsl.backends.bench import RebatchError, batch_size_of, rebatch_model
 from netdsl.backends.trt_coverage import CoverageReport
+from netdsl.memory import MemoryFigures, live_memory
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                 onnx.TensorProto.DOUBLE}
@@ -177,3 +178,18 @@ def onnx_size(model: onnx.ModelProto) -> ModelSize:
     except KeyError:
         pass
     return size
+
+
+def onnx_activation_memory(model: onnx.ModelProto) -> MemoryFigures:
+    """Peak live and largest activation of an ONNX model run in node order (:func:`netdsl.memory.live_memory`).
+
+    Shapes come from ONNX shape inference; initializers and Constant outputs are weights. Unlike the
+    figures of the IR, they count the tensors inside ops that one IR op emits as several ONNX nodes
+    (e.g. an attention's attention matrix)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    weights = {t.name for t in model.graph.initializer}
+    weights |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    size = {name: math.prod(shape) * itemsize for name, (shape, itemsize) in _tensor_shapes(inferred).items()
+            if name not in weights}
+    nodes = [([i for i in n.input if i], list(n.output)) for n in inferred.graph.node]
+    return live_memory(nodes, size, [i.name for i in model.graph.input], [o.name for o in model.graph.output])

@@ -56,12 +56,13 @@ _UNARY = {
     "hardswish": "HardSwish",
     "tanh": "Tanh",
     "exp": "Exp",
+    "erf": "Erf",
     "neg": "Neg",
     "sqrt": "Sqrt",
     "identity": "Identity",
 }
 _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
-_REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax"}
+_REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin"}
 _PAD_MODES = {"zero": "constant", "reflect": "reflect", "edge": "edge"}
 
 
@@ -416,6 +417,12 @@ def _gelu(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Mul", [half_x, em.emit("Add", [erf, em.scalar(1.0, like)])], out=ys[0])
 
 
+@_lowers("pow", emits=["Pow"])
+def _pow(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
+    (x,) = em.inputs(node)
+    em.emit("Pow", [x, em.scalar(float(node.attrs["exponent"]), node.inputs[0])], out=ys[0])
+
+
 @_lowers("softmax", emits=["Softmax"])
 def _softmax(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Softmax", em.inputs(node), {"axis": int(node.attrs["axis"])}, out=ys[0])
@@ -764,6 +771,14 @@ def _roll(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 @_lowers("gather", emits=["Gather"])
 def _gather(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])
+
+
+@_lowers("where", emits=["Cast", "Where"])
+def _where(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
+    cond, a, b = em.inputs(node)
+    if em.type_of(node.inputs[0]).dtype != "bool":  # nonzero selects a, as ONNX's Cast to bool gives
+        cond = em.emit("Cast", [cond], {"to": onnx.TensorProto.BOOL})
+    em.emit("Where", [cond, a, b], out=ys[0])
 
 
 def supported_ops() -> frozenset[str]:

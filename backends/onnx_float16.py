@@ -40,8 +40,8 @@ FLOAT32_INPUTS: dict[str, frozenset[int]] = {"Resize": frozenset({1, 2})}
 CONVERTED_OPS = frozenset({
     "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Erf",
     "Exp", "Gather", "Gelu", "Gemm", "HardSwish", "Identity", "InstanceNormalization", "LayerNormalization",
-    "MatMul", "MaxPool", "Mul", "Neg", "Pad", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize",
-    "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Sub", "Tanh", "Transpose", "Add",
+    "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape",
+    "Resize", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Sub", "Tanh", "Transpose", "Add",
 })
 """The ONNX ops :func:`to_float16` converts (every op the ONNX backend emits, plus constants and casts)."""
 

@@ -720,12 +720,18 @@ _UNARY = {
     "tanh": "torch.tanh",
     "exp": "torch.exp",
     "sqrt": "torch.sqrt",
+    "erf": "torch.erf",
 }
 
 
 @_emits(*_UNARY)
 def _unary(src: ModuleSource, node: Node) -> str:
     return _call(_UNARY[node.op], src.arg(node, 0))
+
+
+@_emits("pow")
+def _pow(src: ModuleSource, node: Node) -> str:
+    return f"{src.arg(node, 0)} ** {lit(float(node.attrs['exponent']))}"
 
 
 @_emits("neg")
@@ -828,7 +834,7 @@ def _unfold(src: ModuleSource, node: Node) -> str:
     return f"{unfolded}.unflatten(-1, {lit(src.type_out(node).shape[2:])})"
 
 
-_REDUCTIONS = {"reduce_mean": "mean", "reduce_sum": "sum", "reduce_max": "amax"}
+_REDUCTIONS = {"reduce_mean": "mean", "reduce_sum": "sum", "reduce_max": "amax", "reduce_min": "amin"}
 
 
 @_emits(*_REDUCTIONS)
@@ -897,6 +903,12 @@ def _local_attention(src: ModuleSource, node: Node) -> str:
 def _roll(src: ModuleSource, node: Node) -> str:
     shifts, dims = lit(tuple(node.attrs["shifts"])), lit(tuple(node.attrs["axes"]))
     return _call("torch.roll", src.arg(node, 0), shifts=shifts, dims=dims)
+
+
+@_emits("where")
+def _where(src: ModuleSource, node: Node) -> str:
+    cond, a, b = src.args(node)
+    return f"torch.where({cond} != 0, {a}, {b})"
 
 
 @_emits("gather")

@@ -23,13 +23,14 @@ from netdsl.ir import Frame, Span
 
 @dataclass
 class Diagnostic:
-    """One error: message, where, and what else helps the user fix it."""
+    """One error (or warning): message, where, and what else helps the user fix it."""
 
     message: str
     span: Span | None = None
     notes: list[str] = field(default_factory=list)
     help: str | None = None
     chain: tuple[Frame, ...] = ()
+    severity: str = "error"  # or "warning": reported, but the command goes on
 
 
 class NetdslError(Exception):
@@ -68,7 +69,7 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
 
 def render(diag: Diagnostic) -> str:
     """Format a diagnostic with the source line and a caret under the span."""
-    out = [f"error: {diag.message}"]
+    out = [f"{diag.severity}: {diag.message}"]
     span = diag.span
     if span is not None:
         out.append(f"  --> {span.file}:{span.line}:{span.col}")

@@ -594,9 +594,12 @@ class Elaborator:
 
     def _tensor_binop(self, e: ast.BinOp, scope: Scope, left: Any, right: Any) -> Tensor:
         ops = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+        if e.op == "**":
+            return self._tensor_pow(e, scope, left, right)
         if e.op not in ops:
             raise self.error(scope, f"operator '{e.op}' is not defined on tensors", e.op_span,
-                             help="tensors support + - * / (element-wise, with broadcasting)")
+                             help="tensors support + - * / (element-wise, with broadcasting) and ** with a "
+                                  "constant exponent")
         dtype = self.tensor_type(left if isinstance(left, Tensor) else right).dtype
         args = []
         for side, v in ((e.left, left), (e.right, right)):
@@ -607,6 +610,16 @@ class Elaborator:
             else:
                 raise self.error(scope, f"'{e.op}' cannot combine a tensor with {type_name(v)}", side.span)
         return self.emit(scope, ops[e.op], args, e.span, arg_spans=[e.left.span, e.right.span])
+
+    def _tensor_pow(self, e: ast.BinOp, scope: Scope, left: Any, right: Any) -> Tensor:
+        """``tensor ** c`` for a compile-time number ``c``: the ``pow`` op."""
+        if not isinstance(left, Tensor):
+            raise self.error(scope, "'**' with a tensor exponent is not defined", e.right.span,
+                             help="the exponent of '**' must be a constant number, e.g. x ** 2 or x ** -0.5")
+        if isinstance(right, bool) or not isinstance(right, (int, float)):
+            raise self.error(scope, f"the exponent of '**' on a tensor must be a constant number, found "
+                             f"{type_name(right)}", e.right.span)
+        return self.emit(scope, "pow", [left], e.span, arg_spans=[e.left.span], exponent=float(right))
 
     def check_fits(self, scope: Scope, value: float, dtype: str, span: Span) -> None:
         """A located error unless ``value`` is exactly representable in range as a number of IR dtype ``dtype``

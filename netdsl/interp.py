@@ -6,9 +6,10 @@ are all known). It favours plain, literal transcriptions of the op docstrings ov
 every window op is vectorised (strided views and BLAS products), so a full block at 56x56 runs
 in well under a second.
 
-Dtypes: an op's output has the dtype of its first input (the type checker requires equal
-dtypes), ``const`` has its declared dtype and ``grid`` is float32. :func:`run_graph` can instead
-compute every floating value in float64, which makes differential tests exact to ~1e-12.
+Dtypes: an op's output has the dtype of its first input (of its first branch for ``where``; the
+type checker requires equal dtypes), ``const`` has its declared dtype and ``grid`` is float32.
+:func:`run_graph` can instead compute every floating value in float64, which makes differential
+tests exact to ~1e-12.
 """
 
 from __future__ import annotations
@@ -194,6 +195,7 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "exp": np.exp,
     "neg": np.negative,
     "sqrt": np.sqrt,
+    "erf": lambda x: _erf(x).astype(x.dtype),
     "identity": lambda x: x,
 }
 
@@ -208,6 +210,13 @@ for _name, _fn in _UNARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn: fn(args[0]))
 for _name, _fn2 in _BINARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn2: fn(args[0], args[1]))
+
+
+@_kernel("pow")
+def _pow(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    x = args[0]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # 0 ** -1 = inf, (-1) ** 0.5 = nan
+        return np.power(x, np.asarray(attrs["exponent"], dtype=x.dtype))
 
 
 @_kernel("softmax")
@@ -314,6 +323,11 @@ def _roll(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.roll(args[0], tuple(attrs["shifts"]), tuple(attrs["axes"]))
 
 
+@_kernel("where")
+def _where(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    return np.where(args[0] != 0, args[1], args[2])
+
+
 @_kernel("gather")
 def _gather(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.take(args[0], args[1], axis=0)
@@ -375,7 +389,8 @@ def _maxpool(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     return np.max(_windows(x, attrs, attrs["kernel"], fill=lowest), axis=(4, 5))
 
 
-_REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max}
+_REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max,
+                                                   "reduce_min": np.min}
 
 for _name, _reduce in _REDUCTIONS.items():
     _kernel(_name)(
@@ -410,15 +425,17 @@ def _resize(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
 def eval_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
     """Evaluate one node on concrete input arrays (in ``node.inputs`` order); returns its outputs.
 
-    Outputs take the dtype of the first input (the type checker requires matching dtypes), so
-    a float32 graph stays float32 even where a kernel computes in float64 internally.
+    Outputs take the dtype of the first input (the type checker requires matching dtypes; for
+    ``where``, of its first branch), so a float32 graph stays float32 even where a kernel
+    computes in float64 internally.
     """
     kernel = KERNELS.get(node.op)
     if kernel is None:
         raise ValueError(f"the interpreter has no kernel for op {node.op!r}")
     outs = kernel(args, node.attrs)
     if args:
-        outs = [np.asarray(o).astype(args[0].dtype, copy=False) for o in outs]
+        like = args[1] if node.op == "where" else args[0]
+        outs = [np.asarray(o).astype(like.dtype, copy=False) for o in outs]
     return outs
 
 

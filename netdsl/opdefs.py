@@ -218,11 +218,46 @@ for _name, _doc in {
     "hardswish": "x * clip(x + 3, 0, 6) / 6",
     "tanh": "tanh(x)",
     "exp": "exp(x)",
+    "erf": "the error function erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt",
     "neg": "-x",
-    "sqrt": "sqrt(x)",
     "identity": "x",
 }.items():
     _unary(_name, _doc)
+
+
+def check_valid_range(attrs: dict[str, Any]) -> tuple[float, float] | None:
+    """The optional ``range`` attribute ``(lo, hi)``: bounds a producer guarantees for the input.
+
+    A pass that emits a range-limited op (``sqrt``, a fractional ``pow``) on a value it knows to be
+    bounded, e.g. ``var + eps >= eps``, records the bounds here so that the op's lowering can be
+    built for that range instead of its default one. Raises OpTypeError unless 0 < lo <= hi < inf.
+    """
+    if "range" not in attrs:
+        return None
+    bounds = attrs["range"]
+    if len(bounds) != 2:
+        raise OpTypeError(f"range must be a pair (lo, hi), found {list(bounds)}", "range")
+    lo, hi = (float(b) for b in bounds)
+    if not (0.0 < lo <= hi < math.inf):
+        raise OpTypeError(f"range ({lo:g}, {hi:g}) must satisfy 0 < lo <= hi < inf", "range")
+    return lo, hi
+
+
+@_op("sqrt", 1, 1)
+def _sqrt(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """sqrt(x); attrs: range (optional ``(lo, hi)``, the bounds of x its producer guarantees)."""
+    check_valid_range(attrs)
+    return [types[0]]
+
+
+@_op("pow", 1, 1)
+def _pow(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """x ** exponent with a constant float ``exponent``; attrs: exponent, range (optional, as for sqrt)."""
+    exponent = attrs["exponent"]
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not math.isfinite(exponent):
+        raise OpTypeError(f"pow exponent must be a finite number, found {exponent!r}", "exponent")
+    check_valid_range(attrs)
+    return [types[0]]
 
 
 @_op("softmax", 1, 1)
@@ -257,6 +292,23 @@ def _binary(name: str, doc: str) -> None:
 
 for _name, _doc in {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b"}.items():
     _binary(_name, _doc + " with numpy broadcasting")
+
+
+@_op("where", 3, 3)
+def _where(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Elementwise select: ``a`` where ``cond`` is nonzero (true), else ``b``; numpy broadcasting of all three.
+
+    inputs: cond (any dtype), a, b (the same dtype, which the result has).
+    """
+    cond, a, b = types
+    if a.dtype != b.dtype:
+        raise OpTypeError(f"where branches need one dtype, found {a} and {b}", 2)
+    shape = broadcast_shapes(a.shape, b.shape)
+    try:
+        shape = broadcast_shapes(cond.shape, shape)
+    except OpTypeError:
+        raise OpTypeError(f"where condition {cond} does not broadcast to {fmt_shape(shape)}", 0) from None
+    return [TensorType(a.dtype, shape)]
 
 
 @_op("const", 0, 0)
@@ -432,6 +484,7 @@ def _reduce(name: str, doc: str) -> None:
 _reduce("reduce_mean", "Mean over ``axes``; attrs axes, keepdims.")
 _reduce("reduce_sum", "Sum over ``axes``; attrs axes, keepdims.")
 _reduce("reduce_max", "Max over ``axes``; attrs axes, keepdims.")
+_reduce("reduce_min", "Min over ``axes``; attrs axes, keepdims.")
 
 
 @_op("concat", 1, None)

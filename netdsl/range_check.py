@@ -13,7 +13,13 @@ a divisor that flushes to 0), is an error located at the spec line of the node t
 naming the op, the pass that created the node, and what to change. Parameters beyond the float16
 range are errors at their declaration.
 
-The check sees values at IR-node granularity: a quantity that exists only inside one op's
+The same calibration run checks the lowerings whose exactness depends on their input's range
+(:func:`check_input_ranges`): a node created by such a lowering carries the ``input_range``
+attribute ``(op, lo, hi)`` (:data:`netdsl.passes.softmax_exp.INPUT_RANGE`), and a calibration value
+of its first input outside [lo, hi] is an error located at the spec line of the lowered op, naming
+the op, the pass and the range.
+
+The float16 check sees values at IR-node granularity: a quantity that exists only inside one op's
 runtime implementation is not observed, except the unscaled ``q @ kᵀ`` of ``attention``, which
 the ONNX form materialises before the scale (see :data:`_INNER_VALUES`).
 """
@@ -127,11 +133,16 @@ class RangeReport:
         return max(self.stats.values(), key=lambda s: s.max_abs, default=None)
 
 
+def sample_count(graph: Graph, batches: list[Batch]) -> int:
+    """How many samples ``batches`` hold (the first input's leading axis, one per batch for scalars)."""
+    first = graph.inputs[0] if graph.inputs else None
+    return sum(len(b[first]) if first and b[first].ndim else 1 for b in batches)
+
+
 def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch]) -> RangeReport:
     """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached."""
     batches = list(batches)
-    first = graph.inputs[0] if graph.inputs else None
-    report = RangeReport(graph, sum(len(b[first]) if first and b[first].ndim else 1 for b in batches))
+    report = RangeReport(graph, sample_count(graph, batches))
     # The float16 view of the weights, for inner values computed from parameters: rounded once, not per batch.
     weights16 = {k: round_to_storage(np.asarray(v), np.float16) for k, v in weights.items()}
     for batch in batches:
@@ -233,3 +244,80 @@ def check_float16(graph: Graph, weights: dict[str, np.ndarray], batches: Iterabl
         if diag is None:
             return report
     raise NetdslError(diag)
+
+
+@dataclass
+class InputRangeStats:
+    """The extremes that calibration inputs gave the input of one range-limited lowering (NaN ignored)."""
+
+    node: Node
+    op: str
+    lo: float
+    hi: float
+    low: float = math.inf
+    high: float = -math.inf
+
+    @property
+    def out_of_range(self) -> bool:
+        return self.low < self.lo or self.high > self.hi
+
+
+def _input_observer(stats: dict[int, InputRangeStats],
+                    env: dict[str, np.ndarray]) -> Callable[[Node, list[np.ndarray]], None]:
+    """The ``observe`` callback of one run: widens the extremes of each range-limited node's input."""
+
+    def observe(node: Node, outputs: list[np.ndarray]) -> None:
+        entry = stats.get(id(node))
+        if entry is not None:
+            values = np.asarray(env[node.inputs[0]], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            if values.size:
+                entry.low, entry.high = min(entry.low, float(values.min())), max(entry.high, float(values.max()))
+        env.update(zip(node.outputs, outputs, strict=True))
+
+    return observe
+
+
+def observe_input_ranges(graph: Graph, weights: dict[str, np.ndarray],
+                         batches: Iterable[Batch]) -> list[InputRangeStats]:
+    """Run ``graph`` in float32 on each batch; the extremes of every range-limited lowering's input, in graph order."""
+    from netdsl.passes.softmax_exp import INPUT_RANGE
+
+    stats = {id(n): InputRangeStats(n, *n.attrs[INPUT_RANGE]) for n in graph.nodes if INPUT_RANGE in n.attrs}
+    if not stats:
+        return []
+    for batch in batches:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            run_graph(graph, weights, batch, observe=_input_observer(stats, {**weights, **batch}))
+    return list(stats.values())
+
+
+def input_range_diagnostic(stats: list[InputRangeStats], samples: int) -> Diagnostic | None:
+    """A located error for the first lowering whose input left its range on the calibration inputs, else None."""
+    bad = [s for s in stats if s.out_of_range]
+    if not bad:
+        return None
+    first = bad[0]
+    side = (f"min {_fmt(first.low)}, below {first.lo:g}" if first.low < first.lo
+            else f"max {_fmt(first.high)}, above {first.hi:g}")
+    rules = " > ".join(first.node.provenance.rules) or "a lowering"
+    notes = [f"{first.op} was lowered by pass {rules}, exact for inputs in {first.lo:g} .. {first.hi:g}"]
+    if len(bad) > 1:
+        notes.append(f"{len(bad) - 1} later range-limited lowering(s) are out of range too")
+    prov = first.node.provenance
+    return Diagnostic(
+        f"the input of {first.op} leaves the range its lowering is exact for: {side} on {samples} calibration "
+        f"sample{'s' if samples != 1 else ''}", prov.span, notes=notes, chain=prov.chain,
+        help="keep the input inside the range (or declare the range it has, e.g. sqrt(x, range=[lo, hi])), "
+             "calibrate with real data (--calib), or compile for a target that keeps the op")
+
+
+def check_input_ranges(graph: Graph, weights: dict[str, np.ndarray],
+                       batches: Iterable[Batch]) -> list[InputRangeStats]:
+    """Check every range-limited lowering's input on ``batches``; a located NetdslError if one leaves its range."""
+    batches = list(batches)
+    stats = observe_input_ranges(graph, weights, batches)
+    diag = input_range_diagnostic(stats, sample_count(graph, batches))
+    if diag is not None:
+        raise NetdslError(diag)
+    return stats

@@ -373,9 +373,26 @@ def _unary_op(name: str, ir_op: str, doc: str) -> None:
 for _n, _ir, _d in [("relu", "relu", "max(x, 0)"), ("gelu", "gelu", "GELU (exact, erf)"),
                     ("sigmoid", "sigmoid", "logistic sigmoid"), ("silu", "silu", "x * sigmoid(x)"),
                     ("swish", "silu", "x * sigmoid(x) (same as silu)"), ("hardswish", "hardswish", "hard swish"),
-                    ("tanh", "tanh", "tanh"), ("exp", "exp", "exp"), ("sqrt", "sqrt", "square root"),
+                    ("tanh", "tanh", "tanh"), ("exp", "exp", "exp"), ("erf", "erf", "the error function"),
                     ("identity", "identity", "x unchanged")]:
     _unary_op(_n, _ir, _d)
+
+
+def _range_attr(b: Bound) -> dict[str, Any]:
+    """The IR ``range`` attribute of a ``range=[lo, hi]`` argument (none when it is not given)."""
+    return {} if b["range"] is None else {"range": tuple(float(v) for v in b["range"])}
+
+
+@surface("sqrt", Arg("x", "tensor"), Arg("range", "floats", None))
+def sqrt(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """Square root; ``range=[lo, hi]`` declares the bounds of x, for which restricted targets build its lowering."""
+    return _emit(el, scope, b, "sqrt", [b["x"]], ["x"], **_range_attr(b))
+
+
+@surface("pow", Arg("x", "tensor"), Arg("exponent", "float"), Arg("range", "floats", None))
+def pow_(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """x ** exponent for a constant exponent (``x ** c`` in an expression); ``range`` as for sqrt."""
+    return _emit(el, scope, b, "pow", [b["x"]], ["x"], exponent=float(b["exponent"]), **_range_attr(b))
 
 
 @surface("softmax", Arg("x", "tensor"), Arg("axis", "int", -1))
@@ -516,6 +533,12 @@ def gather(el: Elaborator, scope: Scope, b: Bound) -> Any:
     return _emit(el, scope, b, "gather", [b["table"], b["index"]], ["table", "index"])
 
 
+@surface("where", Arg("mask", "tensor"), Arg("a", "tensor"), Arg("b", "tensor"))
+def where(el: Elaborator, scope: Scope, b: Bound) -> Any:
+    """``a`` where ``mask`` is nonzero, else ``b`` (numpy broadcasting)."""
+    return _emit(el, scope, b, "where", [b["mask"], b["a"], b["b"]], ["mask", "a", "b"])
+
+
 # ----------------------------------------------------------------------------- attention, pooling, resize
 
 
@@ -575,6 +598,7 @@ def _reduce(name: str, ir_op: str) -> None:
 _reduce("reduce_mean", "reduce_mean")
 _reduce("reduce_sum", "reduce_sum")
 _reduce("reduce_max", "reduce_max")
+_reduce("reduce_min", "reduce_min")
 
 
 @surface("global_avgpool", Arg("x", "tensor"))

@@ -13,6 +13,8 @@ from pass_support import at, builder_with_input, check_rewrite, lower_for_dla_an
 from netdsl.backends.onnx_backend import to_onnx
 from netdsl.backends.trt_coverage import check_coverage
 from netdsl.passes.base import RewriteLog
+from netdsl.passes.reduce_max_to_elementwise import PASS as EXTREMA
+from netdsl.passes.reduce_min_to_max import PASS as MIN_TO_MAX
 from netdsl.passes.reduce_to_conv import PASS as REDUCE
 from netdsl.passes.reduce_to_conv import plan
 from netdsl.profile import load_profile
@@ -98,3 +100,26 @@ def test_any_axes_any_rank_agree_with_onnx_runtime(shape: list[int], data: st.Da
     (want,), (got,) = run_ort(graph, {}, feeds), run_ort(out, {}, feeds)
     scale = np.abs(feeds["x"]).sum() if op == "reduce_sum" else np.abs(feeds["x"]).max()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("op, shape, axes, keepdims, ops", [
+    ("reduce_max", (2, 3, 7), (-1,), True, {"slice": 7, "sub": 3, "relu": 3, "add": 3, "concat": 1}),
+    ("reduce_min", (2, 3, 7), (-1,), True, {"slice": 7, "sub": 6, "relu": 3, "concat": 1}),
+    ("reduce_min", (2, 4, 2, 3), (0, 3), False, {"slice": 7, "sub": 6, "relu": 3, "concat": 1, "reshape": 1}),
+])
+def test_maxima_and_minima_become_pairwise_relu_trees(op: str, shape: tuple[int, ...], axes: tuple[int, ...],
+                                                      keepdims: bool, ops: dict[str, int]) -> None:
+    check_rewrite(EXTREMA, _reduction(op, shape, axes, keepdims), ops)
+
+
+@pytest.mark.parametrize("shape, axes, keepdims, ops", [
+    ((2, 4, 5, 6), (1, 3), True, {"const": 1, "mul": 2, "reduce_max": 1}),
+    ((2, 7, 9), (-1,), False, {"reshape": 2, "const": 1, "mul": 2, "reduce_max": 1}),
+    ((5, 2, 3), (0,), True, {"reshape": 2, "const": 1, "mul": 2, "reduce_max": 1}),
+])
+def test_dla_minima_are_negated_maxima(shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool,
+                                       ops: dict[str, int]) -> None:
+    out, _ = check_rewrite(MIN_TO_MAX, _reduction("reduce_min", shape, axes, keepdims), ops,
+                           feeds={"x": np.random.default_rng(2).standard_normal(shape).astype(np.float32) * 1e20})
+    report = check_coverage(to_onnx(out, {}), load_profile("trt-dla"))
+    assert report.covered, report.violation_lines()

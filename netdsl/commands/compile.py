@@ -8,7 +8,9 @@ failure never leaves a partial or stale file behind.
 ``--dtype float16`` writes float16 weights and activations (:mod:`netdsl.backends.onnx_float16`)
 after the float16 range check (:mod:`netdsl.range_check`): the lowered graph runs on calibration
 inputs in netdsl's interpreter, in float32 and in float16 storage, and a value beyond float16 is
-a located error (exit 2, nothing written).
+a located error (exit 2, nothing written). For ``trt-restricted`` and ``trt-dla``, the same
+calibration run checks that the input of every range-limited lowering (``sqrt_decompose``'s
+Newton steps, ``exp_decompose``'s finite inputs) stays inside the range it is exact for.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.driver import add_spec_args, graph_from_args
+from netdsl.growth import print_growth_warnings
 from netdsl.range_check import DEFAULT_SAMPLES
 
 if TYPE_CHECKING:
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
 TRT_TARGETS = ("trt", "trt-restricted", "trt-dla")
 DTYPES = ("float32", "float16")
+RANGE_CHECKED_TARGETS = ("trt-restricted", "trt-dla")
+"""Targets whose lowerings may be exact only on an input range, checked on calibration inputs."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,12 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="with --dtype float16: element type of the graph inputs and outputs (default float32, "
                         "with Casts; float16 when the TensorRT profile allows no Cast, as trt-restricted and trt-dla)")
     p.add_argument("--calib", type=Path, metavar="DATA",
-                   help="inputs for the float16 range check: .npy/.npz of model inputs or a folder of images "
+                   help="inputs for the range checks (float16, and restricted lowerings' input ranges): .npy/.npz of "
+                        "model inputs or a folder of images "
                         "(default: seeded standard-normal inputs)")
     p.add_argument("--calib-samples", type=int, default=DEFAULT_SAMPLES, metavar="N",
-                   help=f"samples of the float16 range check (default {DEFAULT_SAMPLES})")
+                   help=f"samples of the range checks (default {DEFAULT_SAMPLES})")
     p.add_argument("--no-range-check", action="store_true",
-                   help="write the float16 model without the range check (values above 65504 become Inf)")
+                   help="write the model without the range checks (float16 values above 65504 become Inf, "
+                        "inputs outside a restricted lowering's range give wrong numbers)")
     add_spec_args(p)
     p.set_defaults(run=run)
 
@@ -91,6 +98,7 @@ def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> 
     return run_pipeline(graph, target, weights=weights, passes=passes, print_after=getattr(args, "print_after", None))
 
 
+
 def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
     """The ONNX model of the spec in ``args`` lowered for ``target`` (the shared spec flags,
     ``--weights``/``--seed``, and optionally ``--passes``/``--opset``)."""
@@ -111,10 +119,15 @@ def check_dtype_flags(args: argparse.Namespace) -> None:
         raise NetdslError(Diagnostic("--dtype float16 applies to the ONNX targets",
                                      help="cast the generated PyTorch module with .half() instead"))
     if args.dtype == "float32":
-        given = [flag for flag, value in (("--io-dtype", args.io_dtype), ("--calib", args.calib),
-                                          ("--no-range-check", args.no_range_check)) if value]
+        calibrated = args.target in RANGE_CHECKED_TARGETS
+        given = [flag for flag, value, applies in (("--io-dtype", args.io_dtype, False),
+                                                   ("--calib", args.calib, calibrated),
+                                                   ("--no-range-check", args.no_range_check, calibrated))
+                 if value and not applies]
         if given:
-            raise NetdslError(Diagnostic(f"{', '.join(given)} only apply with --dtype float16"))
+            raise NetdslError(Diagnostic(f"{', '.join(given)} only apply with --dtype float16"
+                                         + ("" if "--io-dtype" in given else " or a restricted target: "
+                                            + ", ".join(RANGE_CHECKED_TARGETS))))
     if args.calib_samples < 1:
         raise NetdslError(Diagnostic(f"--calib-samples must be positive, found {args.calib_samples}"))
 
@@ -143,21 +156,39 @@ def calibration_data(args: argparse.Namespace, graph: Graph) -> np.ndarray | Non
         raise NetdslError(Diagnostic(str(err))) from None
 
 
-def check_float16_range(args: argparse.Namespace, result: PipelineResult) -> None:
-    """The float16 range check of the lowered graph (a located NetdslError), or the ``--no-range-check`` warning."""
+def check_ranges(args: argparse.Namespace, result: PipelineResult) -> None:
+    """The range checks of the lowered graph on calibration inputs (a located NetdslError), or the
+    ``--no-range-check`` warning: float16 values with ``--dtype float16``, and the inputs of range-limited
+    lowerings (e.g. ``sqrt_decompose``) for the restricted targets."""
     import sys
 
-    from netdsl.range_check import FLOAT16_MAX, calibration_batches, check_float16
+    from netdsl.range_check import calibration_batches, check_input_ranges
 
     if args.no_range_check:
-        print("warning: --no-range-check: the float16 model is written unchecked; a value above 65504 becomes Inf",
-              file=sys.stderr)
+        if args.dtype == "float16":
+            print("warning: --no-range-check: the float16 model is written unchecked; a value above 65504 becomes Inf",
+                  file=sys.stderr)
+        if args.target in RANGE_CHECKED_TARGETS:
+            print("warning: --no-range-check: the input ranges of the lowerings are not checked; an input outside "
+                  "a lowering's range gives a wrong number", file=sys.stderr)
         return
     try:
         batches = calibration_batches(result.graph, args.calib_samples, args.seed,
                                       calibration_data(args, result.graph))
     except ValueError as err:
         raise NetdslError(Diagnostic(str(err))) from None
+    if args.target in RANGE_CHECKED_TARGETS:
+        limited = check_input_ranges(result.graph, result.weights or {}, batches)
+        if limited:
+            print(f"input range check: {len(limited)} range-limited lowering(s) within range on the calibration inputs")
+    if args.dtype == "float16":
+        check_float16_range(result, batches)
+
+
+def check_float16_range(result: PipelineResult, batches: list[dict[str, np.ndarray]]) -> None:
+    """The float16 range check of the lowered graph on ``batches`` (a located NetdslError)."""
+    from netdsl.range_check import FLOAT16_MAX, check_float16
+
     report = check_float16(result.graph, result.weights or {}, batches)
     peak = report.peak()
     if peak is not None:
@@ -181,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
     check_dtype_flags(args)
     target = args.target
     result = lower(args, target)
+    print_growth_warnings(result.log)
     if target == "torch":
         from netdsl.backends.torch_backend import write_source
 
@@ -191,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
     from netdsl.backends.onnx_backend import save_onnx
 
     profile = target_profile(args) if target in TRT_TARGETS else None
-    if args.dtype == "float16":
-        check_float16_range(args, result)
+    if args.dtype == "float16" or target in RANGE_CHECKED_TARGETS:
+        check_ranges(args, result)
     model = emit_onnx(result, target, args.opset)
     dtype_note = ""
     if args.dtype == "float16":

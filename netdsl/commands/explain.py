@@ -3,9 +3,11 @@
 Runs the target's pass pipeline (or ``--passes``) on the spec, then prints the rewrite log
 (rule, spec location and source line, the op replaced, the ops it became; repeated block
 instances folded into one row with a count) and a cost table before vs after lowering: nodes,
-parameters, buffers, constants, MACs and activation bytes (see :mod:`netdsl.cost`), and the op
-counts by type. The seeded default weights are used: what a pass rewrites does not depend on
-weight values.
+parameters, buffers, constants, MACs and activation bytes (see :mod:`netdsl.cost`), the node
+count, peak live activation memory and largest activation after each pass (:mod:`netdsl.memory`),
+and the op counts by type. A rewrite that grows an op beyond the thresholds of
+:mod:`netdsl.growth` prints a located warning on stderr. The seeded default weights are used: what
+a pass rewrites does not depend on weight values.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from rich.table import Table
 from netdsl.cost import GraphCost, graph_cost
 from netdsl.diagnostics import SourceCache
 from netdsl.driver import add_spec_args, graph_from_args
+from netdsl.growth import print_growth_warnings
 from netdsl.initializers import initial_weights
+from netdsl.memory import MemoryFigures, memory_figures
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.pipeline import PIPELINES, run_pipeline
 
@@ -38,15 +42,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     graph = graph_from_args(args)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
-    result = run_pipeline(graph, args.target, weights=initial_weights(graph), passes=passes)
+    steps = [("(as written)", memory_figures(graph))]
+    result = run_pipeline(graph, args.target, weights=initial_weights(graph), passes=passes,
+                          after_pass=lambda name, g: steps.append((name, memory_figures(g))))
     console = Console(width=shutil.get_terminal_size((160, 24)).columns, highlight=False)
     console.print(f"[bold]{graph.name}[/bold] for target [bold]{args.target}[/bold]: "
                   f"passes {', '.join(result.passes) or '(none)'}")
     console.print(rewrite_table(result.log))
     before, after = graph_cost(graph), graph_cost(result.graph)
     console.print(cost_table(before, after))
+    console.print(memory_table(steps))
     console.print(ops_table(before, after))
+    print_growth_warnings(result.log)
     return 0
+
+
+def memory_table(steps: list[tuple[str, MemoryFigures]]) -> Table:
+    """Nodes, peak live activation memory and largest activation as written and after each pass that changes
+    one of them (see :mod:`netdsl.memory`)."""
+    table = Table(title="Activation memory after each pass that changes it (peak live set, largest tensor)",
+                  title_justify="left")
+    for col in ("after pass", "nodes", "peak memory", "largest tensor", "largest value"):
+        table.add_column(col, justify="left" if col in ("after pass", "largest value") else "right")
+    previous = None
+    for name, mem in steps:
+        figures = (mem.nodes, mem.peak_bytes, mem.largest_bytes)
+        if figures != previous:  # passes that change none of the figures are left out
+            table.add_row(name, f"{mem.nodes:,}", _human_bytes(mem.peak_bytes), _human_bytes(mem.largest_bytes),
+                          mem.largest)
+        previous = figures
+    return table
 
 
 def _source_line(where: str) -> str:

@@ -19,11 +19,27 @@ from netdsl.ir import Graph, Node, Provenance
 PHASES = ("canonicalize", "lower", "optimize", "cleanup")
 
 
+@dataclass(frozen=True)
+class RewriteSize:
+    """How big one rewrite made one op: its largest activation and node count before and after.
+
+    ``largest_before`` is the largest activation the replaced op reads or writes, ``largest_after``
+    the largest one the new nodes write; ``nodes_after`` counts the new nodes except constants.
+    """
+
+    rule: str
+    node: Node
+    largest_before: int
+    largest_after: int
+    nodes_after: int
+
+
 @dataclass
 class RewriteLog:
-    """What a pass run changed: (rule, spec location, replaced op, new op types)."""
+    """What a pass run changed: (rule, spec location, replaced op, new op types), and the sizes of each rewrite."""
 
     entries: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+    sizes: list[RewriteSize] = field(default_factory=list)
 
     def record(self, rule: str, old: Node, new_ops: list[str]) -> None:
         where = str(old.provenance.span) if old.provenance.span else "<generated>"

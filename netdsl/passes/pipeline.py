@@ -19,9 +19,12 @@
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
   norms, moves average pools above pointwise convs and folds parameter-only subgraphs into
   constants. Layer, group and instance norms become means (by ``reduce_mean``, lowered by
-  ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops; GELU stays (the coverage report
-  names it);
-* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept, that
+  ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops. ``pow`` with a constant exponent,
+  ``sqrt``, ``exp``, ``erf`` and exact ``gelu`` get exact element-wise forms (``pow_decompose``,
+  ``sqrt_decompose``, ``exp_decompose``, ``erf_decompose``; a pass emitting sqrt or pow must run
+  before them);
+* ``trt-dla`` is the same except that MaxPool and ReduceMax, which DLA runs, are kept (a
+  ``reduce_min`` becomes ``-reduce_max(-x)``), that
   strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
   fractional or shrinking factors become 1x1 convs over the resized axis (DLA only upsamples by
   whole factors), and that
@@ -48,6 +51,9 @@ from netdsl.verifier import verify
 _FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constant_folding", "cse", "cleanup_shuffles",
                    "dce"]
 
+# Element-wise math without an allowed layer; pow emits the sqrt that sqrt_decompose lowers, so it goes first.
+_MATH = ["pow_decompose", "sqrt_decompose", "exp_decompose", "erf_decompose"]
+
 PIPELINES: dict[str, list[str]] = {
     "onnx": ["fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv", "reduce_to_matmul",
              "constant_folding", "cse", "cleanup_shuffles", "dce"],
@@ -56,15 +62,17 @@ PIPELINES: dict[str, list[str]] = {
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
     # concats, and the maxpool lowering emits an edge pad, all lowered by the passes after them.
     "trt-restricted": [
-        "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
+        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "maxpool_to_elementwise", "pad_to_slice_concat", "layernorm_decompose", "groupnorm_decompose",
         "reduce_to_conv", "reduce_max_to_elementwise", "linear_to_conv", "hardswish_decompose",
-        "tanh_decompose", *_FOLD_AND_CLEAN,
+        "tanh_decompose", *_MATH, *_FOLD_AND_CLEAN,
     ],
     "trt-dla": [
-        "lower_attention", "lower_local_attention", "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
+        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
         "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "layernorm_decompose", "groupnorm_decompose",
-        "reduce_to_conv", "linear_to_conv", "hardswish_decompose", "tanh_decompose",
+        "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "hardswish_decompose", "tanh_decompose", *_MATH,
         "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
@@ -113,12 +121,14 @@ def pipeline_passes(target: str, passes: list[str] | None = None) -> list[str]:
 
 
 def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, passes: list[str] | None = None,
-                 print_after: str | None = None, printer: Callable[[str], None] = print) -> PipelineResult:
+                 print_after: str | None = None, printer: Callable[[str], None] = print,
+                 after_pass: Callable[[str, Graph], None] | None = None) -> PipelineResult:
     """Run the pipeline of ``target`` (or ``passes`` instead) on a copy of ``graph``.
 
     ``weights`` (by parameter name) are needed by passes that rewrite parameter values
     (``fold_batchnorm``, ``fold_params``); the caller's dict is not modified. ``print_after``
-    names a pass (or ``all``) after which the IR is given to ``printer``.
+    names a pass (or ``all``) after which the IR is given to ``printer``; ``after_pass(name, graph)``
+    is called after every pass (e.g. to measure the graph).
     Raises NetdslError for an unknown target, pass or ``print_after`` name, ValueError when
     weights are missing, and :class:`PassFailure` when a pass breaks the IR.
     """
@@ -141,6 +151,8 @@ def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, pass
             raise PassFailure(f"pass '{name}' failed on graph '{graph.name}': {type(err).__name__}: {err}") from err
         if print_after in (name, PRINT_ALL):
             printer(f"# IR after {name}\n" + format_graph(graph))
+        if after_pass is not None:
+            after_pass(name, graph)
     if work is not None:
         work = {p: work[p] for p in graph.params}
     return PipelineResult(graph, work, log, names)

@@ -21,8 +21,9 @@ import numpy as np
 
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Graph, Node, Parameter
+from netdsl.memory import nbytes
 from netdsl.opdefs import infer_types
-from netdsl.passes.base import Check, Pass, RewriteLog, derived
+from netdsl.passes.base import Check, Pass, RewriteLog, RewriteSize, derived
 
 
 class Emitter:
@@ -118,6 +119,7 @@ def rewrite_nodes(graph: Graph, rule: str, log: RewriteLog, fn: Replacement) -> 
             new_nodes = em.nodes
             absorbed.extend(em.absorbed)
             log.record(rule, node, [n.op for n in em.nodes])
+            log.sizes.append(_rewrite_size(graph, rule, node, em.nodes))
         for n in new_nodes:
             kept.append(n)
             producers.update((o, n) for o in n.outputs)
@@ -125,6 +127,16 @@ def rewrite_nodes(graph: Graph, rule: str, log: RewriteLog, fn: Replacement) -> 
     _bind_graph_outputs(graph, rule, aliases, alias_origin)
     drop_unused(graph, absorbed)
     return graph
+
+
+def _rewrite_size(graph: Graph, rule: str, old: Node, new_nodes: list[Node]) -> RewriteSize:
+    """The largest activation of ``old`` (inputs and outputs) and of ``new_nodes`` (outputs), and their node count."""
+    def largest(values: list[str]) -> int:
+        return max((nbytes(graph.values[v]) for v in values if v in graph.values), default=0)
+
+    made = [n for n in new_nodes if n.op != "const"]
+    return RewriteSize(rule, old, largest([*old.inputs, *old.outputs]), largest([o for n in made for o in n.outputs]),
+                       len(made))
 
 
 def _resolve(aliases: dict[str, str], name: str) -> str:

@@ -1,0 +1,128 @@
+"""``matmul_to_conv`` and the chunked contraction it shares with ``lower_attention``: differential tests.
+
+Each graph runs in ONNX Runtime before the pass (MatMul / the backend's attention) and after it
+(restricted ops only), on the same random inputs; the pieces of every product are checked against
+the contraction budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pass_support import add_param, at, check_rewrite, f32, op_counts
+
+from netdsl.builder import GraphBuilder
+from netdsl.ir import Graph
+from netdsl.passes import contraction, lower_attention, matmul_to_conv
+from netdsl.passes.base import Pass, RewriteLog
+
+
+def matmul_graph(a_shape: tuple[int, ...], b_shape: tuple[int, ...], const: str = "") -> tuple[Graph, dict]:
+    """``a @ b`` with ``a``/``b`` graph inputs, or a parameter for the one named by ``const`` ("a" or "b")."""
+    b = GraphBuilder("mm")
+    weights = {}
+    names = []
+    for name, shape in (("a", a_shape), ("b", b_shape)):
+        if name == const:
+            value = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+            names.append(add_param(b, f"{name}.weight", value))
+            weights[f"{name}.weight"] = value
+        else:
+            names.append(b.input(name, f32(*shape)))
+    b.output(b.op("matmul", names, at(4)))
+    return b.graph, weights
+
+
+def lowered(p: Pass, graph: Graph) -> Graph:
+    return p.run(copy.deepcopy(graph), RewriteLog())
+
+
+def largest_product(graph: Graph) -> int:
+    """Elements of the largest Mul output: the pieces of the broadcast products."""
+    return max(graph.values[n.outputs[0]].numel for n in graph.nodes if n.op == "mul")
+
+
+@pytest.fixture
+def small_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No 4 MiB floor: pieces of at most the largest operand or output, so that small cases get chunked."""
+    monkeypatch.setattr(contraction, "MIN_BUDGET", 0)
+
+
+ACTIVATION_CASES = [
+    # a shape, b shape
+    ((5, 7), (7, 3)),
+    ((2, 3, 6, 4), (2, 3, 4, 9)),
+    ((2, 1, 6, 4), (3, 4, 5)),      # leading axes broadcast: a is expanded
+    ((1, 6, 4), (2, 3, 4, 5)),      # a's leading axes all 1: the Mul broadcasts it
+    ((4, 2, 40), (4, 40, 3)),       # K larger than the output
+]
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"), ACTIVATION_CASES)
+def test_activation_matmul_lowers_within_budget_and_matches(small_budget: None, a_shape: tuple[int, ...],
+                                                            b_shape: tuple[int, ...]) -> None:
+    graph, _ = matmul_graph(a_shape, b_shape)
+    after, _ = check_rewrite(matmul_to_conv.PASS, graph, op_counts(lowered(matmul_to_conv.PASS, graph)))
+    counts = op_counts(after)
+    assert counts["conv"] >= 1 and counts["mul"] >= 1 and counts["matmul"] == 0
+    (m, k), n = a_shape[-2:], b_shape[-1]
+    p = math.prod(graph.values[graph.outputs[0]].shape[:-2])
+    assert largest_product(after) <= max(p * m * n, p * k * m, p * k * n)
+    batch = graph.values[graph.outputs[0]].shape[:-2]
+    expanded = sum(shape[:-2] != batch and math.prod(shape[:-2]) > 1 for shape in (a_shape, b_shape))
+    # No blocks of K (added up): one row of the product is the size of an operand, within the budget.
+    assert counts["add"] == expanded
+
+
+def test_global_product_is_cut_into_chunks_and_concatenated() -> None:
+    """[1, 96, 8] x [1, 8, 96]: with a budget of the output, 8 chunks of 12 rows, each a Slice, Mul and Conv."""
+    graph, _ = matmul_graph((1, 96, 8), (1, 8, 96))
+    plan = contraction.plan_contraction(1, 8, 96, 96, budget=96 * 96)
+    assert (plan.axis, plan.chunk, plan.kblock, plan.largest) == (contraction.ROWS, 12, 8, 96 * 96)
+    assert plan.bytes_moved >= 2 * 4 * 8 * 96 * 96  # the product is written and read at least once
+    whole = contraction.plan_contraction(1, 8, 96, 96, budget=8 * 96 * 96)
+    assert (whole.chunk, whole.nodes) == (96, 2)
+
+
+def test_constant_right_operand_becomes_a_linear_map() -> None:
+    graph, weights = matmul_graph((2, 5, 6), (6, 4), const="b")
+    check_rewrite(matmul_to_conv.PASS, graph, {"linear": 1, "transpose": 1}, weights=weights)
+
+
+def test_constant_left_operand_becomes_a_conv_of_the_right() -> None:
+    graph, weights = matmul_graph((3, 6), (2, 6, 5), const="a")
+    check_rewrite(matmul_to_conv.PASS, graph, {"conv": 1, "reshape": 3}, weights=weights)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 24), st.integers(1, 12), st.integers(0, 4000))
+def test_contraction_matches_matmul_for_any_shape_and_budget(p: int, m: int, k: int, n: int, budget: int) -> None:
+    """Any budget (0 = the finest cut) gives the product, with no piece above the budget when one fits."""
+    graph, _ = matmul_graph((p, m, k), (p, k, n))
+    plan = contraction.plan_contraction(p, k, m, n, budget=budget)
+    assert plan.largest <= max(budget, p * min(m, n))
+    saved = contraction.MIN_BUDGET, contraction.BUDGET_FACTOR
+    contraction.MIN_BUDGET, contraction.BUDGET_FACTOR = budget, 0.0
+    try:
+        after, _ = check_rewrite(matmul_to_conv.PASS, graph, op_counts(lowered(matmul_to_conv.PASS, graph)))
+    finally:
+        contraction.MIN_BUDGET, contraction.BUDGET_FACTOR = saved
+    assert largest_product(after) <= max(budget, p * min(m, n))
+
+
+def test_attention_products_are_chunked_to_the_attention_matrix(small_budget: None) -> None:
+    """Global attention over 64 positions, head width 16: no piece larger than the [2, 2, 64, 64] weights."""
+    b = GraphBuilder("attn")
+    q, k, v = (b.input(name, f32(2, 2, 64, 16)) for name in "qkv")
+    bias = b.input("bias", f32(1, 2, 64, 64))
+    b.output(b.op("attention", [q, k, v, bias], at(3), scale=0.25))
+    after, _ = check_rewrite(lower_attention.PASS, b.graph, op_counts(lowered(lower_attention.PASS, b.graph)))
+    assert largest_product(after) <= 2 * 2 * 64 * 64
+    assert op_counts(after)["concat"] == 2  # both products in chunks
+    assert {n.op for n in after.nodes} <= {"transpose", "reshape", "slice", "mul", "conv", "const", "concat", "add",
+                                           "softmax"}
