@@ -891,7 +891,7 @@ def _layer_text(rule: OpRule | None, view: _NodeView) -> str:
 def _refused_rewrite(view: _NodeView, hint: str | None) -> str | None:
     """The suggested rewrite of a refused op: the targets that lower it (derived), then the profile's hint."""
     note = lowering_note(view.op) if view.node.domain in ("", "ai.onnx") else None
-    return "; otherwise ".join(filter(None, [note, hint])) or None
+    return "; by hand: ".join(filter(None, [note, hint])) or None
 
 
 def _judge(rule: OpRule | None, view: _NodeView, profile: Profile) -> tuple[list[str], str | None, list[str]]:

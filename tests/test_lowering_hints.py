@@ -107,3 +107,8 @@ def test_every_node_the_onnx_target_leaves_refused_names_the_restricted_target(n
     refused = {n.op for n in report.violations() if (rule := profile.rule_for(n.op)) is None or not rule.allowed}
     assert refused, "the onnx target keeps ops the restricted profile refuses"
     assert sorted(op for op in refused if target not in lowering_targets_of(op)) == []
+
+
+@pytest.mark.parametrize("profile_name", BUNDLED_PROFILES)
+def test_profile_hints_leave_the_target_to_the_derived_note(profile_name: str) -> None:
+    assert [hint for _, hint in _hints(profile_name) if "--target" in hint or "netdsl lowers" in hint] == []
