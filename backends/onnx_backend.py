@@ -26,7 +26,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,12 +301,18 @@ class _Emitter:
 
 Lowering = Callable[[_Emitter, Node, list[_Tensor]], None]
 _LOWERINGS: dict[str, Lowering] = {}
+# IR op -> the ONNX op types its lowering may emit (outside channels-last regions), declared beside
+# each lowering; the coverage report reads it backwards to tell which IR op an ONNX node came from.
+_EMITS: dict[str, frozenset[str]] = {}
 
 
-def _lowers(*ops: str) -> Callable[[Lowering], Lowering]:
+def _lowers(*ops: str, emits: Sequence[str] | Mapping[str, str] = ()) -> Callable[[Lowering], Lowering]:
+    """Register a lowering of ``ops``; ``emits`` lists the ONNX op types it may emit (per op for a mapping)."""
+
     def register(fn: Lowering) -> Lowering:
         for op in ops:
             _LOWERINGS[op] = fn
+            _EMITS[op] = frozenset([emits[op]] if isinstance(emits, Mapping) else emits)
         return fn
 
     return register
@@ -315,7 +321,7 @@ def _lowers(*ops: str) -> Callable[[Lowering], Lowering]:
 # ---- dense ops ---------------------------------------------------------------------------------
 
 
-@_lowers("conv")
+@_lowers("conv", emits=["Conv"])
 def _conv(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     w = em.type_of(node.inputs[1])
@@ -328,7 +334,7 @@ def _conv(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     }, out=ys[0])
 
 
-@_lowers("linear")
+@_lowers("linear", emits=["Gemm", "MatMul", "Transpose", "Add"])
 def _linear(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     x, w, *bias = em.inputs(node)
     if em.type_of(node.inputs[0]).rank == 2:
@@ -339,7 +345,7 @@ def _linear(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
         em.emit("Add", [y, bias[0]], out=ys[0])
 
 
-@_lowers("matmul")
+@_lowers("matmul", emits=["MatMul"])
 def _matmul(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("MatMul", em.inputs(node), out=ys[0])
 
@@ -347,12 +353,12 @@ def _matmul(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 # ---- normalisations ----------------------------------------------------------------------------
 
 
-@_lowers("batchnorm")
+@_lowers("batchnorm", emits=["BatchNormalization"])
 def _batchnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("BatchNormalization", em.inputs(node), {"epsilon": float(node.attrs["eps"])}, out=ys[0])
 
 
-@_lowers("layernorm")
+@_lowers("layernorm", emits=["LayerNormalization", "Transpose"])
 def _layernorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     x, *affine = em.inputs(node)
     xt = em.type_of(node.inputs[0])
@@ -369,7 +375,7 @@ def _layernorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.transpose(normed, list(np.argsort(perm)), out=ys[0])
 
 
-@_lowers("groupnorm")
+@_lowers("groupnorm", emits=["Reshape", "InstanceNormalization", "Mul", "Add"])
 def _groupnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     x, *affine = em.inputs(node)
     xt = em.type_of(node.inputs[0])
@@ -391,18 +397,18 @@ def _groupnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 # ---- element-wise ------------------------------------------------------------------------------
 
 
-@_lowers(*_UNARY)
+@_lowers(*_UNARY, emits=_UNARY)
 def _unary(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit(_UNARY[node.op], em.inputs(node), out=ys[0])
 
 
-@_lowers("silu")
+@_lowers("silu", emits=["Mul", "Sigmoid"])
 def _silu(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     (x,) = em.inputs(node)
     em.emit("Mul", [x, em.emit("Sigmoid", [x])], out=ys[0])
 
 
-@_lowers("gelu")
+@_lowers("gelu", emits=["Gelu", "Div", "Erf", "Mul", "Add"])
 def _gelu(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     (x,) = em.inputs(node)
     if em.opset >= 20:
@@ -415,18 +421,18 @@ def _gelu(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Mul", [half_x, em.emit("Add", [erf, em.scalar(1.0, like)])], out=ys[0])
 
 
-@_lowers("pow")
+@_lowers("pow", emits=["Pow"])
 def _pow(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     (x,) = em.inputs(node)
     em.emit("Pow", [x, em.scalar(float(node.attrs["exponent"]), node.inputs[0])], out=ys[0])
 
 
-@_lowers("softmax")
+@_lowers("softmax", emits=["Softmax"])
 def _softmax(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Softmax", em.inputs(node), {"axis": int(node.attrs["axis"])}, out=ys[0])
 
 
-@_lowers(*_BINARY)
+@_lowers(*_BINARY, emits=_BINARY)
 def _binary(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit(_BINARY[node.op], em.inputs(node), out=ys[0])
 
@@ -434,7 +440,7 @@ def _binary(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 # ---- constants ---------------------------------------------------------------------------------
 
 
-@_lowers("const")
+@_lowers("const", emits=["Identity"])
 def _const(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     value = np.asarray(node.attrs["value"], dtype=NP_DTYPES[node.attrs["dtype"]], order="C")
     em.bind_constant(node.outputs[0], value, ys[0])
@@ -450,7 +456,7 @@ def grid_values(height: int, width: int) -> np.ndarray:
     return out
 
 
-@_lowers("grid")
+@_lowers("grid", emits=["Identity"])
 def _grid(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.bind_constant(node.outputs[0], grid_values(node.attrs["height"], node.attrs["width"]), ys[0])
 
@@ -458,17 +464,17 @@ def _grid(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 # ---- shape ops ---------------------------------------------------------------------------------
 
 
-@_lowers("reshape")
+@_lowers("reshape", emits=["Reshape"])
 def _reshape(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.reshape(em.inputs(node)[0], node.attrs["shape"], out=ys[0])
 
 
-@_lowers("transpose")
+@_lowers("transpose", emits=["Transpose"])
 def _transpose(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.transpose(em.inputs(node)[0], node.attrs["perm"], out=ys[0])
 
 
-@_lowers("rotate")
+@_lowers("rotate", emits=["Reshape", "Transpose"])
 def _rotate(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     # Per head, x is an (S channels) x (S positions) matrix; rotation is its transpose.
     b, c, h, w = em.type_of(node.inputs[0]).shape
@@ -477,7 +483,7 @@ def _rotate(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.reshape(em.transpose(per_head, (0, 1, 3, 2)), (b, c, h, w), out=ys[0])
 
 
-@_lowers("shift")
+@_lowers("shift", emits=["Pad", "Slice", "Concat"])
 def _shift(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     # Pad once by the largest shift in each direction, then cut each channel group's window:
     # y[i] = x[i - dy] = xpad[i - dy + top].
@@ -507,7 +513,7 @@ def _window_slices(em: _Emitter, x: _Tensor, kernel: tuple[int, int], stride: tu
     ]
 
 
-@_lowers("unfold")
+@_lowers("unfold", emits=["Pad", "Slice", "Concat", "Reshape", "Transpose"])
 def _unfold(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     b, c, _, _ = em.type_of(node.inputs[0]).shape
@@ -523,7 +529,7 @@ def _unfold(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 # ---- attention ---------------------------------------------------------------------------------
 
 
-@_lowers("attention")
+@_lowers("attention", emits=["MatMul", "Transpose", "Mul", "Add", "Softmax"])
 def _attention(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     q, k, v, *bias = em.inputs(node)
     logits = em.emit("Mul", [em.emit("MatMul", [q, em.transpose(k, (0, 1, 3, 2))]),
@@ -533,7 +539,8 @@ def _attention(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("MatMul", [em.emit("Softmax", [logits], {"axis": -1}), v], out=ys[0])
 
 
-@_lowers("local_attention")
+@_lowers("local_attention", emits=["Slice", "Pad", "Reshape", "Mul", "Add", "Sub", "ReduceSum", "Softmax",
+                                    "Concat"])
 def _local_attention(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     """ACmix attention without materialising unfolded windows.
 
@@ -574,7 +581,8 @@ def _local_attention(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 # ---- pooling and reductions --------------------------------------------------------------------
 
 
-@_lowers("avgpool", "maxpool")
+@_lowers("avgpool", emits=["Reshape", "AveragePool"])
+@_lowers("maxpool", emits=["Reshape", "MaxPool"])
 def _pool(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     (x,) = em.inputs(node)
@@ -599,7 +607,7 @@ def _pool(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("AveragePool", [x], {**attrs, "count_include_pad": 1}, out=ys[0])
 
 
-@_lowers(*_REDUCE)
+@_lowers(*_REDUCE, emits=_REDUCE)
 def _reduce(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.reduce(_REDUCE[node.op], em.inputs(node)[0], node.attrs["axes"], node.attrs["keepdims"], out=ys[0])
 
@@ -607,18 +615,18 @@ def _reduce(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 # ---- joining, splitting, slicing, padding ------------------------------------------------------
 
 
-@_lowers("concat")
+@_lowers("concat", emits=["Concat"])
 def _concat(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.concat(em.inputs(node), node.attrs["axis"], out=ys[0])
 
 
-@_lowers("split")
+@_lowers("split", emits=["Split"])
 def _split(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     (x,) = em.inputs(node)
     em.emit_multi("Split", [x, em.const(node.attrs["sizes"])], {"axis": int(node.attrs["axis"])}, ys)
 
 
-@_lowers("slice")
+@_lowers("slice", emits=["Slice"])
 def _slice(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     a = node.attrs
     xt = em.type_of(node.inputs[0])
@@ -628,7 +636,7 @@ def _slice(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.slice(em.inputs(node)[0], (start,), (stop,), (axis,), (step,), out=ys[0])
 
 
-@_lowers("pad")
+@_lowers("pad", emits=["Pad"])
 def _pad(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.pad(em.inputs(node)[0], node.attrs["pads"], _PAD_MODES[node.attrs["mode"]], out=ys[0])
 
@@ -650,7 +658,7 @@ def _resize_factors_and_attrs(node: Node, in_shape: Sequence[int]) -> tuple[np.f
     return exact_resize_scale(h, ho, sh), exact_resize_scale(w, wo, sw), attrs
 
 
-@_lowers("resize")
+@_lowers("resize", emits=["Resize"])
 def _resize(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     fh, fw, attrs = _resize_factors_and_attrs(node, em.type_of(node.inputs[0]).shape)
     x = em.inputs(node)[0]
@@ -745,7 +753,7 @@ _CHANNELS_LAST_LOWERINGS: dict[str, Callable[[_Emitter, Node], _Tensor]] = {
 }
 
 
-@_lowers("roll")
+@_lowers("roll", emits=["Identity", "Slice", "Concat"])
 def _roll(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     xt = em.type_of(node.inputs[0])
     # numpy.roll broadcasts shifts against axes; each (shift, axis) pair applies in turn.
@@ -764,12 +772,12 @@ def _roll(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
         cur = em.concat([head, tail], ax, out=ys[0] if j == len(moves) - 1 else None)
 
 
-@_lowers("gather")
+@_lowers("gather", emits=["Gather"])
 def _gather(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])
 
 
-@_lowers("where")
+@_lowers("where", emits=["Cast", "Where"])
 def _where(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     cond, a, b = em.inputs(node)
     if em.type_of(node.inputs[0]).dtype != "bool":  # nonzero selects a, as ONNX's Cast to bool gives
@@ -780,6 +788,11 @@ def _where(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 def supported_ops() -> frozenset[str]:
     """The IR ops this backend can lower."""
     return frozenset(_LOWERINGS)
+
+
+def emitted_ops(op: str) -> frozenset[str]:
+    """The ONNX op types the lowering of IR op ``op`` may emit (empty when it declares none)."""
+    return _EMITS.get(op, frozenset())
 
 
 # ---- model assembly ----------------------------------------------------------------------------

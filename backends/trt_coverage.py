@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from netdsl.backends.lowering_hints import lowering_note
 from netdsl.profile import LEVELS, Limit, OpRule, Profile, check_kind
 
 # node metadata written by the netdsl ONNX emitter (netdsl.backends.onnx_backend)
@@ -908,12 +909,19 @@ def _layer_text(rule: OpRule | None, view: _NodeView) -> str:
     return f"{rule.layer} (folded at build time)" if view.folded and view.op != "Constant" else rule.layer
 
 
+def _refused_rewrite(view: _NodeView, hint: str | None) -> str | None:
+    """The suggested rewrite of a refused op: the targets that lower it (derived), then the profile's hint."""
+    note = lowering_note(view.op) if view.node.domain in ("", "ai.onnx") else None
+    return "; by hand: ".join(filter(None, [note, hint])) or None
+
+
 def _judge(rule: OpRule | None, view: _NodeView, profile: Profile) -> tuple[list[str], str | None, list[str]]:
     """Reasons, suggested rewrite and sources from the op rule (not the global rules)."""
     if rule is None:
-        return [f"{_op_key(view.node)}: {profile.unlisted}"], None, []
+        return [f"{_op_key(view.node)}: {profile.unlisted}"], _refused_rewrite(view, None), []
     if not rule.allowed:
-        return [rule.note or f"{rule.op} is not allowed by profile {profile.name}"], rule.rewrite, list(rule.source)
+        reason = rule.note or f"{rule.op} is not allowed by profile {profile.name}"
+        return [reason], _refused_rewrite(view, rule.rewrite), list(rule.source)
     reasons, rewrite, sources = [], None, list(rule.source)
     if view.folded:
         return reasons, None, sources  # limits describe run-time layers; this node is computed by the builder

@@ -156,7 +156,8 @@ def test_attention_export_lists_every_disallowed_node(attention_onnx: Path) -> N
     (norm,) = by_op(report, "LayerNormalization")
     assert norm.layer == "INormalizationLayer" and "INormalizationLayer" in norm.reasons[0] and norm.rewrite
     (erf,) = by_op(report, "Erf")
-    assert "kERF" in erf.reasons[0] and "--target trt-restricted" in erf.rewrite and "erf_decompose" in erf.rewrite
+    assert "kERF" in erf.reasons[0]
+    assert erf.rewrite.startswith("netdsl lowers Erf for --target trt-restricted and trt-dla")
     (softmax,) = by_op(report, "Softmax")
     assert softmax.covered and softmax.assumed
     # chunk() slices at offsets computed from Shape at run time

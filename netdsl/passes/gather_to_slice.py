@@ -25,7 +25,8 @@ import math
 import numpy as np
 
 from netdsl.initializers import NP_DTYPES
-from netdsl.ir import Node
+from netdsl.ir import Graph, Node
+from netdsl.passes.base import ops_absent
 from netdsl.passes.contraction import NODE_BYTES
 from netdsl.passes.known_values import absorb_producer, is_constant, known_array
 from netdsl.passes.rewriter import Emitter, node_pass
@@ -55,13 +56,23 @@ def one_hot_is_cheaper(n_runs: int, n: int, t: int, row: int, itemsize: int) -> 
     return one_hot < slices
 
 
+def _leaves(em: Emitter, table: str, index: str) -> bool:
+    """True for a gather this pass leaves: its index not known from constants, or its table constant."""
+    return known_array(em, index) is None or is_constant(em, table)
+
+
+def _left_alone(graph: Graph, node: Node) -> bool:
+    """The postcondition's view of :func:`_leaves` on the rewritten graph."""
+    return _leaves(Emitter(graph, node, RULE, graph.producers(), graph.consumers()), *node.inputs)
+
+
 def _lower_gather(node: Node, em: Emitter) -> list[str] | None:
     if node.op != "gather":
         return None
     table, index = node.inputs
-    idx = known_array(em, index)
-    if idx is None or is_constant(em, table):
+    if _leaves(em, table, index):
         return None
+    idx = known_array(em, index)
     absorb_producer(em, index)
     t = em.graph.type_of(table)
     out = em.graph.values[node.outputs[0]].shape
@@ -82,4 +93,5 @@ def _lower_gather(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("reshape", [picked], shape=out)]
 
 
-PASS = node_pass(RULE, "lower", _lower_gather, __doc__ or "")
+PASS = node_pass(RULE, "lower", _lower_gather, __doc__ or "",
+                 post=ops_absent("gather", when="its indices are constants", kept=_left_alone))

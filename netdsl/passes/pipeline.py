@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
 from netdsl.ir import Graph
-from netdsl.passes.base import PHASES, RewriteLog, Weights
-from netdsl.passes.registry import get_pass, lookup, needs_weights
+from netdsl.passes.base import PHASES, RewriteLog, Weights, removed_ops
+from netdsl.passes.registry import all_passes, get_pass, lookup, needs_weights
 from netdsl.printer import format_graph
 from netdsl.verifier import verify
 
@@ -81,6 +81,21 @@ PIPELINES: dict[str, list[str]] = {
 }
 
 PRINT_ALL = "all"
+
+
+def lowering_targets(op: str) -> dict[str, tuple[list[str], str]]:
+    """For IR op ``op``: each pass that removes it (its postcondition says so) -> (the targets whose pipeline
+    runs it, the condition under which it removes the op, "" for always).
+
+    Passes in no pipeline are left out: only what a ``--target`` applies counts as a lowering.
+    """
+    found: dict[str, tuple[list[str], str]] = {}
+    for name, p in all_passes().items():
+        targets = [target for target, names in PIPELINES.items() if name in names]
+        removal = removed_ops(p)
+        if targets and removal is not None and op in removal.ops:
+            found[name] = (targets, removal.when)
+    return found
 
 
 class PassFailure(RuntimeError):

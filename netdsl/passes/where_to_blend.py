@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdsl.ir import Graph, Node
+from netdsl.passes.base import ops_absent
 from netdsl.passes.known_values import absorb_producer, known_array
 from netdsl.passes.rewriter import Emitter, node_pass
 
@@ -48,10 +49,11 @@ def _blend(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("add", [em.op("mul", [a, keep]), em.op("mul", [b, drop])])]
 
 
-def _post(graph: Graph) -> list[str]:
-    producers = graph.producers()
-    return [f"where node {n.outputs[0]} with a constant mask left" for n in graph.nodes
-            if n.op == "where" and (p := producers.get(n.inputs[0])) is not None and p.op == "const"]
+def _mask_unknown(graph: Graph, node: Node) -> bool:
+    """A ``where`` this pass leaves: its condition is not a ``const`` node's output."""
+    producer = graph.producers().get(node.inputs[0])
+    return producer is None or producer.op != "const"
 
 
-PASS = node_pass(RULE, "lower", _blend, __doc__ or "", post=_post)
+PASS = node_pass(RULE, "lower", _blend, __doc__ or "",
+                 post=ops_absent("where", when="its mask is a constant", kept=_mask_unknown))
