@@ -12,6 +12,7 @@ from netdsl.passes.concat_to_channels import PASS as CONCAT
 from netdsl.passes.hardswish_decompose import PASS as HARDSWISH
 from netdsl.passes.linear_to_conv import PASS as LINEAR
 from netdsl.passes.maxpool_to_elementwise import PASS as MAXPOOL
+from netdsl.passes.neg_to_mul import PASS as NEG
 from netdsl.passes.pad_to_slice_concat import PASS as PAD
 from netdsl.passes.reduce_max_to_elementwise import PASS as REDUCE_MAX
 from netdsl.passes.reduce_to_conv import PASS as REDUCE
@@ -153,6 +154,17 @@ def test_tanh_decomposes_into_sigmoid() -> None:
     b, x = builder_with_input(2, 3, 4, 5)
     b.output(b.op("tanh", [x], at(2)))
     check_rewrite(TANH, b.graph, {"const": 2, "mul": 2, "sigmoid": 1, "sub": 1}, feeds=random_feeds(b.graph, scale=3.0))
+
+
+def test_neg_becomes_a_product_with_minus_one_bit_exactly() -> None:
+    b, x = builder_with_input(1, 2, 3, 4)
+    b.output(b.op("neg", [x], at(2)))
+    feeds = random_feeds(b.graph, scale=1e30)
+    feeds["x"].flat[:4] = [np.inf, -np.inf, 0.0, -0.0]
+    graph, _ = check_rewrite(NEG, b.graph, {"const": 1, "mul": 1}, feeds=feeds)
+    (y,) = run_ort(graph, {}, feeds)
+    np.testing.assert_array_equal(np.signbit(y), ~np.signbit(feeds["x"]))
+    np.testing.assert_array_equal(y, -feeds["x"])
 
 
 def test_spatial_concat_moves_to_the_channel_axis_slicing_the_transposed_source_once() -> None:

@@ -36,6 +36,7 @@ PASS_MODULES = (
     "linear_to_conv",
     "hardswish_decompose",
     "tanh_decompose",
+    "neg_to_mul",
     "pow_decompose",
     "sqrt_decompose",
     "exp_decompose",
