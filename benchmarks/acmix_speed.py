@@ -102,7 +102,8 @@ def run_once(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def build_models(args: argparse.Namespace, batch: int, stride: int) -> tuple[dict[str, onnx.ModelProto], dict[str, float]]:
+def build_models(args: argparse.Namespace, batch: int,
+                 stride: int) -> tuple[dict[str, onnx.ModelProto], dict[str, float]]:
     """(the four models by name, each one's largest difference from the PyTorch module on a random input)."""
     c, s = args.channels, args.size
     graph = load_graph(REPO / "specs" / "acmix.net", entry="ACmix",

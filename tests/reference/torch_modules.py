@@ -249,7 +249,7 @@ class ACmix(nn.Module):
         return self.conv_p(torch.stack([grid_x, grid_y]).unsqueeze(0))
 
     def windows(self, x: torch.Tensor) -> torch.Tensor:
-        """(X, d, H, W) → (X, d, kernel_att², Ho, Wo): each output pixel's reflected window, as ``nn.Unfold`` cuts it."""
+        """(X, d, H, W) → (X, d, kernel_att², Ho, Wo): every output pixel's reflected window, cut by ``nn.Unfold``."""
         s = self.stride
         return self.unfold(self.pad_att(x)).view(x.shape[0], self.head_dim, self.kernel_att**2, x.shape[2] // s,
                                                  x.shape[3] // s)
