@@ -14,7 +14,8 @@ d. ``netdsl trt-restricted``: compiled for ``trt-restricted`` (attention lowered
    shuffle, slice, concat and softmax).
 
 Every combination of ``--threads``, ``--batches`` and ``--strides`` is measured; before timing, each model
-runs once on the configuration's input and its largest difference from the PyTorch module is reported.
+runs once on the configuration's input and its largest difference from the PyTorch module is reported,
+with its node count and the MB its nodes read and write (:func:`megabytes_moved`).
 Prints a table (latency, speed-up over the baseline) and, with ``--json OUT``, the same as JSON.
 
     python benchmarks/acmix_speed.py [--threads 1 2] [--batches 1 8] [--strides 1 2] [--runs 30] [--json OUT]
@@ -97,6 +98,21 @@ def export(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     return _nonnegative_perms(program.model_proto)
 
 
+def megabytes_moved(model: onnx.ModelProto) -> float:
+    """MB every node reads and writes, summed over the nodes (weights included): the traffic of running the
+    model op by op if nothing stayed in cache, as :mod:`netdsl.traffic` counts it for IR graphs."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    sizes: dict[str, int] = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                             for t in graph.initializer}
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape") and all(dim.HasField("dim_value") for dim in tensor.shape.dim):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+            sizes[info.name] = int(np.prod([dim.dim_value for dim in tensor.shape.dim])) * itemsize
+    return sum(sizes.get(name, 0) for node in graph.node for name in [*node.input, *node.output]) / 1e6
+
+
 def run_once(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -141,6 +157,7 @@ def summarise(table: BenchTable, models: dict[str, onnx.ModelProto], errors: dic
             "p90_ms": timing.p90_ms,
             "speedup_vs_baseline": base / timing.median_ms if base and timing.median_ms else None,
             "onnx_nodes": len(models[result.name].graph.node),
+            "mb_moved": megabytes_moved(models[result.name]),
             "max_abs_error_vs_torch": errors[result.name],
             "error": timing.error,
         })
@@ -149,16 +166,17 @@ def summarise(table: BenchTable, models: dict[str, onnx.ModelProto], errors: dic
 
 def render(rows: list[dict[str, Any]], title: str, console: Console) -> None:
     table = Table(title=title)
-    columns = ("threads", "batch", "stride", "model", "median ms", "p90 ms", "speed-up", "ONNX nodes", "max |Δ|")
+    columns = ("threads", "batch", "stride", "model", "median ms", "p90 ms", "speed-up", "ONNX nodes", "MB moved",
+               "max |Δ|")
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
         config = (str(r["threads"]), str(r["batch"]), str(r["stride"]), r["model"])
         if r["error"]:
-            table.add_row(*config, f"[red]{r['error']}[/red]", "", "", "", "")
+            table.add_row(*config, f"[red]{r['error']}[/red]", "", "", "", "", "")
             continue
         table.add_row(*config, f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['speedup_vs_baseline']:.1f}x",
-                      str(r["onnx_nodes"]), f"{r['max_abs_error_vs_torch']:.1e}")
+                      str(r["onnx_nodes"]), f"{r['mb_moved']:.0f}", f"{r['max_abs_error_vs_torch']:.1e}")
     console.print(table)
 
 
