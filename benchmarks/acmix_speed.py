@@ -1,21 +1,25 @@
-"""ACmix block latency: the reference module exported by ``torch.onnx`` vs netdsl's compiled ACmix.
+"""ACmix block latency: the reference's own operator structure, exported by ``torch.onnx``, vs netdsl's compiled ACmix.
 
-Three ONNX models of one ACmix block (same weights) run side by side in ONNX Runtime (CPU), in
-one process, interleaved run by run (:func:`netdsl.backends.bench.bench_many`):
+Four ONNX models of one ACmix block (same weights) run side by side in ONNX Runtime (CPU), in one
+process, interleaved run by run (:func:`netdsl.backends.bench.bench_many`):
 
-a. ``reference``: the reference-style PyTorch module (``tests/reference/torch_modules.py``:
-   ``nn.ReflectionPad2d``, ``nn.Unfold``, einsum sums), exported with
-   ``torch.onnx.export(dynamo=True)``, or with the TorchScript exporter if that fails (the output
-   says which);
-b. ``netdsl onnx``: ``specs/acmix.net`` ``ACmix`` compiled for the ``onnx`` target
-   (``local_attention`` as the ONNX backend emits it);
-c. ``netdsl trt-restricted``: compiled for ``trt-restricted`` (attention lowered to conv,
-   elementwise, shuffle, slice, concat and softmax).
+a. ``reference (unfold + sum)``: the baseline, a module with the published ACmix's operator structure
+   (``tests/reference/torch_modules.py`` ``ACmix``: ``nn.ReflectionPad2d``, ``nn.Unfold``, products summed over
+   the head dimension, softmax over the window, weighted sum of the unfolded values), exported as a user of
+   the reference would: ``torch.onnx.export(dynamo=True)``;
+b. ``reference, einsum sums``: the same module with both window sums written as ``einsum`` (``ACmixEinsum``),
+   exported the same way; a second, slower rendering of the reference, shown for comparison only;
+c. ``netdsl onnx``: ``specs/acmix.net`` ``ACmix`` compiled for the ``onnx`` target;
+d. ``netdsl trt-restricted``: compiled for ``trt-restricted`` (attention lowered to conv, elementwise,
+   shuffle, slice, concat and softmax).
 
-Before timing, the three are run on one input and compared with the PyTorch module. Prints a
-table of median / p90 latency and the speed-up over the reference; ``--json OUT`` writes the same.
+Every combination of ``--threads``, ``--batches`` and ``--strides`` is measured; before timing, each model
+runs once on the configuration's input and its largest difference from the PyTorch module is reported,
+with its node count and the MB its nodes read and write (:func:`megabytes_moved`).
+Prints a table (latency, speed-up over the baseline) and, with ``--json OUT``, the same as JSON.
 
-    python benchmarks/acmix_speed.py [--channels 64] [--size 56] [--batch 1] [--runs 50] [--json OUT]
+    python benchmarks/acmix_speed.py [--threads 1 2] [--batches 1 8] [--strides 1 2] [--runs 30] [--json OUT]
+    python benchmarks/acmix_speed.py --smoke    # smallest settings: a few runs of a 16-channel 14x14 block
 """
 
 from __future__ import annotations
@@ -45,25 +49,31 @@ from netdsl.passes.pipeline import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the reference modules live with the tests
-from reference.torch_modules import ACmix  # noqa: E402
+from reference.torch_modules import ACmix, ACmixEinsum  # noqa: E402
 
-REFERENCE = "reference"
+BASELINE = "reference (unfold + sum)"
+REFERENCES: dict[str, type[ACmix]] = {BASELINE: ACmix, "reference, einsum sums": ACmixEinsum}
 TARGETS = {"netdsl onnx": "onnx", "netdsl trt-restricted": "trt-restricted"}
+SMOKE = {"channels": 16, "size": 14, "batches": [1], "strides": [1], "threads": [1], "warmup": 1, "runs": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--channels", type=int, default=64, help="in_planes = out_planes (default 64)")
     p.add_argument("--size", type=int, default=56, help="square map side (default 56)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1,
-                   help="ONNX Runtime intra-op threads (default 1, for stable numbers; 0: ONNX Runtime's default)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--strides", type=int, nargs="+", default=[1, 2], help="strides (default 1 2)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="ONNX Runtime intra-op thread counts (default 1 2)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0, help="weights and input seed")
+    p.add_argument("--smoke", action="store_true", help="smallest settings (overrides the sizes, runs and threads)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
+    return args
 
 
 def _nonnegative_perms(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -79,19 +89,28 @@ def _nonnegative_perms(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_reference(module: torch.nn.Module, x: torch.Tensor) -> tuple[onnx.ModelProto, str]:
-    """``module`` exported to ONNX: with the dynamo exporter, else the TorchScript one; returns (model, how)."""
-    try:
-        # The dynamo exporter narrates its steps on stdout and warns about its own internals.
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
-        return _nonnegative_perms(program.model_proto), "torch.onnx.export(dynamo=True)"
-    except Exception as err:  # noqa: BLE001 - any exporter failure falls back to the other exporter
-        print(f"dynamo export failed ({type(err).__name__}: {err}); using the TorchScript exporter")
-    buffer = io.BytesIO()
-    torch.onnx.export(module, (x,), buffer, dynamo=False, opset_version=17)
-    return _nonnegative_perms(onnx.load_from_string(buffer.getvalue())), "torch.onnx.export(dynamo=False)"
+def export(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    """``module`` exported to ONNX by ``torch.onnx.export(dynamo=True)``, the exporter's default in this torch."""
+    # The dynamo exporter narrates its steps on stdout and warns about its own internals.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
+    return _nonnegative_perms(program.model_proto)
+
+
+def megabytes_moved(model: onnx.ModelProto) -> float:
+    """MB every node reads and writes, summed over the nodes (weights included): the traffic of running the
+    model op by op if nothing stayed in cache, as :mod:`netdsl.traffic` counts it for IR graphs."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    sizes: dict[str, int] = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                             for t in graph.initializer}
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape") and all(dim.HasField("dim_value") for dim in tensor.shape.dim):
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+            sizes[info.name] = int(np.prod([dim.dim_value for dim in tensor.shape.dim])) * itemsize
+    return sum(sizes.get(name, 0) for node in graph.node for name in [*node.input, *node.output]) / 1e6
 
 
 def run_once(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -99,40 +118,46 @@ def run_once(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def build_models(args: argparse.Namespace) -> tuple[dict[str, onnx.ModelProto], str, np.ndarray, np.ndarray]:
-    """(models by name, how the reference was exported, the check input, the PyTorch output on it)."""
+def build_models(args: argparse.Namespace, batch: int,
+                 stride: int) -> tuple[dict[str, onnx.ModelProto], dict[str, float]]:
+    """(the four models by name, each one's largest difference from the PyTorch module on a random input)."""
     c, s = args.channels, args.size
     graph = load_graph(REPO / "specs" / "acmix.net", entry="ACmix",
-                       sets=[f"in_planes={c}", f"out_planes={c}", f"stride={args.stride}"],
-                       inputs=[f"x={args.batch}x{c}x{s}x{s}"])
+                       sets=[f"in_planes={c}", f"out_planes={c}", f"stride={stride}"],
+                       inputs=[f"x={batch}x{c}x{s}x{s}"])
     weights = initial_weights(graph, args.seed)
-    module = ACmix(c, c, stride=args.stride).eval()
-    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
-    x = np.random.default_rng(args.seed).standard_normal((args.batch, c, s, s)).astype(np.float32)
-    with torch.no_grad():
-        expected = module(torch.from_numpy(x)).numpy()
-        reference, how = export_reference(module, torch.from_numpy(x))
-    models = {REFERENCE: reference}
+    x = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((batch, c, s, s)).astype(np.float32))
+    models: dict[str, onnx.ModelProto] = {}
+    expected = None
+    for name, cls in REFERENCES.items():
+        module = cls(c, c, stride=stride).eval()
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+        if expected is None:
+            with torch.no_grad():
+                expected = module(x).numpy()
+        models[name] = export(module, x)
     for name, target in TARGETS.items():
         lowered = run_pipeline(graph, target, weights)
         models[name] = to_onnx(lowered.graph, lowered.weights or {})
-    return models, how, x, expected
+    errors = {name: float(np.abs(run_once(model, x.numpy()) - expected).max()) for name, model in models.items()}
+    return models, errors
 
 
-def summarise(table: BenchTable, models: dict[str, onnx.ModelProto], errors: dict[str, float]) -> list[dict[str, Any]]:
-    """One row per model: latency, speed-up over the reference, ONNX op census, error vs PyTorch."""
-    base = table.result(REFERENCE).rows[0].median_ms
+def summarise(table: BenchTable, models: dict[str, onnx.ModelProto], errors: dict[str, float],
+              config: dict[str, int]) -> list[dict[str, Any]]:
+    """One row per model: the configuration, latency, speed-up over the baseline, ONNX node count, error."""
+    base = table.result(BASELINE).rows[0].median_ms
     rows = []
     for result in table.results:
         timing = result.rows[0]
-        ops = sorted({n.op_type for n in models[result.name].graph.node})
         rows.append({
+            **config,
             "model": result.name,
             "median_ms": timing.median_ms,
             "p90_ms": timing.p90_ms,
-            "speedup_vs_reference": base / timing.median_ms if base and timing.median_ms else None,
+            "speedup_vs_baseline": base / timing.median_ms if base and timing.median_ms else None,
             "onnx_nodes": len(models[result.name].graph.node),
-            "onnx_ops": ops,
+            "mb_moved": megabytes_moved(models[result.name]),
             "max_abs_error_vs_torch": errors[result.name],
             "error": timing.error,
         })
@@ -141,34 +166,40 @@ def summarise(table: BenchTable, models: dict[str, onnx.ModelProto], errors: dic
 
 def render(rows: list[dict[str, Any]], title: str, console: Console) -> None:
     table = Table(title=title)
-    for column in ("model", "median ms", "p90 ms", "speed-up vs reference", "ONNX nodes", "max |Δ| vs torch"):
+    columns = ("threads", "batch", "stride", "model", "median ms", "p90 ms", "speed-up", "ONNX nodes", "MB moved",
+               "max |Δ|")
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
+        config = (str(r["threads"]), str(r["batch"]), str(r["stride"]), r["model"])
         if r["error"]:
-            table.add_row(r["model"], f"[red]{r['error']}[/red]", "", "", "", "")
+            table.add_row(*config, f"[red]{r['error']}[/red]", "", "", "", "", "")
             continue
-        table.add_row(r["model"], f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['speedup_vs_reference']:.1f}x",
-                      str(r["onnx_nodes"]), f"{r['max_abs_error_vs_torch']:.1e}")
+        table.add_row(*config, f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['speedup_vs_baseline']:.1f}x",
+                      str(r["onnx_nodes"]), f"{r['mb_moved']:.0f}", f"{r['max_abs_error_vs_torch']:.1e}")
     console.print(table)
-    for r in rows:
-        console.print(f"ONNX ops of {r['model']}: {', '.join(r['onnx_ops'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
-    models, how, x, expected = build_models(args)
-    errors = {name: float(np.abs(run_once(model, x) - expected).max()) for name, model in models.items()}
-    table = bench_many(models, [args.batch], args.warmup, args.runs, "ort", REFERENCE, progress=True,
-                       threads=args.threads or None, verify=False, console=console)
-    rows = summarise(table, models, errors)
-    config = {"channels": args.channels, "size": args.size, "batch": args.batch, "stride": args.stride,
-              "runs": args.runs, "warmup": args.warmup, "reference_export": how}
-    title = (f"ACmix {args.channels}ch {args.size}x{args.size} batch {args.batch} stride {args.stride}, ONNX Runtime "
-             f"CPU, {args.runs} interleaved runs; reference exported by {how}")
+    console = Console(width=140)  # the table's nine columns, also when the output is not a terminal
+    rows: list[dict[str, Any]] = []
+    environment: dict[str, Any] = {}
+    for batch in args.batches:
+        for stride in args.strides:
+            models, errors = build_models(args, batch, stride)
+            for threads in args.threads:
+                table = bench_many(models, [batch], args.warmup, args.runs, "ort", BASELINE, progress=True,
+                                   threads=threads, verify=False, console=console)
+                environment = table.environment
+                rows += summarise(table, models, errors, {"threads": threads, "batch": batch, "stride": stride})
+    title = (f"ACmix {args.channels}ch {args.size}x{args.size}, ONNX Runtime CPU, {args.runs} interleaved runs; "
+             f"speed-up over '{BASELINE}' (exported by torch.onnx.export(dynamo=True))")
     render(rows, title, console)
     if args.json:
-        document = {"config": config, "environment": table.environment, "models": rows}
+        config = {"channels": args.channels, "size": args.size, "runs": args.runs, "warmup": args.warmup,
+                  "baseline": BASELINE, "exporter": "torch.onnx.export(dynamo=True)"}
+        document = {"config": config, "environment": environment, "rows": rows}
         atomic_write_text(args.json, json.dumps(document, indent=2) + "\n")
     return 0
 

@@ -8,6 +8,7 @@ Prints a table and, with ``--json OUT``, the figures.
 
     python benchmarks/compile_speed.py --json compile_speed.json
     python benchmarks/compile_speed.py --models convselfattn,swin_acmix_tiny --repeats 5
+    python benchmarks/compile_speed.py --smoke    # one repeat of a single ACmix block
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ MODELS = [
     ("swin_acmix_tiny", "specs/models/swin_acmix_tiny.net", None),
     ("resnet_acmix", "specs/models/resnet_acmix.net", None),
 ]
+SMOKE_MODEL = ("acmix_demo", "specs/acmix.net", "acmix_demo")  # one 14x14 block: seconds, not minutes
 STAGES = ("load", "init", "passes", "emit", "serialise")
 
 
@@ -97,16 +99,19 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated model names to run (default: all of "
                         + ", ".join(name for name, _, _ in MODELS) + ")")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--smoke", action="store_true", help=f"smallest settings: one repeat of {SMOKE_MODEL[0]}")
     args = parser.parse_args()
-    chosen = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else [n for n, _, _ in MODELS]
-    unknown = sorted(set(chosen) - {name for name, _, _ in MODELS})
+    models = [SMOKE_MODEL] if args.smoke else MODELS
+    repeats = 1 if args.smoke else args.repeats
+    chosen = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else [n for n, _, _ in models]
+    unknown = sorted(set(chosen) - {name for name, _, _ in models})
     if unknown:
         parser.error(f"unknown model(s): {', '.join(unknown)}")
     rows = []
-    for name, spec, entry in MODELS:
+    for name, spec, entry in models:
         if name not in chosen:
             continue
-        t = measure(spec, entry, args.repeats)
+        t = measure(spec, entry, repeats)
         rows.append({"model": name, "netdsl_s": round(t["netdsl"], 4), "torch_onnx_export_s": round(t["torch"], 4),
                      "speedup": round(t["torch"] / t["netdsl"], 2), "check_s": round(t["check"], 4),
                      **{f"{stage}_s": round(t[stage], 4) for stage in STAGES}})

@@ -21,6 +21,7 @@ tables; ``--json OUT`` writes ``{"comparison": ..., "profile": ...}``.
 
     python benchmarks/model_comparison.py [--batch 1,4,8,16] [--runs 50] [--profile] [--no-comparison]
         [--onnx FILE ...] [--torch-export MODEL ...] [--json OUT] [--plot OUT.png]
+    python benchmarks/model_comparison.py --smoke    # CSA and ConvNeXt-T only, batch 1, one run
 """
 
 from __future__ import annotations
@@ -69,7 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-comparison", action="store_true", help="only the profile (with --profile)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="also save the latency-vs-batch plot")
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true",
+                   help="smallest settings: the CSA model and its baseline, batch 1, one run, a short profile")
+    args = p.parse_args(argv)
+    if args.smoke:
+        vars(args).update(models=f"convselfattn,{BASELINE}", batch="1", warmup=0, runs=1, profile=True,
+                          profile_runs=2)
+    return args
 
 
 def spec_path(model: str) -> Path:

@@ -314,12 +314,13 @@ def _acmix_state(rng: np.random.Generator, cfg: dict) -> dict[str, np.ndarray]:
     )
 
 
+@pytest.mark.parametrize("module_class", [torch_modules.ACmix, torch_modules.ACmixEinsum], ids=["sum", "einsum"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("cfg", "size"), ACMIX_CASES)
-def test_acmix_numpy_matches_torch(cfg: dict, size: tuple[int, int], dtype: type) -> None:
+def test_acmix_numpy_matches_torch(cfg: dict, size: tuple[int, int], dtype: type, module_class: type) -> None:
     rng = np.random.default_rng(21)
     sd = _as_dtype(_acmix_state(rng, cfg), dtype)
-    module = _loaded(torch_modules.ACmix(**cfg), sd, dtype)
+    module = _loaded(module_class(**cfg), sd, dtype)
     _assert_same_layout(sd, module)
     x = rng.standard_normal((2, cfg["in_planes"], *size)).astype(dtype)
     expected = _run(module, x)

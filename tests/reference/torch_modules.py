@@ -248,23 +248,32 @@ class ACmix(nn.Module):
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         return self.conv_p(torch.stack([grid_x, grid_y]).unsqueeze(0))
 
+    def windows(self, x: torch.Tensor) -> torch.Tensor:
+        """(X, d, H, W) → (X, d, kernel_att², Ho, Wo): every output pixel's reflected window, cut by ``nn.Unfold``."""
+        s = self.stride
+        return self.unfold(self.pad_att(x)).view(x.shape[0], self.head_dim, self.kernel_att**2, x.shape[2] // s,
+                                                 x.shape[3] // s)
+
+    def window_logits(self, q: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
+        """(X, d, Ho, Wo) queries against (X, d, N, Ho, Wo) relative keys → (X, N, Ho, Wo): products summed over d."""
+        return (q.unsqueeze(2) * relative).sum(1)
+
+    def window_sum(self, attn: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """(X, N, Ho, Wo) weights over (X, d, N, Ho, Wo) values → (X, d, Ho, Wo): products summed over the window."""
+        return (attn.unsqueeze(1) * values).sum(2)
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Sliding-window attention with reflected borders and a relative positional term inside the logits."""
         batch, _, height, width = q.shape
-        h_out, w_out = height // self.stride, width // self.stride
-        slots = self.kernel_att * self.kernel_att
         s = self.stride
         q = q.view(batch * self.head, self.head_dim, height, width) * self.head_dim**-0.5
         k = k.view(batch * self.head, self.head_dim, height, width)
         v = v.view(batch * self.head, self.head_dim, height, width)
         pe = self.positional_encoding(height, width, q)
-        keys = self.unfold(self.pad_att(k)).view(batch * self.head, self.head_dim, slots, h_out, w_out)
-        values = self.unfold(self.pad_att(v)).view(batch * self.head, self.head_dim, slots, h_out, w_out)
-        pe_windows = self.unfold(self.pad_att(pe)).view(1, self.head_dim, slots, h_out, w_out)
-        relative = keys + pe[:, :, ::s, ::s].unsqueeze(2) - pe_windows
-        logits = torch.einsum("xdhw,xdnhw->xnhw", q[:, :, ::s, ::s], relative)
-        out = torch.einsum("xnhw,xdnhw->xdhw", logits.softmax(dim=1), values)
-        return out.reshape(batch, self.out_planes, h_out, w_out)
+        relative = self.windows(k) + pe[:, :, ::s, ::s].unsqueeze(2) - self.windows(pe)
+        attn = self.window_logits(q[:, :, ::s, ::s], relative).softmax(dim=1)
+        out = self.window_sum(attn, self.windows(v))
+        return out.reshape(batch, self.out_planes, height // s, width // s)
 
     def convolution(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """fc across the q/k/v heads, then the grouped shift-and-sum ``dep_conv``."""
@@ -278,6 +287,18 @@ class ACmix(nn.Module):
         """(B, in_planes, H, W) → (B, out_planes, H // stride, W // stride)."""
         q, k, v = self.conv1(x), self.conv2(x), self.conv3(x)
         return self.rate1 * self.attention(q, k, v) + self.rate2 * self.convolution(q, k, v)
+
+
+class ACmixEinsum(ACmix):
+    """ACmix with both window sums written as ``einsum`` (same parameters and outputs; a different exported graph)."""
+
+    def window_logits(self, q: torch.Tensor, relative: torch.Tensor) -> torch.Tensor:
+        """The logits as ``einsum("xdhw,xdnhw->xnhw")``."""
+        return torch.einsum("xdhw,xdnhw->xnhw", q, relative)
+
+    def window_sum(self, attn: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The weighted values as ``einsum("xnhw,xdnhw->xdhw")``."""
+        return torch.einsum("xnhw,xdnhw->xdhw", attn, values)
 
 
 def _relative_position_index(window: int) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""Every script under ``benchmarks/`` runs to completion with its smallest settings (``--smoke``).
+
+Scripts are found by globbing, so a new benchmark is covered as soon as it exists; the convention each
+must follow (a ``--smoke`` flag, a table and ``--json OUT``) is in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((REPO / "benchmarks").glob("*.py"))
+TIMEOUT_S = 300  # a hung script fails instead of stalling CI
+
+
+def test_benchmarks_are_found() -> None:
+    assert SCRIPTS, "no scripts under benchmarks/"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_benchmark_runs_with_smoke_settings(script: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    run = subprocess.run([sys.executable, str(script), "--smoke", "--json", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert run.returncode == 0, f"{script.name} --smoke failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    assert json.loads(out.read_text()), f"{script.name} --smoke --json wrote an empty document"
