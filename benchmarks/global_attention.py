@@ -54,7 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, default=64, help="block width (default 64)")
     p.add_argument("--inner", type=int, default=32, help="inner width of theta/phi/g (default 32)")
     p.add_argument("--json", type=Path, help="write the rows as JSON")
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true", help="smallest settings: a 16-channel 8x8 block, one run")
+    args = p.parse_args(argv)
+    if args.smoke:
+        vars(args).update(runs=1, warmup=0, size=8, channels=16, inner=8)
+    return args
 
 
 def build(entry: str, target: str, args: argparse.Namespace) -> bytes:

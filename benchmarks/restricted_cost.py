@@ -56,7 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="input side (default 224)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the rows as JSON")
-    return p.parse_args(argv)
+    p.add_argument("--smoke", action="store_true", help="smallest settings: CvT-13 at 64x64, batch 1, one run")
+    args = p.parse_args(argv)
+    if args.smoke:
+        vars(args).update(models="cvt13", size=64, batch="1", runs=1, warmup=0, threads=1)
+    return args
 
 
 def compiled(model: str, target: str, batch: int, size: int) -> onnx.ModelProto:
