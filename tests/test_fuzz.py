@@ -59,7 +59,20 @@ def test_deadline_stops_a_busy_loop() -> None:
         with deadline(0.2):
             while True:
                 pass
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 3.0  # 0.2 s of CPU time, or the 2 s wall limit on a busy machine
+
+
+def test_deadline_counts_cpu_time_not_waiting() -> None:
+    with deadline(0.2, wall_seconds=5.0):
+        time.sleep(0.5)  # waiting (as for a processor on a loaded machine) uses no CPU time
+
+
+def test_deadline_stops_a_blocked_run_at_the_wall_limit() -> None:
+    start = time.monotonic()
+    with pytest.raises(FuzzTimeout):
+        with deadline(5.0, wall_seconds=0.3):
+            time.sleep(10)
+    assert time.monotonic() - start < 5.0
 
 
 def test_memory_budget_turns_a_huge_allocation_into_memory_error() -> None:
