@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from fuzz import FuzzTimeout, Outcome, deadline, memory_budget, run_check, run_cli
-from fuzz.file_strategies import FileInput, onnx_files, run_onnx_file, run_weights_file, weights_files
+from fuzz.file_strategies import (
+    FileInput,
+    onnx_files,
+    prepare_onnx_runs,
+    prepare_weights_runs,
+    run_onnx_file,
+    run_weights_file,
+    weights_files,
+)
 from fuzz.spec_strategies import BUNDLED_SPECS, generated_specs, mutated_specs, random_inputs, tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -188,10 +196,12 @@ def test_arithmetic_on_a_bool_tensor_is_a_located_error(workdir: Path) -> None:
 @FAST
 @given(file=weights_files())
 def test_fuzz_weights_files(workdir: Path, file: FileInput) -> None:
+    prepare_weights_runs()  # imports once, outside the first run's deadline (then a no-op)
     assert_clean(run_weights_file(file, workdir), file.data)
 
 
 @FAST
 @given(file=onnx_files())
 def test_fuzz_onnx_files(workdir: Path, file: FileInput) -> None:
+    prepare_onnx_runs()
     assert_clean(run_onnx_file(file, workdir), file.data)
