@@ -61,7 +61,8 @@ def _float16_array(array: np.ndarray, what: str) -> np.ndarray:
 
 def _float16_tensor(tensor: TensorProto, what: str) -> TensorProto:
     converted = numpy_helper.from_array(_float16_array(numpy_helper.to_array(tensor), what), tensor.name)
-    converted.doc_string = tensor.doc_string
+    if tensor.HasField("doc_string"):  # proto2: an unset field stays unset, so both conversions give the same bytes
+        converted.doc_string = tensor.doc_string
     return converted
 
 
@@ -102,8 +103,13 @@ def _fresh_namer(model: onnx.ModelProto) -> Callable[[str], str]:
     return fresh
 
 
-def _convert_initializers(model: onnx.ModelProto, fresh: Callable[[str], str]) -> None:
-    """Float32 initializers -> float16, except where only float32-typed inputs read them (duplicated if both)."""
+def _convert_initializers(model: onnx.ModelProto, fresh: Callable[[str], str],
+                          payloads: dict[str, np.ndarray]) -> None:
+    """Float32 initializers -> float16, except where only float32-typed inputs read them (duplicated if both).
+
+    An initializer whose data is in ``payloads`` (left empty in the model) gets its float16 array
+    there, replacing the float32 one: each float32 array can be freed as soon as it is converted.
+    """
     graph = model.graph
     keep, convert = set(), set()
     for node in graph.node:
@@ -114,12 +120,21 @@ def _convert_initializers(model: onnx.ModelProto, fresh: Callable[[str], str]) -
     for index, tensor in enumerate(list(graph.initializer)):
         if tensor.data_type != TensorProto.FLOAT or tensor.name not in convert:
             continue
-        half = _float16_tensor(tensor, f"initializer '{tensor.name}'")
+        what = f"initializer '{tensor.name}'"
+        if tensor.name in payloads:
+            half = TensorProto()
+            half.CopyFrom(tensor)  # dims and name only: the data is the payload
+            half.data_type = TensorProto.FLOAT16
+            array = _float16_array(payloads[tensor.name], what)
+        else:
+            half, array = _float16_tensor(tensor, what), None
         if tensor.name in keep:  # read as float32 and as float16: a float16 copy for the latter
             half.name = replacements[tensor.name] = fresh(f"{tensor.name}.float16")
             graph.initializer.append(half)
         else:
             graph.initializer[index].CopyFrom(half)
+        if array is not None:
+            payloads[half.name] = array
     for node in graph.node:
         kept = FLOAT32_INPUTS.get(node.op_type, frozenset())
         for pos, name in enumerate(node.input):
@@ -181,8 +196,14 @@ def _keep_float32_io(graph: onnx.GraphProto, fresh: Callable[[str], str]) -> Non
     graph.node.extend(nodes)
 
 
-def to_float16(model: onnx.ModelProto, io_dtype: str = "float32") -> onnx.ModelProto:
+def to_float16(model: onnx.ModelProto, io_dtype: str = "float32",
+               payloads: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A float16 copy of ``model`` (see the module docstring); ``model`` is not modified.
+
+    ``payloads`` holds the data of the initializers left empty by
+    :func:`netdsl.backends.onnx_backend.to_onnx_parts`; it is updated in place, each float32
+    array replaced by its float16 one (write the result with
+    :func:`netdsl.backends.onnx_stream.write_onnx_parts`).
 
     ``io_dtype`` is the element type of the float graph inputs and outputs: ``float32`` (with a
     Cast at each boundary) or ``float16``. Raises :class:`Float16Error` for an op outside
@@ -201,7 +222,7 @@ def to_float16(model: onnx.ModelProto, io_dtype: str = "float32") -> onnx.ModelP
     fresh = _fresh_namer(half)
     for node in graph.node:
         _convert_attributes(node)
-    _convert_initializers(half, fresh)
+    _convert_initializers(half, fresh, {} if payloads is None else payloads)
     _convert_value_infos(graph, io_dtype)
     if io_dtype == "float32":
         _keep_float32_io(graph, fresh)

@@ -76,16 +76,20 @@ def write_weights(weights: Weights | nn.Module, path: str | os.PathLike[str]) ->
 
 
 def lower(graph: Graph, target: str = "onnx", weights: Weights | None = None, seed: int = 0,
-          passes: list[str] | None = None, print_after: str | None = None) -> PipelineResult:
+          passes: list[str] | None = None, print_after: str | None = None,
+          consume_weights: bool = False) -> PipelineResult:
     """Run ``target``'s pass pipeline (or the named ``passes``) on a copy of ``graph``, carrying ``weights``
     (default: the seeded initialisation) through the rewrites. ``result.graph`` and ``result.weights`` are
-    the lowered graph and its weights; ``print_after`` prints the IR after the pass of that name."""
+    the lowered graph and its weights; ``print_after`` prints the IR after the pass of that name.
+    ``consume_weights`` hands ``weights`` over to the pipeline, which frees each weight a pass replaces
+    (the caller's dict is updated in place), so peak memory stays near one copy of the model."""
     from netdsl.passes.pipeline import run_pipeline
 
     if target not in TARGETS:
         raise NetdslError(Diagnostic(f"unknown target '{target}'; expected one of {', '.join(TARGETS)}"))
     weights = initial_weights(graph, seed) if weights is None else weights
-    return run_pipeline(graph, target, weights=weights, passes=passes, print_after=print_after)
+    return run_pipeline(graph, target, weights=weights, passes=passes, print_after=print_after,
+                        consume_weights=consume_weights)
 
 
 def to_onnx(graph: Graph, target: str = "onnx", weights: Weights | None = None, seed: int = 0,

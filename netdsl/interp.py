@@ -484,9 +484,20 @@ def run_graph(
         for name in names:
             if name not in given:
                 raise ValueError(f"missing {kind} {name!r} of graph {graph.name!r}")
-            env[name] = round_to_storage(_as_type(name, given[name], graph.type_of(name), dtype), storage)
-    for node in graph.nodes:
-        outs = [round_to_storage(o, storage) for o in eval_node(node, [env[i] for i in node.inputs])]
+            if kind == "input":
+                env[name] = round_to_storage(_as_type(name, given[name], graph.type_of(name), dtype), storage)
+    # Weights are converted when a node reads them and values dropped after their last reader, so a
+    # run holds the caller's weights once and only the live activations besides.
+    last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
+    kept = set(graph.outputs)
+
+    def read(name: str) -> np.ndarray:
+        if name in env:
+            return env[name]
+        return round_to_storage(_as_type(name, weights[name], graph.type_of(name), dtype), storage)
+
+    for index, node in enumerate(graph.nodes):
+        outs = [round_to_storage(o, storage) for o in eval_node(node, [read(i) for i in node.inputs])]
         if observe is not None:
             observe(node, outs)
         for name, value in zip(node.outputs, outs, strict=True):
@@ -499,4 +510,7 @@ def run_graph(
             if dtype is not None and np.issubdtype(value.dtype, np.floating):
                 value = value.astype(dtype, copy=False)
             env[name] = value
-    return {name: env[name] for name in graph.outputs}
+        for name in node.inputs:
+            if last_use[name] == index and name not in kept:
+                env.pop(name, None)
+    return {name: read(name) for name in graph.outputs}

@@ -15,6 +15,7 @@ to use their own.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.resources
 import re
 import tomllib
@@ -210,8 +211,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     Raises :class:`ProfileError` naming the file, line (when found), key and problem."""
     text_name = str(name_or_path)
     if text_name in BUNDLED_PROFILES:
-        resource = importlib.resources.files("netdsl") / "profiles" / f"{text_name}.toml"
-        return parse_profile(resource.read_text(encoding="utf-8"), f"<bundled profile {text_name}>")
+        return _bundled_profile(text_name)
     path = Path(name_or_path)
     if not path.is_file():
         names = ", ".join(BUNDLED_PROFILES)
@@ -221,6 +221,13 @@ def load_profile(name_or_path: str | Path) -> Profile:
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(text_name, None, f"cannot read profile file: {e}") from e
     return parse_profile(text, text_name, default_name=path.stem)
+
+
+@functools.cache
+def _bundled_profile(name: str) -> Profile:
+    """A bundled profile, parsed once per process (package data does not change; callers only read profiles)."""
+    resource = importlib.resources.files("netdsl") / "profiles" / f"{name}.toml"
+    return parse_profile(resource.read_text(encoding="utf-8"), f"<bundled profile {name}>")
 
 
 def parse_profile(text: str, path: str, default_name: str = "profile") -> Profile:

@@ -108,10 +108,12 @@ class RangeReport:
             entry.max_abs = max(entry.max_abs, peak if not math.isnan(peak) else math.inf)
 
     def observer(self, env: dict[str, np.ndarray], fp16: bool) -> Callable[[Node, list[np.ndarray]], None]:
-        """The ``observe`` callback of one interpreter run; ``env`` collects every value for inner values."""
+        """The ``observe`` callback of one interpreter run; ``env`` collects the values inner values are
+        computed from (only those: the run itself drops every value after its last use)."""
+        needed = inner_value_operands(self.graph)
 
         def observe(node: Node, outputs: list[np.ndarray]) -> None:
-            env.update(zip(node.outputs, outputs, strict=True))
+            env.update((name, array) for name, array in zip(node.outputs, outputs, strict=True) if name in needed)
             if node.op in _INNER_VALUES:
                 what, compute = _INNER_VALUES[node.op]
                 with np.errstate(over="ignore", invalid="ignore"):
@@ -133,6 +135,11 @@ class RangeReport:
         return max(self.stats.values(), key=lambda s: s.max_abs, default=None)
 
 
+def inner_value_operands(graph: Graph) -> set[str]:
+    """The values the inner values of :data:`_INNER_VALUES` are computed from."""
+    return {name for node in graph.nodes if node.op in _INNER_VALUES for name in node.inputs}
+
+
 def sample_count(graph: Graph, batches: list[Batch]) -> int:
     """How many samples ``batches`` hold (the first input's leading axis, one per batch for scalars)."""
     first = graph.inputs[0] if graph.inputs else None
@@ -143,8 +150,9 @@ def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterab
     """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached."""
     batches = list(batches)
     report = RangeReport(graph, sample_count(graph, batches))
-    # The float16 view of the weights, for inner values computed from parameters: rounded once, not per batch.
-    weights16 = {k: round_to_storage(np.asarray(v), np.float16) for k, v in weights.items()}
+    # The float16 view of the weights inner values are computed from: rounded once, not per batch.
+    weights16 = {k: round_to_storage(np.asarray(weights[k]), np.float16)
+                 for k in inner_value_operands(graph) if k in weights}
     for batch in batches:
         batch16 = {k: round_to_storage(np.asarray(v), np.float16) for k, v in batch.items()}
         for fp16 in (False, True):
@@ -266,6 +274,8 @@ def _input_observer(stats: dict[int, InputRangeStats],
                     env: dict[str, np.ndarray]) -> Callable[[Node, list[np.ndarray]], None]:
     """The ``observe`` callback of one run: widens the extremes of each range-limited node's input."""
 
+    needed = {entry.node.inputs[0] for entry in stats.values()}
+
     def observe(node: Node, outputs: list[np.ndarray]) -> None:
         entry = stats.get(id(node))
         if entry is not None:
@@ -273,7 +283,8 @@ def _input_observer(stats: dict[int, InputRangeStats],
             values = values[~np.isnan(values)]
             if values.size:
                 entry.low, entry.high = min(entry.low, float(values.min())), max(entry.high, float(values.max()))
-        env.update(zip(node.outputs, outputs, strict=True))
+        # Only the inputs of range-limited nodes are kept: the run drops every value after its last use.
+        env.update((name, array) for name, array in zip(node.outputs, outputs, strict=True) if name in needed)
 
     return observe
 

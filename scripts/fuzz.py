@@ -5,8 +5,8 @@
 Feeds generated programs, mutated bundled specs and random bytes/text (the strategies of
 ``tests/fuzz/spec_strategies.py``) to ``netdsl check``, weights files to ``netdsl compile
 --weights`` and ONNX files to ``netdsl coverage`` (``tests/fuzz/file_strategies.py``), in-process,
-each run under a deadline and a memory budget. Every input must end in exit 0, or exit 2 with a
-located ``error:`` message (for a file: naming the file).
+each run under a CPU-time deadline and a memory budget. Every input must end in exit 0, or exit 2
+with a located ``error:`` message (for a file: naming the file).
 Prints the number of inputs tried and the crashes found, grouped by kind with the smallest
 input of each kind; exits 1 if there was any crash.
 """
@@ -34,7 +34,15 @@ from fuzz import (  # noqa: E402
     innermost_netdsl_frame,
     run_check,
 )
-from fuzz.file_strategies import FileInput, onnx_files, run_onnx_file, run_weights_file, weights_files  # noqa: E402
+from fuzz.file_strategies import (  # noqa: E402
+    FileInput,
+    onnx_files,
+    prepare_onnx_runs,
+    prepare_weights_runs,
+    run_onnx_file,
+    run_weights_file,
+    weights_files,
+)
 from fuzz.spec_strategies import generated_specs, mutated_specs, random_inputs  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
@@ -42,12 +50,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 Input = str | bytes | FileInput
 Runner = Callable[..., Outcome]  # (input, workdir, deadline_s, memory_bytes, debug=False) -> Outcome
-FAMILIES: dict[str, tuple[Callable[[], st.SearchStrategy], Runner]] = {
-    "generated": (generated_specs, run_check),
-    "mutated": (mutated_specs, run_check),
-    "random": (random_inputs, run_check),
-    "weights": (weights_files, run_weights_file),
-    "onnx": (onnx_files, run_onnx_file),
+# Per family: its strategy, its runner, and what to import (load) once before its first run.
+FAMILIES: dict[str, tuple[Callable[[], st.SearchStrategy], Runner, Callable[[], None]]] = {
+    "generated": (generated_specs, run_check, lambda: None),
+    "mutated": (mutated_specs, run_check, lambda: None),
+    "random": (random_inputs, run_check, lambda: None),
+    "weights": (weights_files, run_weights_file, prepare_weights_runs),
+    "onnx": (onnx_files, run_onnx_file, prepare_onnx_runs),
 }
 FRAME_RE = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 PROGRESS_EVERY = 1000
@@ -130,6 +139,9 @@ def fuzz_chunk(name: str, strategy: st.SearchStrategy, runner: Runner, examples:
             kind = signature(outcome, crash_site(outcome, source, runner, workdir, deadline_s), workdir)
             crash = tally.crashes.setdefault(kind, Crash(kind))
             crash.count += 1
+            if crash.count == 1:  # shown at once: a run stopped before its summary still tells what it found
+                print(f"  {name}: new crash kind at input {tally.tried[name]}: {kind}\n    input: {source!r:.300}",
+                      file=sys.stderr, flush=True)
             if crash.count == 1 or len(source) < len(crash.smallest):
                 crash.smallest, crash.report = source, outcome.describe()
         if tally.tried[name] % PROGRESS_EVERY == 0:
@@ -163,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=20_000, help="inputs in total, split over the families")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default: random, printed)")
-    parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S, help="seconds allowed per input")
+    parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S,
+                        help="seconds of CPU time allowed per input (and ten times that of wall time)")
     parser.add_argument("--memory-mib", type=int, default=DEFAULT_MEMORY_BUDGET >> 20,
                         help="address space one input may add, in MiB")
     parser.add_argument("--families", default=",".join(FAMILIES),
@@ -175,14 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not families or args.examples < len(families):
         parser.error(f"need known families ({', '.join(FAMILIES)}) and at least one example each; got {unknown}")
     run_seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    print(f"netdsl fuzz: {args.examples} inputs, seed {run_seed}, deadline {args.deadline:g} s, "
+    print(f"netdsl fuzz: {args.examples} inputs, seed {run_seed}, deadline {args.deadline:g} s of CPU time, "
           f"memory budget {args.memory_mib} MiB", flush=True)
+    # The recursion limit a netdsl run sets for itself (netdsl.elaborate), set once here: Hypothesis
+    # warns at every example whose run changes it.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
     tally = Tally()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="netdsl-fuzz-") as tmp:
         for i, name in enumerate(families):
             share = args.examples // len(families) + (i < args.examples % len(families))
-            strategy, runner = FAMILIES[name]
+            strategy, runner, prepare = FAMILIES[name]
+            prepare()
             fuzz_family(name, strategy(), runner, share, run_seed + i, tally, Path(tmp), args.deadline,
                         args.memory_mib << 20)
     print(f"finished in {time.monotonic() - started:.0f} s")

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from fuzz import FuzzTimeout, Outcome, deadline, memory_budget, run_check, run_cli
-from fuzz.file_strategies import FileInput, onnx_files, run_onnx_file, run_weights_file, weights_files
+from fuzz.file_strategies import (
+    FileInput,
+    onnx_files,
+    prepare_onnx_runs,
+    prepare_weights_runs,
+    run_onnx_file,
+    run_weights_file,
+    weights_files,
+)
 from fuzz.spec_strategies import BUNDLED_SPECS, generated_specs, mutated_specs, random_inputs, tokens
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -59,7 +67,20 @@ def test_deadline_stops_a_busy_loop() -> None:
         with deadline(0.2):
             while True:
                 pass
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 3.0  # 0.2 s of CPU time, or the 2 s wall limit on a busy machine
+
+
+def test_deadline_counts_cpu_time_not_waiting() -> None:
+    with deadline(0.2, wall_seconds=5.0):
+        time.sleep(0.5)  # waiting (as for a processor on a loaded machine) uses no CPU time
+
+
+def test_deadline_stops_a_blocked_run_at_the_wall_limit() -> None:
+    start = time.monotonic()
+    with pytest.raises(FuzzTimeout):
+        with deadline(5.0, wall_seconds=0.3):
+            time.sleep(10)
+    assert time.monotonic() - start < 5.0
 
 
 def test_memory_budget_turns_a_huge_allocation_into_memory_error() -> None:
@@ -176,10 +197,12 @@ def test_arithmetic_on_a_bool_tensor_is_a_located_error(workdir: Path) -> None:
 @FAST
 @given(file=weights_files())
 def test_fuzz_weights_files(workdir: Path, file: FileInput) -> None:
+    prepare_weights_runs()  # imports once, outside the first run's deadline (then a no-op)
     assert_clean(run_weights_file(file, workdir), file.data)
 
 
 @FAST
 @given(file=onnx_files())
 def test_fuzz_onnx_files(workdir: Path, file: FileInput) -> None:
+    prepare_onnx_runs()
     assert_clean(run_onnx_file(file, workdir), file.data)

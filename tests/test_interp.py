@@ -543,3 +543,25 @@ def test_eval_node_returns_every_output_and_keeps_the_dtype() -> None:
 def test_eval_node_rejects_unknown_ops() -> None:
     with pytest.raises(ValueError, match="no kernel for op 'fft'"):
         eval_node(Node("fft", ["x"], ["y"]), [np.zeros(3)])
+
+
+def test_run_graph_drops_each_value_after_its_last_reader() -> None:
+    import weakref
+
+    b, inputs = small_block()
+    graph = b.graph
+    last_reader = {name: i for i, node in enumerate(graph.nodes) for name in node.inputs}
+    produced: dict[str, weakref.ref] = {}
+    alive_after_last_reader: list[str] = []
+
+    def observe(node: Node, outputs: list[np.ndarray]) -> None:
+        index = graph.nodes.index(node)
+        alive_after_last_reader.extend(name for name, ref in produced.items()
+                                       if last_reader.get(name, index) < index and ref() is not None
+                                       and name not in graph.outputs)
+        produced.update((name, weakref.ref(out)) for name, out in zip(node.outputs, outputs, strict=True))
+
+    expected = run_graph(graph, initial_weights(graph, seed=3), inputs)["out"]
+    got = run_graph(graph, initial_weights(graph, seed=3), inputs, observe=observe)["out"]
+    np.testing.assert_array_equal(got, expected)
+    assert len(produced) > 2 and alive_after_last_reader == []

@@ -93,8 +93,9 @@ def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> 
     graph = graph_from_args(args) if graph is None else graph
     weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
-    return api.lower(graph, target, weights, passes=passes, print_after=getattr(args, "print_after", None))
-
+    # Handed over: a weight a pass replaces is freed at once (peak memory stays near one copy of the model).
+    return api.lower(graph, target, weights, passes=passes, print_after=getattr(args, "print_after", None),
+                     consume_weights=True)
 
 
 def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
@@ -219,6 +220,9 @@ def refuse_assumed(report: CoverageReport, profile: Profile, strict: bool) -> No
 def run(args: argparse.Namespace) -> int:
     if args.output is None:
         raise NetdslError(Diagnostic("compile needs an output file: -o OUT"))
+    from netdsl.allocator import release_freed_arrays
+
+    release_freed_arrays()
     check_dtype_flags(args)
     target = args.target
     result = lower(args, target)
@@ -262,17 +266,22 @@ def run(args: argparse.Namespace) -> int:
 def emit_onnx_parts(result: PipelineResult, target: str, args: argparse.Namespace) -> tuple[onnx.ModelProto, dict]:
     """The model to write and its large initializers' arrays (see :func:`netdsl.backends.onnx_backend.to_onnx_parts`).
 
-    A float32 model keeps the pipeline's weight arrays as they are, so each weight is held once; a
-    float16 model is converted whole (its weights are new, half-size arrays) and written as it is.
+    A float32 model keeps the pipeline's weight arrays as they are, so each weight is held once. A
+    float16 model takes them over (``result.weights`` is emptied) and converts them one by one, so
+    each float32 array is freed once its float16 one exists.
     """
-    if args.dtype == "float32":
-        from netdsl.backends.onnx_backend import to_onnx_parts
+    from netdsl.backends.onnx_backend import to_onnx_parts
 
-        return to_onnx_parts(result.graph, result.weights, opset=args.opset, channels_last_resize=target == "onnx")
+    model, payloads = to_onnx_parts(result.graph, result.weights, opset=args.opset,
+                                    channels_last_resize=target == "onnx")
+    if args.dtype == "float32":
+        return model, payloads
     from netdsl.backends.onnx_float16 import Float16Error, to_float16
 
+    if result.weights is not None:
+        result.weights.clear()  # the payloads are now the only holders of the float32 arrays
     profile = target_profile(args) if target in TRT_TARGETS else None
     try:
-        return to_float16(emit_onnx(result, target, args.opset), io_dtype(args, profile)), {}
+        return to_float16(model, io_dtype(args, profile), payloads), payloads
     except Float16Error as err:  # reached with --no-range-check: a weight beyond float16
         raise NetdslError(Diagnostic(f"{err}; nothing was written")) from None

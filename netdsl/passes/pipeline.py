@@ -129,11 +129,16 @@ def pipeline_passes(target: str, passes: list[str] | None = None) -> list[str]:
 
 def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, passes: list[str] | None = None,
                  print_after: str | None = None, printer: Callable[[str], None] = print,
-                 after_pass: Callable[[str, Graph], None] | None = None) -> PipelineResult:
+                 after_pass: Callable[[str, Graph], None] | None = None,
+                 consume_weights: bool = False) -> PipelineResult:
     """Run the pipeline of ``target`` (or ``passes`` instead) on a copy of ``graph``.
 
     ``weights`` (by parameter name) are needed by passes that rewrite parameter values
-    (``fold_batchnorm``, ``fold_params``); the caller's dict is not modified. ``print_after``
+    (``fold_batchnorm``, ``fold_params``); the caller's dict is not modified, unless
+    ``consume_weights`` hands it over: the passes then update it in place, so a replaced weight
+    (e.g. a conv kernel before batch-norm folding) is freed at once instead of living on in the
+    caller's dict beside its replacement, and the dict is emptied once the result is built.
+    The caller must not use it afterwards. ``print_after``
     names a pass (or ``all``) after which the IR is given to ``printer``; ``after_pass(name, graph)``
     is called after every pass (e.g. to measure the graph).
     Raises NetdslError for an unknown target, pass or ``print_after`` name, ValueError when
@@ -144,7 +149,7 @@ def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, pass
         raise NetdslError(Diagnostic(f"--print-after '{print_after}' is not one of the passes run",
                                      help=did_you_mean(print_after, names),
                                      notes=["passes run: " + (", ".join(names) or "none")]))
-    work = _checked_weights(graph, weights, names)
+    work = _checked_weights(graph, weights, names, consume_weights)
     graph = _copy_graph(graph)
     log = RewriteLog()
     for name in names:
@@ -161,7 +166,10 @@ def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, pass
         if after_pass is not None:
             after_pass(name, graph)
     if work is not None:
-        work = {p: work[p] for p in graph.params}
+        pruned = {p: work[p] for p in graph.params}
+        if consume_weights:
+            work.clear()  # the pruned-away weights (e.g. folded batch-norm statistics) go now, not with the caller
+        work = pruned
     return PipelineResult(graph, work, log, names)
 
 
@@ -178,8 +186,9 @@ def _copy_graph(graph: Graph) -> Graph:
     return copy.deepcopy(graph, memo)
 
 
-def _checked_weights(graph: Graph, weights: Weights | None, names: list[str]) -> Weights | None:
-    """A copy of ``weights`` after checking it names every parameter when a pass needs it."""
+def _checked_weights(graph: Graph, weights: Weights | None, names: list[str], consume: bool) -> Weights | None:
+    """``weights`` (itself when ``consume``, else a copy) after checking it names every parameter when a pass
+    needs it."""
     if weights is None:
         needing = [n for n in names if needs_weights(n)]
         if needing:
@@ -188,4 +197,4 @@ def _checked_weights(graph: Graph, weights: Weights | None, names: list[str]) ->
     missing = [p for p in graph.params if p not in weights]
     if missing:
         raise ValueError(f"weights miss parameters: {', '.join(missing)}")
-    return dict(weights)
+    return weights if consume else dict(weights)

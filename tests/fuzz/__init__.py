@@ -5,9 +5,9 @@ every input ends in exit 0, or in exit 2 with a message that starts with ``error
 either points into a file (a ``-->`` line) or is about command-line flags. Never exit 1
 (internal error), never a traceback, never a hang, never unbounded memory.
 
-:func:`run_check` enforces the last two itself: a wall-clock deadline (``SIGALRM``) and an
-address-space budget (``RLIMIT_AS``) for the duration of one run, so a runaway input becomes
-a reported problem instead of a stuck or swapping test process.
+:func:`run_check` enforces the last two itself: a CPU-time deadline (``SIGPROF``, with a wall-clock
+limit behind it) and an address-space budget (``RLIMIT_AS``) for the duration of one run, so a
+runaway input becomes a reported problem instead of a stuck or swapping test process.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from netdsl.cli import main
 
-DEFAULT_DEADLINE_S = 5.0
+DEFAULT_DEADLINE_S = 5.0  # seconds of CPU time one run may use
+WALL_FACTOR = 10  # a run's wall-clock limit, in multiples of its CPU-time deadline
 DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of address space one run may add to the process
 
 # An exit-2 message without a location must be about one of these flags.
@@ -80,7 +81,8 @@ class Outcome:
     def problems(self) -> list[str]:
         """Every way this outcome breaks the contract; empty when it is acceptable."""
         if self.timed_out:
-            return [f"no result within {self.deadline_s:g} s (hang or runaway work) at {self.where}"]
+            return [f"no result within {self.deadline_s:g} s of CPU time or {WALL_FACTOR * self.deadline_s:g} s "
+                    f"(hang or runaway work) at {self.where}"]
         found: list[str] = []
         both = self.stdout + self.stderr
         if "Traceback (most recent call last)" in both:
@@ -180,25 +182,36 @@ class Alarm:
 
 
 @contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[Alarm]:
-    """Raise :class:`FuzzTimeout` in this (main) thread once ``seconds`` have passed."""
+def deadline(seconds: float, wall_seconds: float | None = None) -> Iterator[Alarm]:
+    """Raise :class:`FuzzTimeout` in this (main) thread once the process has used ``seconds`` of CPU
+    time, or once ``wall_seconds`` (default :data:`WALL_FACTOR` times ``seconds``) have passed.
+
+    CPU time (``ITIMER_PROF``) rather than wall time: on a loaded machine, or at a low priority, a
+    run spends most of its wall time waiting for a processor, which a wall-clock deadline would
+    report as a hang. The wall-clock limit still stops a run that blocks without computing.
+    """
     if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("the fuzz deadline needs SIGALRM, which only the main thread receives")
+        raise RuntimeError("the fuzz deadline needs SIGPROF and SIGALRM, which only the main thread handles")
     alarm = Alarm()
 
     def on_alarm(signum: int, frame: object) -> None:
         alarm.fired = True
         raise FuzzTimeout
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    timers = ((signal.ITIMER_PROF, signal.SIGPROF, seconds),
+              (signal.ITIMER_REAL, signal.SIGALRM, WALL_FACTOR * seconds if wall_seconds is None else wall_seconds))
+    previous = {signum: signal.signal(signum, on_alarm) for _, signum, _ in timers}
+    for timer, _, limit in timers:
+        signal.setitimer(timer, limit)
     try:
         yield alarm
     finally:
         try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        finally:  # even if the alarm fired just before it was cancelled
-            signal.signal(signal.SIGALRM, previous)
+            for timer, _, _ in timers:
+                signal.setitimer(timer, 0)
+        finally:  # even if a timer fired just before it was cancelled
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def run_cli(argv: list[str], deadline_s: float = DEFAULT_DEADLINE_S,

@@ -161,13 +161,20 @@ def weights_files(draw: st.DrawFn) -> FileInput:
 # ------------------------------------------------------------------------------------------- ONNX
 
 
+# Built once: a strategy built inside a composite is validated again at every draw.
+_DIMS = st.lists(st.sampled_from(EDGE_DIMS), min_size=1, max_size=4)
+_LOCATION = st.sampled_from(LOCATIONS)
+_OFFSET = st.sampled_from((0, 0, 4, -8, 2**40))
+_LENGTH = st.sampled_from((8, 8, 0, 2**40))
+_DATA_FILE = st.binary(min_size=0, max_size=16)
+_OP = st.sampled_from(OPS)
+_OPSET = st.sampled_from(OPSETS)
+
+
 @st.composite
 def _onnx_model(draw: st.DrawFn) -> FileInput:
     import onnx
     from onnx import TensorProto, helper
-
-    def dims() -> list[int]:
-        return draw(st.lists(st.sampled_from(EDGE_DIMS), min_size=1, max_size=4))
 
     siblings: dict[str, bytes] = {}
     inits = []
@@ -176,26 +183,26 @@ def _onnx_model(draw: st.DrawFn) -> FileInput:
         if draw(st.booleans()):  # external data, wherever it points
             tensor.ClearField("float_data")
             tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", draw(st.sampled_from(LOCATIONS))),
-                               ("offset", str(draw(st.sampled_from((0, 0, 4, -8, 2**40))))),
-                               ("length", str(draw(st.sampled_from((8, 8, 0, 2**40)))))):
+            for key, value in (("location", draw(_LOCATION)), ("offset", str(draw(_OFFSET))),
+                               ("length", str(draw(_LENGTH)))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
-            siblings["w.bin"] = draw(st.binary(min_size=0, max_size=16))
+            siblings["w.bin"] = draw(_DATA_FILE)
         inits.append(tensor)
     names = ["x", *(t.name for t in inits)]
     nodes = []
     for i in range(draw(st.integers(1, 5))):
-        op = draw(st.sampled_from(OPS))
+        op = draw(_OP)
         inputs = draw(st.lists(st.sampled_from([*names, "undefined", f"t{i + 1}"]), min_size=1, max_size=2))
         output = draw(st.sampled_from((f"t{i}", f"t{i}", "x", "t0")))
         nodes.append(helper.make_node(op, inputs, [output], name=f"n{i}"))
         names.append(output)
     nodes.append(helper.make_node("Identity", [names[-1]], ["y"], name="out"))
     graph = helper.make_graph(draw(st.permutations(nodes)) if draw(st.booleans()) else nodes, "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims())],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims())], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", draw(st.sampled_from(OPSETS)))])
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, draw(_DIMS))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, draw(_DIMS))],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", draw(_OPSET))])
     model.ir_version = draw(st.sampled_from((onnx.IR_VERSION, 8, 3, 0, 999)))
     data = model.SerializeToString()
     # Mostly intact: a corrupted serialisation rarely gets past the protobuf parser.
@@ -211,6 +218,30 @@ def onnx_files(draw: st.DrawFn) -> FileInput:
 
 
 # ------------------------------------------------------------------------------------------- running
+
+
+def prepare_weights_runs() -> None:
+    """Import what :func:`run_weights_file` runs, once, outside any run's deadline.
+
+    A netdsl process pays these imports once too; inside the first run they would count against
+    its deadline (a first run that imported onnx on a loaded machine was once reported as a hang).
+    """
+    import safetensors.numpy  # noqa: F401
+    import torch  # noqa: F401
+
+    import netdsl.backends.onnx_backend  # noqa: F401
+    import netdsl.backends.onnx_stream  # noqa: F401
+    import netdsl.backends.weights_io  # noqa: F401
+
+
+def prepare_onnx_runs() -> None:
+    """Import what :func:`run_onnx_file` runs and load its profile, once, outside any run's deadline."""
+    import netdsl.backends.onnx_input  # noqa: F401
+    import netdsl.backends.trt_coverage  # noqa: F401
+    from netdsl.profile import load_profile
+
+    load_profile("trt")
+
 
 
 def run_weights_file(file: FileInput, workdir: Path, deadline_s: float = DEFAULT_DEADLINE_S,
