@@ -400,10 +400,25 @@ def _range_attr(b: Bound) -> dict[str, Any]:
     return {} if b["range"] is None else {"range": tuple(float(v) for v in b["range"])}
 
 
-@surface("sqrt", Arg("x", "tensor"), Arg("range", "floats", None))
+@surface("sqrt", Arg("x", "any"), Arg("range", "floats", None))
 def sqrt(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Square root; ``range=[lo, hi]`` declares the bounds of x, for which restricted targets build its lowering."""
-    return _emit(el, scope, b, "sqrt", [b["x"]], ["x"], **_range_attr(b))
+    """Square root; ``range=[lo, hi]`` declares the bounds of x, for which restricted targets build its lowering.
+
+    On a compile-time number (``sqrt(dim)``) it is the built-in function: the number's square root.
+    """
+    from netdsl.elaborate import Tensor, type_name
+
+    x = b["x"]
+    if isinstance(x, Tensor):
+        return _emit(el, scope, b, "sqrt", [x], ["x"], **_range_attr(b))
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise el.error(scope, f"argument 'x' of sqrt() must be a tensor or a number, found {type_name(x)}",
+                       b.spans["x"])
+    if b["range"] is not None:
+        raise el.error(scope, "range= applies to a tensor's square root, not to a number's", b.spans["range"])
+    if x < 0:
+        raise el.error(scope, f"sqrt() of a negative number ({x})", b.spans["x"])
+    return math.sqrt(x)
 
 
 @surface("pow", Arg("x", "tensor"), Arg("exponent", "float"), Arg("range", "floats", None))

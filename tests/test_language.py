@@ -215,6 +215,33 @@ def test_let_arithmetic(write_spec) -> None:
     assert g.params["dims"].init == Init("fill", (("value", 3.5),))
 
 
+def test_sqrt_of_a_number_is_the_builtin_and_of_a_tensor_the_op(write_spec) -> None:
+    g = build(write_spec("""
+        model M(dim: int = 16) {
+            input x: f32[2, 3]
+            let fill = sqrt(2.25)
+            param p: f32[int(sqrt(dim))] = fill
+            output y = sqrt(x) * sqrt(dim)
+        }
+        """))
+    assert param_types(g)["p"] == TensorType("f32", (4,))
+    assert g.params["p"].init == Init("fill", (("value", 1.5),))
+    assert [n.op for n in g.nodes].count("sqrt") == 1  # sqrt(dim) is a number, folded into a constant
+    for arg, message in (("[1, 2]", "argument 'x' of sqrt() must be a tensor or a number, found [int]"),
+                         ("-4", "sqrt() of a negative number (-4)"),
+                         ("9, range=[1, 2]", "range= applies to a tensor's square root, not to a number's")):
+        path = write_spec(f"""
+            model M() {{
+                input x: f32[2, 3]
+                output y = x * sqrt({arg})
+            }}
+            """)
+        with pytest.raises(NetdslError) as err:
+            build(path)
+        assert err.value.diag.message == message
+        assert err.value.diag.span.line == 4
+
+
 def test_true_division_gives_a_float(write_spec) -> None:
     path = write_spec("""
         model M() {
