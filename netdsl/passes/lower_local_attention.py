@@ -53,7 +53,7 @@ RULE = "lower_local_attention"
 
 
 @dataclass(frozen=True)
-class _Window:
+class Window:
     """The geometry of one ``local_attention`` node."""
 
     batch: int
@@ -93,7 +93,7 @@ def _strided(em: Emitter, x: str, axis: int, start: int, count: int, step: int) 
     return em.op("slice", [x], axis=axis, start=start, end=start + (count - 1) * step + 1, step=step)
 
 
-def _at_outputs(em: Emitter, x: str, win: _Window) -> str:
+def at_outputs(em: Emitter, x: str, win: Window) -> str:
     """``x[..., ::s, ::s]``: the map at the (top-left aligned) output positions."""
     rows = _strided(em, x, 2, 0, win.out_h, win.stride)
     return _strided(em, rows, 3, 0, win.out_w, win.stride)
@@ -105,7 +105,7 @@ def _phases(em: Emitter, x: str, axis: int, stride: int) -> list[str]:
     return [_strided(em, x, axis, r, len(range(r, n, stride)), stride) for r in range(stride)]
 
 
-def _slot_maps(em: Emitter, x: str, win: _Window) -> list[str]:
+def _slot_maps(em: Emitter, x: str, win: Window) -> list[str]:
     """Per slot (a, b): ``x`` reflection-padded by p, at rows ``s·i + a`` and columns ``s·j + b``.
 
     With a stride, the padded map is first split into its ``s x s`` phases (``[r::s, c::s]``), so
@@ -136,7 +136,7 @@ def _grid_projection(em: Emitter, pos: str) -> tuple[Node, str] | None:
     return grid, conv.inputs[1]
 
 
-def _grid_offsets(grid: Node, win: _Window) -> np.ndarray:
+def _grid_offsets(grid: Node, win: Window) -> np.ndarray:
     """``G_q − G_n``: [2, N, Ho·Wo], the grid at each output position minus its reflected window slot."""
     g = eval_node(grid, [])[0][0].astype(np.float64)  # [2, H, W], exactly the grid op's values
     p, s = win.pad, win.stride
@@ -147,7 +147,7 @@ def _grid_offsets(grid: Node, win: _Window) -> np.ndarray:
     return np.stack(diffs, axis=1).reshape(2, len(diffs), win.out_h * win.out_w)
 
 
-def _position_logits(em: Emitter, q_s: str, grid: Node, weight: str, win: _Window, scale: float) -> str:
+def _position_logits(em: Emitter, q_s: str, grid: Node, weight: str, win: Window, scale: float) -> str:
     """``scale · Σ_e q_s[e] (pos_q[e] − pos_n[e])`` for ``pos = conv1x1(grid, weight)``: [B, heads, N, Ho·Wo]."""
     dtype = em.graph.type_of(q_s).dtype
     # Wp is [d, 2, 1, 1]; the grouped conv needs, per head h, rows h·2 + c holding Wp[:, c].
@@ -164,15 +164,15 @@ def _position_logits(em: Emitter, q_s: str, grid: Node, weight: str, win: _Windo
     return em.op("add", terms, "pos_logits")
 
 
-def _relative_keys(em: Emitter, keys: list[str], pos: str, win: _Window) -> list[str]:
+def _relative_keys(em: Emitter, keys: list[str], pos: str, win: Window) -> list[str]:
     """``K_n + (pos_q − pos_n)`` per slot, for a positional encoding of any origin (repeated per head)."""
     tiled = em.op("concat", [pos] * win.heads, axis=1) if win.heads > 1 else pos
-    at_q = _at_outputs(em, tiled, win)
+    at_q = at_outputs(em, tiled, win)
     return [em.op("add", [key, em.op("sub", [at_q, pos_n])]) for key, pos_n in
             zip(keys, _slot_maps(em, tiled, win), strict=True)]
 
 
-def _content_logits(em: Emitter, q_s: str, keys: list[str], win: _Window, scale: float) -> str:
+def _content_logits(em: Emitter, q_s: str, keys: list[str], win: Window, scale: float) -> str:
     """``scale · Σ_e q_s[e] · K_n[e]`` per head and slot: [B, heads, N, Ho·Wo]."""
     flat = win.out_h * win.out_w
     head_sum = em.const(np.full((win.heads, win.head_dim, 1, 1), scale), em.graph.type_of(q_s).dtype, "head_sum")
@@ -184,7 +184,7 @@ def _content_logits(em: Emitter, q_s: str, keys: list[str], win: _Window, scale:
     return em.op("concat", logits, "logits", axis=2)
 
 
-def _weighted_values(em: Emitter, attn: str, values: list[str], win: _Window) -> str:
+def _weighted_values(em: Emitter, attn: str, values: list[str], win: Window) -> str:
     """``Σ_n A_n ⊙ V_n`` for ``attn`` [B, heads, N, Ho·Wo]: [B, C, Ho, Wo]."""
     view = (win.batch, win.heads, win.head_dim, win.out_h * win.out_w)
     # A generator, so that each product is emitted just before it is added: a runtime that follows
@@ -203,10 +203,10 @@ def _lower_local_attention(node: Node, em: Emitter) -> list[str] | None:
         return None
     q, k, v, *pos = node.inputs
     a = node.attrs
-    win = _Window(*em.graph.type_of(q).shape, heads=a["heads"], kernel=a["kernel"], stride=a["stride"])
+    win = Window(*em.graph.type_of(q).shape, heads=a["heads"], kernel=a["kernel"], stride=a["stride"])
     scale = float(a["scale"])
 
-    q_s = _at_outputs(em, q, win)
+    q_s = at_outputs(em, q, win)
     keys = _slot_maps(em, k, win)
     projection = _grid_projection(em, pos[0]) if pos else None
     if pos and projection is None:

@@ -60,7 +60,7 @@ _FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constan
 _MATH = ["pow_decompose", "sqrt_decompose", "exp_decompose", "erf_decompose"]
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": ["lower_local_attention", "fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv",
+    "onnx": ["local_attention_to_matmul", "fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv",
              "reduce_to_matmul",
              "constant_folding", "cse", "cleanup_shuffles", "dce"],
     "torch": ["cse", "cleanup_shuffles"],

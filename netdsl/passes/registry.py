@@ -18,6 +18,7 @@ from netdsl.passes.base import Pass, WeightedPass, Weights
 PASS_MODULES = (
     "lower_attention",
     "lower_local_attention",
+    "local_attention_to_matmul",
     "matmul_to_conv",
     "gather_to_slice",
     "where_to_blend",
