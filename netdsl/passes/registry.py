@@ -32,6 +32,8 @@ PASS_MODULES = (
     "reduce_max_to_elementwise",
     "reduce_min_to_max",
     "reduce_to_conv",
+    "elementwise_rank4",
+    "slice_concat_rank4",
     "concat_to_channels",
     "linear_to_conv",
     "hardswish_decompose",
