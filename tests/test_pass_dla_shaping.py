@@ -14,6 +14,7 @@ from pass_support import add_param, at, builder_with_input, check_rewrite, f32, 
 from netdsl import api
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.elementwise_rank4 import PASS as ELEMENTWISE
+from netdsl.passes.pool_windows import PASS as POOLS
 from netdsl.passes.rank4_view import DIM_LIMIT, DLA_DIM_LIMIT, axis_view, layout4, rank4
 from netdsl.passes.slice_concat_rank4 import PASS as SLICE_CONCAT
 
@@ -145,3 +146,52 @@ def test_vit_block_lowers_for_dla_fully_covered_with_the_onnx_targets_numbers() 
     lowered = lower_for_dla_and_compare(graph)
     elementwise = {"add", "sub", "mul", "div", "slice", "split"}
     assert all(lowered.type_of(n.inputs[0]).rank == 4 for n in lowered.nodes if n.op in elementwise)
+
+
+def _pool_graph(op: str, shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                pads: tuple[int, int, int, int]):
+    b, x = builder_with_input(*shape)
+    b.output(b.op(op, [x], at(2), kernel=kernel, stride=stride, pads=pads))
+    return b.graph
+
+
+@pytest.mark.parametrize("op, shape, kernel, stride, pads, ops", [
+    # a 56 x 56 global pool as a tiling pool: 8 x 8 then 7 x 7
+    ("avgpool", (1, 4, 56, 56), (56, 56), (56, 56), (0, 0, 0, 0), {"avgpool": 2}),
+    # floor mode drops the last row and column in the first step already
+    ("avgpool", (1, 2, 57, 58), (56, 56), (56, 56), (0, 0, 0, 0), {"avgpool": 2}),
+    ("maxpool", (2, 3, 28, 28), (14, 14), (14, 14), (0, 0, 0, 0), {"maxpool": 2}),
+    # SPP's 13 x 13 stride-1 max pool: 8 then 6, the padding shared out
+    ("maxpool", (1, 3, 20, 20), (13, 13), (1, 1), (6, 6, 6, 6), {"maxpool": 2}),
+    # a strided max pool with a long window on one axis only
+    ("maxpool", (1, 2, 40, 9), (20, 3), (3, 2), (2, 1, 5, 1), {"maxpool": 3}),
+    # tiling rows, a padded 3-wide average over columns on the last step
+    ("avgpool", (1, 2, 32, 10), (16, 3), (16, 1), (0, 1, 0, 1), {"avgpool": 2}),
+    # an overlapping large average: a depth-wise conv with a 1/144 kernel
+    ("avgpool", (1, 3, 30, 30), (12, 12), (4, 4), (3, 3, 3, 3), {"const": 1, "conv": 1}),
+])
+def test_large_pools_become_pools_within_dlas_windows(op: str, shape: tuple[int, ...], kernel: tuple[int, int],
+                                                      stride: tuple[int, int], pads: tuple[int, int, int, int],
+                                                      ops: dict[str, int]) -> None:
+    out, _ = check_rewrite(POOLS, _pool_graph(op, shape, kernel, stride, pads), ops)
+    for node in out.nodes:
+        if node.op in ("avgpool", "maxpool"):
+            assert max(node.attrs["kernel"]) <= 8 and max(node.attrs["stride"]) <= 16 and max(node.attrs["pads"]) <= 7
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(9, 24), st.integers(1, 5), st.integers(0, 8), st.integers(0, 8), st.integers(24, 40))
+def test_long_max_pools_equal_their_stride_one_steps(k: int, s: int, before: int, after: int, size: int) -> None:
+    graph = _pool_graph("maxpool", (1, 2, size, 5), (k, 1), (s, 1), (min(before, k - 1), 0, min(after, k - 1), 0))
+    check_rewrite(POOLS, graph, {"maxpool": math.ceil((k - 1) / 7)})
+
+
+def test_pools_with_no_exact_form_within_the_limits_are_left_alone() -> None:
+    # an 11 x 11 tiling average: 11 is prime and above the pool window, its stride above the conv stride
+    graph = _pool_graph("avgpool", (1, 2, 22, 22), (11, 11), (11, 11), (0, 0, 0, 0))
+    assert [n.op for n in POOLS.run(graph, RewriteLog()).nodes] == ["avgpool"]
+
+
+def test_pools_within_the_limits_are_left_alone() -> None:
+    graph = _pool_graph("maxpool", (1, 2, 9, 9), (3, 3), (2, 2), (1, 1, 1, 1))
+    assert [n.op for n in POOLS.run(graph, RewriteLog()).nodes] == ["maxpool"]

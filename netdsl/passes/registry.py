@@ -32,6 +32,7 @@ PASS_MODULES = (
     "reduce_max_to_elementwise",
     "reduce_min_to_max",
     "reduce_to_conv",
+    "pool_windows",
     "elementwise_rank4",
     "slice_concat_rank4",
     "concat_to_channels",
