@@ -35,27 +35,36 @@ def _refused(graph: Graph, node: Node) -> bool:
     return axis == 0 and graph.type_of(node.outputs[0]).shape != shape
 
 
-def _view(graph: Graph, node: Node) -> tuple[int, ...] | None:
-    """The rank-4 view of ``node``'s first input with the op's axis as axis 1, when the op needs and has one."""
+def _views(graph: Graph, node: Node) -> list[tuple[int, ...]] | None:
+    """The rank-4 view of each input of ``node`` with the op's axis as axis 1, when the op needs and has one.
+
+    A rank-4 input with a single channel swaps its axis with the channel axis (a view that keeps
+    the other axes as they are, so a map read by several such concats is not re-laid out for each).
+    """
     if not _refused(graph, node):
         return None
-    shape = graph.type_of(node.inputs[0]).shape
-    return axis_view(shape, node.attrs["axis"] % len(shape))
+    shapes = [graph.type_of(x).shape for x in node.inputs]
+    axis = node.attrs["axis"] % len(shapes[0])
+    if len(shapes[0]) == 4 and shapes[0][1] == 1:
+        perm = [0, 1, 2, 3]
+        perm[1], perm[axis] = axis, 1
+        return [tuple(s[i] for i in perm) for s in shapes]
+    view = axis_view(shapes[0], axis)
+    return None if view is None else [(view[0], s[axis], *view[2:]) for s in shapes]
 
 
 def _to_axis1(node: Node, em: Emitter) -> list[str] | None:
-    view = _view(em.graph, node)
-    if view is None:
+    views = _views(em.graph, node)
+    if views is None:
         return None
-    axis = node.attrs["axis"] % len(em.graph.type_of(node.inputs[0]).shape)
-    inputs = [view_as(em, x, (view[0], em.graph.type_of(x).shape[axis], *view[2:])) for x in node.inputs]
+    inputs = [view_as(em, x, view) for x, view in zip(node.inputs, views, strict=True)]
     outs = em.op_multi(node.op, inputs, None, **{**node.attrs, "axis": 1})
     return [view_as(em, y, em.graph.values[old].shape) for y, old in zip(outs, node.outputs, strict=True)]
 
 
 def _post(graph: Graph) -> list[str]:
     return [f"{n.op} {n.outputs[0]} is not along axis 1 of a rank-4 view" for n in graph.nodes
-            if _view(graph, n) is not None]
+            if _views(graph, n) is not None]
 
 
 PASS = node_pass(RULE, "lower", _to_axis1, __doc__ or "", post=_post)
