@@ -1,11 +1,11 @@
 """Restricted mode takes the models and blocks engineers bring, as written (issue 14's must-show).
 
 For each case, ``netdsl compile`` for the restricted target (``trt-restricted``, and ``trt-dla``
-for ConvNeXt-T) writes a model whose every node the target's profile covers, and that model's
-ONNX Runtime output equals the ``onnx`` target's within 1e-4 relative to the output's largest
-magnitude (float32, a random input, the same perturbed weights loaded by ``--weights``). The
-lowered models also pass the float16 range check (``--dtype float16``). Small configurations run
-in the fast suite; the full models at 224x224 are marked slow.
+for ConvNeXt-T, Swin-T, CvT-13 and the ViT block) writes a model whose every node the target's
+profile covers, and that model's ONNX Runtime output equals the ``onnx`` target's within 1e-4
+relative to the output's largest magnitude (float32, a random input, the same perturbed weights
+loaded by ``--weights``). The lowered models also pass the float16 range check (``--dtype
+float16``). Small configurations run in the fast suite; the full models at 224x224 are marked slow.
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ FULL = {
     "nonlocal_matmul": Case("blocks/nonlocal.net", "nonlocal_matmul"),
     "nonlocal_attention": Case("blocks/nonlocal.net", "nonlocal_attention"),
 }
-# (case name, restricted target): every case for trt-restricted, ConvNeXt-T for trt-dla too
-RUNS = [(name, "trt-restricted") for name in SMALL] + [("convnext_tiny", "trt-dla")]
+# (case name, restricted target): every case for trt-restricted; ConvNeXt-T and the token-sequence models
+# (rank-4 views for DLA) for trt-dla too
+DLA = ("convnext_tiny", "swin_tiny", "cvt13", "vit_block")
+RUNS = [(name, "trt-restricted") for name in SMALL] + [(name, "trt-dla") for name in DLA]
 
 
 def _compile(run_cli: Callable, case: Case, target: str, out: Path, *extra: str) -> None:

@@ -32,7 +32,11 @@
   ``reduce_min`` becomes ``-reduce_max(-x)``), that
   strided slices become strided depth-wise convs (DLA slices take unit steps only), resizes by
   fractional or shrinking factors become 1x1 convs over the resized axis (DLA only upsamples by
-  whole factors), and that
+  whole factors), pools with windows above 8 become pools in steps within DLA's windows or
+  depth-wise convs (``pool_windows``), that
+  element-wise ops, slices, splits and concats off DLA's rank-4 form are run on rank-4 views
+  (``elementwise_rank4``, ``slice_concat_rank4``: token sequences ``[B, T, C]``, rank-5 windows,
+  slices of the batch axis), and that the remaining
   concats are moved to the channel axis (the only one DLA concatenates along).
 
 Passes run by phase (:data:`netdsl.passes.base.PHASES`), in list order within a phase; a
@@ -78,9 +82,10 @@ PIPELINES: dict[str, list[str]] = {
     "trt-dla": [
         "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
         "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
-        "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "layernorm_decompose", "groupnorm_decompose",
+        "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "pool_windows", "layernorm_decompose",
+        "groupnorm_decompose",
         "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "hardswish_decompose", "tanh_decompose", "neg_to_mul",
-        *_MATH, "concat_to_channels", *_FOLD_AND_CLEAN,
+        *_MATH, "elementwise_rank4", "slice_concat_rank4", "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
 

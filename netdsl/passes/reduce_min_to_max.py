@@ -10,19 +10,22 @@ minimum over the batch axis, or over axes that no rank-4 view keeps apart, is le
 from __future__ import annotations
 
 from netdsl.ir import Node
+from netdsl.passes.rank4_view import DLA_DIM_LIMIT, rank4
 from netdsl.passes.reduce_to_conv import runs
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "reduce_min_to_max"
 
 
-def _rank4_view(shape: tuple[int, ...], axes: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def _reduced_view(shape: tuple[int, ...], axes: set[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """A rank-4 view of ``shape`` and its reduced axes (never the first), or None if the runs do not fit in one."""
     merged = runs(shape, axes)
-    if len(merged) > 4 or (len(merged) == 4 and merged[0][1]):
+    if merged and merged[0][1]:  # a leading 1 keeps the reduced runs off the batch axis
+        merged.insert(0, (1, False))
+    view = rank4([e for e, _ in merged], whole=len(merged), limit=DLA_DIM_LIMIT)
+    if view is None:
         return None
-    padded = [(1, False)] * (4 - len(merged)) + merged
-    return tuple(e for e, _ in padded), tuple(i for i, (_, reduced) in enumerate(padded) if reduced)
+    return view, tuple(i for i, (_, reduced) in enumerate(merged) if reduced)
 
 
 def _lower_reduce_min(node: Node, em: Emitter) -> list[str] | None:
@@ -30,7 +33,7 @@ def _lower_reduce_min(node: Node, em: Emitter) -> list[str] | None:
         return None
     x = node.inputs[0]
     t = em.graph.type_of(x)
-    view = _rank4_view(t.shape, {a % t.rank for a in node.attrs["axes"]})
+    view = _reduced_view(t.shape, {a % t.rank for a in node.attrs["axes"]})
     if view is None:
         return None
     shape, axes = view

@@ -8,7 +8,7 @@ smaller one's exponential can underflow, where the true value is tiny too.
 Lanes live on axis 1 of a rank-4 view ``[d0, lanes, m, n]`` of the tensor (:func:`lane_view`):
 TensorRT's DLA runs element-wise ops, Softmax and Slice on rank-4 tensors only, concatenates on
 the channel axis only and needs every non-batch dimension within 8192 (4096 for the spatial axes
-of ``trt-restricted``), so the view is as square as the sample's size allows.
+of ``trt-restricted``); :mod:`netdsl.passes.rank4_view` picks the split.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from netdsl.passes.rank4_view import DIM_LIMIT, split_extent
 from netdsl.passes.rewriter import Emitter
 
 INPUT_RANGE = "input_range"
@@ -28,15 +29,13 @@ def lane_view(em: Emitter, x: str) -> str:
     """``x`` reshaped to ``[d0, 1, m, n]`` with m * n the size of a sample (a no-op reshape is left to
     ``cleanup_shuffles``).
 
-    Every op on the view is element-wise, so any factorisation works: the one with the smallest
-    ``max(2m, n)`` keeps both spatial axes within the restricted profiles' limits (4096 for
-    ``trt-restricted``, 8192 for DLA) for samples of up to 8.4 million values.
+    Every op on the view is element-wise, so any factorisation works; ``m`` stays within half the
+    view limit because the erf lowering stacks two lane pairs along it (``[d0, 2, 2m, n]``).
     """
     shape = em.graph.type_of(x).shape
     size = math.prod(shape[1:])
-    divisors = [d for d in range(1, math.isqrt(size) + 1) if size % d == 0]
-    m = min(divisors + [size // d for d in divisors], key=lambda d: max(2 * d, size // d))
-    return em.op("reshape", [x], "view", shape=(shape[0] if shape else 1, 1, m, size // m))
+    m, n = split_extent(size, first_limit=DIM_LIMIT // 2) or (size, 1)
+    return em.op("reshape", [x], "view", shape=(shape[0] if shape else 1, 1, m, n))
 
 
 def lane_const(em: Emitter, values: list[float], like: str) -> str:
