@@ -119,6 +119,16 @@ def test_an_ungrouped_sum_is_charged_the_blocked_reorder() -> None:
     assert blocked.bytes_moved - plain.bytes_moved == 2 * product * 8 - 2 * product * 7 + 2 * product * 8
 
 
+def test_chunks_keep_the_muls_last_axis_long() -> None:
+    """The non-local block's logits, [1, 784, 32] x [1, 32, 784], under a 2^17-element budget: chunks of 2 rows of
+    each row group, not 157 chunks of 5 columns, whose 5-wide runs of the Mul output cost ~25 ns each."""
+    plan = contraction.plan_contraction(1, 32, 784, 784, budget=1 << 17)
+    assert (plan.axis, plan.chunk, plan.runs) == (contraction.ROWS, 2, 32 * 784)
+    columns = contraction._costed(contraction.COLUMNS, 5, 32, contraction.ROW_GROUPS, 2, (1, 32, 784, 784), 4,
+                                  (32 * 784, 32 * 784))
+    assert columns.runs == 32 * 784 * 157 and columns.cost > plan.cost
+
+
 def test_constant_right_operand_becomes_a_linear_map() -> None:
     graph, weights = matmul_graph((2, 5, 6), (6, 4), const="b")
     check_rewrite(matmul_to_conv.PASS, graph, {"linear": 1, "transpose": 1}, weights=weights)

@@ -35,7 +35,8 @@ read of it, measured as long as the Mul that wrote it) and the one output channe
 8; a grouped conv with fewer outputs than a block stays in the plain layout, one
 matrix-vector product per group. A plan whose conv would be blocked is charged that reorder.
 
-The plan is the cheapest (bytes moved + :data:`NODE_BYTES` per node) whose largest piece holds
+The plan is the cheapest (bytes moved + :data:`NODE_BYTES` per node + :data:`RUN_BYTES` per run of
+the last axis the Muls write, see :attr:`ContractionPlan.cost`) whose largest piece holds
 at most ``budget`` elements: :data:`BUDGET_FACTOR` times the largest of the two operands and the
 output (for attention: the attention matrix), but never less than :data:`MIN_BUDGET` elements,
 below which a piece fits the caches and more nodes only cost dispatch time. Every form is exact
@@ -59,6 +60,12 @@ MIN_BUDGET = 1 << 20
 # fastest runs): a tiny node's dispatch takes 0.5 µs, a Mul of 64 KiB tensors 5.8 µs; a
 # TensorRT layer adds a kernel launch. A node is charged like a small layer's whole work.
 NODE_BYTES = 64 * 1024
+# Cost of one run of the last axis in a Mul's output, in bytes of memory traffic: ONNX Runtime's
+# broadcast Mul handles its output one last-axis run at a time. Measured here (one thread, thread
+# CPU time of the fastest of 40 runs, [1, 64, r, 1] x [1, 64, 1, c] with r·c fixed): 15-30 ns
+# per run on top of 0.75 ns per element, i.e. about 128 bytes; columns cut into chunks of 5
+# made the non-local block's logits 8 times slower.
+RUN_BYTES = 128
 ROWS, COLUMNS = 2, 3  # the axis of the [P, 1, M, N] output that chunks split
 # The most conv groups a plan uses (row groups copy ``b`` once per group).
 MAX_GROUPS = 7
@@ -82,6 +89,13 @@ class ContractionPlan:
     largest: int  # elements of the largest piece
     groups: int = 1
     grouping: str = UNGROUPED
+    runs: int = 0  # last-axis runs the Muls write
+
+    @property
+    def cost(self) -> int:
+        """What the planner minimises, in bytes: traffic, plus :data:`NODE_BYTES` per node and :data:`RUN_BYTES`
+        per run."""
+        return self.bytes_moved + NODE_BYTES * self.nodes + RUN_BYTES * self.runs
 
 
 def plan_contraction(p: int, k: int, m: int, n: int, itemsize: int = 4, budget: int | None = None,
@@ -110,8 +124,7 @@ def plan_contraction(p: int, k: int, m: int, n: int, itemsize: int = 4, budget: 
                     continue
                 chunks = -(-length // min(widest, length))
                 plan = _costed(axis, -(-length // chunks), kblock, grouping, groups, (p, k, m, n), itemsize, sizes)
-                if plan.largest <= budget and (best is None or plan.bytes_moved + NODE_BYTES * plan.nodes
-                                               < best.bytes_moved + NODE_BYTES * best.nodes):
+                if plan.largest <= budget and (best is None or plan.cost < best.cost):
                     best = plan
     if best is None:  # one element of K along the shorter side exceeds the budget: take the finest cut
         best = _costed(COLUMNS if n >= m else ROWS, 1, 1, UNGROUPED, 1, (p, k, m, n), itemsize, sizes)
@@ -152,7 +165,8 @@ def _costed(axis: int, chunk: int, kblock: int, grouping: str, groups: int, dims
         largest = max(largest, groups * out)
     elif kblock >= BLOCKED_CHANNELS:
         moved += 2 * p * k * m * n  # the product reordered into the blocked layout
-    return ContractionPlan(axis, chunk, kblock, nodes, moved * itemsize, largest, groups, grouping)
+    runs = p * k * m * (chunks if axis == COLUMNS else 1)  # each piece writes all its rows
+    return ContractionPlan(axis, chunk, kblock, nodes, moved * itemsize, largest, groups, grouping, runs)
 
 
 def contract(em: Emitter, a: str, b: str, scale: float) -> str:
