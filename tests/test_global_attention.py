@@ -74,16 +74,19 @@ def test_both_writings_compile_to_the_same_restricted_products(compiled: dict) -
 def test_nonlocal_block_runs_within_20x_the_onnx_target(compiled: dict, entry: str) -> None:
     """ONNX Runtime (one thread), the two builds interleaved run by run: fastest restricted / fastest onnx <= 20.
 
-    The fastest runs are compared, not the medians: on a loaded machine the restricted build, 20
-    times longer and memory-bound, is preempted more often, which inflates its median alone."""
+    Each run is timed by the CPU time of the thread that ran it: with one intra-op thread ONNX
+    Runtime computes on the calling thread, so that is the run's latency without the time the
+    thread was preempted. On a machine shared with other work the wall clock of the 20-times
+    longer, memory-bound restricted run is inflated by preemption far more often than the short
+    onnx run's, and its fastest run is no longer its latency."""
     sessions = {t: session(compiled[(entry, t)]) for t in ("onnx", "trt-restricted")}
     times: dict[str, list[float]] = {t: [] for t in sessions}
     for run in range(23):
         for target, s in sessions.items():
-            start = time.perf_counter()
+            start = time.thread_time()
             s.run(None, FEED)
             if run >= 3:
-                times[target].append(time.perf_counter() - start)
+                times[target].append(time.thread_time() - start)
     ratio = min(times["trt-restricted"]) / min(times["onnx"])
     assert ratio <= 20, f"restricted / onnx = {ratio:.1f}"
 
@@ -133,7 +136,7 @@ def test_explain_reports_memory_after_each_pass_and_the_chunked_lowering_gives_n
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]] for line in out.splitlines()
             if line.startswith("│") and line.count("│") == 6}
     assert rows["(as written)"] == ["16", "5.0 MiB", "2.3 MiB"]
-    assert rows["matmul_to_conv"] == ["235", "6.6 MiB", "3.8 MiB"]
+    assert rows["matmul_to_conv"] == ["242", "6.7 MiB", "3.8 MiB"]
 
 
 def test_a_rewrite_into_many_nodes_warns_with_the_count(monkeypatch: pytest.MonkeyPatch) -> None:

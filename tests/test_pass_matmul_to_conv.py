@@ -79,14 +79,54 @@ def test_activation_matmul_lowers_within_budget_and_matches(small_budget: None, 
     assert counts["add"] == expanded
 
 
-def test_global_product_is_cut_into_chunks_and_concatenated() -> None:
-    """[1, 96, 8] x [1, 8, 96]: with a budget of the output, 8 chunks of 12 rows, each a Slice, Mul and Conv."""
+def conv_groups(graph: Graph) -> list[tuple[int, int]]:
+    """(input channels, groups) of every conv of ``graph``."""
+    return [(graph.values[n.inputs[0]].shape[1], n.attrs["groups"]) for n in graph.nodes if n.op == "conv"]
+
+
+def test_global_product_is_cut_into_row_groups_and_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[1, 96, 8] x [1, 8, 96], a budget of the output: two row blocks of 48 stacked on the channels, each conv
+    summing 8 channels per group, in 8 chunks of 6 rows."""
     graph, _ = matmul_graph((1, 96, 8), (1, 8, 96))
     plan = contraction.plan_contraction(1, 8, 96, 96, budget=96 * 96)
-    assert (plan.axis, plan.chunk, plan.kblock, plan.largest) == (contraction.ROWS, 12, 8, 96 * 96)
+    assert (plan.grouping, plan.groups, plan.axis, plan.chunk, plan.kblock, plan.largest) == (
+        contraction.ROW_GROUPS, 2, contraction.ROWS, 6, 8, 96 * 96)
     assert plan.bytes_moved >= 2 * 4 * 8 * 96 * 96  # the product is written and read at least once
     whole = contraction.plan_contraction(1, 8, 96, 96, budget=8 * 96 * 96)
-    assert (whole.chunk, whole.nodes) == (96, 2)
+    assert (whole.chunk, whole.nodes) == (48, 4)  # Mul, Conv, the transpose stacking a, the concat tiling b
+    monkeypatch.setattr(contraction, "MIN_BUDGET", 96 * 96)
+    monkeypatch.setattr(contraction, "BUDGET_FACTOR", 0.0)
+    after, _ = check_rewrite(matmul_to_conv.PASS, graph, op_counts(lowered(matmul_to_conv.PASS, graph)))
+    assert conv_groups(after) == [(16, 2)] * 8
+    assert op_counts(after)["mul"] == 8 and largest_product(after) == 2 * 8 * 6 * 96
+
+
+def test_long_contraction_into_a_small_output_sums_groups_of_k() -> None:
+    """[1, 6, 96] x [1, 96, 64]: each half of K summed into its own channel, the two channels added by a last conv."""
+    graph, _ = matmul_graph((1, 6, 96), (1, 96, 64))
+    plan = contraction.plan_contraction(1, 96, 6, 64)
+    assert (plan.grouping, plan.groups, plan.chunk) == (contraction.CONTRACTED_GROUPS, 2, 6)
+    after, _ = check_rewrite(matmul_to_conv.PASS, graph, op_counts(lowered(matmul_to_conv.PASS, graph)))
+    assert conv_groups(after) == [(96, 2), (2, 1)]
+
+
+def test_an_ungrouped_sum_is_charged_the_blocked_reorder() -> None:
+    """The same [1, 7, k] x [1, k, 7] product (7 rows: no row groups): 8 channels pay a second pass over the product,
+    7 do not."""
+    blocked, plain = contraction.plan_contraction(1, 8, 7, 7), contraction.plan_contraction(1, 7, 7, 7)
+    assert (blocked.grouping, plain.grouping) == (contraction.UNGROUPED, contraction.UNGROUPED)
+    product = 4 * 7 * 7
+    assert blocked.bytes_moved - plain.bytes_moved == 2 * product * 8 - 2 * product * 7 + 2 * product * 8
+
+
+def test_chunks_keep_the_muls_last_axis_long() -> None:
+    """The non-local block's logits, [1, 784, 32] x [1, 32, 784], under a 2^17-element budget: chunks of 2 rows of
+    each row group, not 157 chunks of 5 columns, whose 5-wide runs of the Mul output cost ~25 ns each."""
+    plan = contraction.plan_contraction(1, 32, 784, 784, budget=1 << 17)
+    assert (plan.axis, plan.chunk, plan.runs) == (contraction.ROWS, 2, 32 * 784)
+    columns = contraction._costed(contraction.COLUMNS, 5, 32, contraction.ROW_GROUPS, 2, (1, 32, 784, 784), 4,
+                                  (32 * 784, 32 * 784))
+    assert columns.runs == 32 * 784 * 157 and columns.cost > plan.cost
 
 
 def test_constant_right_operand_becomes_a_linear_map() -> None:
@@ -123,6 +163,7 @@ def test_attention_products_are_chunked_to_the_attention_matrix(small_budget: No
     b.output(b.op("attention", [q, k, v, bias], at(3), scale=0.25))
     after, _ = check_rewrite(lower_attention.PASS, b.graph, op_counts(lowered(lower_attention.PASS, b.graph)))
     assert largest_product(after) <= 2 * 2 * 64 * 64
-    assert op_counts(after)["concat"] == 2  # both products in chunks
+    chunk_concats = [n for n in after.nodes if n.op == "concat" and n.attrs["axis"] in (2, 3)]
+    assert len(chunk_concats) == 2  # both products in chunks (a concat on the channels tiles an operand)
     assert {n.op for n in after.nodes} <= {"transpose", "reshape", "slice", "mul", "conv", "const", "concat", "add",
                                            "softmax"}
