@@ -25,7 +25,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,10 +33,10 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from netdsl import api
 from netdsl.atomic_write import atomic_write_text
 from netdsl.backends.bench import session_options
 from netdsl.backends.model_facts import onnx_activation_memory
-from netdsl.commands.compile import emit_onnx, lower
 from netdsl.passes import contraction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,16 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(entry: str, target: str, args: argparse.Namespace) -> bytes:
     """The ONNX model (serialized) of ``entry`` for ``target`` (``unchunked``: trt-restricted with no budget)."""
-    spec_args = SimpleNamespace(spec=SPEC, entry=entry, inputs=[], lib=[], seed=0, passes=None,
-                                sets=[f"channels={args.channels}", f"size={args.size}", f"inner={args.inner}"])
+    graph = api.load(SPEC, entry, {"channels": args.channels, "size": args.size, "inner": args.inner})
     saved = contraction.MIN_BUDGET
     if target == "unchunked":
         contraction.MIN_BUDGET = 1 << 62
     try:
-        result = lower(spec_args, "trt-restricted" if target == "unchunked" else target)
+        result = api.lower(graph, "trt-restricted" if target == "unchunked" else target)
     finally:
         contraction.MIN_BUDGET = saved
-    return emit_onnx(result, target, 17).SerializeToString()
+    return api.emit_onnx(result, target).SerializeToString()
 
 
 def traffic_floor(args: argparse.Namespace) -> int:

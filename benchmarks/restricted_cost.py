@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,11 +33,11 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from netdsl import api
 from netdsl.atomic_write import atomic_write_text
 from netdsl.backends.bench import PerBatchModel, bench_many, ratio_interval, session_options
 from netdsl.backends.model_facts import onnx_activation_memory
 from netdsl.backends.trt_coverage import check_coverage
-from netdsl.commands.compile import compile_to_onnx
 from netdsl.profile import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,9 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def compiled(model: str, target: str, batch: int, size: int) -> onnx.ModelProto:
     """Spec ``model`` compiled for ``target`` with its input bound to ``batch`` x 3 x ``size`` x ``size``."""
-    spec_args = SimpleNamespace(spec=REPO / "specs" / "models" / f"{model}.net", entry=None, sets=[], lib=[],
-                                inputs=[f"x={batch}x3x{size}x{size}"], weights=None, seed=0, passes=None)
-    return compile_to_onnx(spec_args, target)
+    return api.to_onnx(api.load(REPO / "specs" / "models" / f"{model}.net", inputs={"x": (batch, 3, size, size)}),
+                       target)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray, threads: int | None) -> np.ndarray:

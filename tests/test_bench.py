@@ -262,17 +262,17 @@ def test_command_falls_back_to_ort_without_tensorrt(tmp_path: Path, capsys: pyte
 
 
 def test_command_compiles_specs_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import netdsl.commands.compile
+    import netdsl.driver
 
     calls: list[list[str]] = []
 
-    def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
+    def onnx_from_args(args: argparse.Namespace, target: str) -> onnx.ModelProto:
         assert target == "onnx" and args.spec == spec
         calls.append(list(args.inputs))
         bound = [b for b in args.inputs if b.startswith("x=")]
         return attention_like(int(bound[0].split("=")[1].split("x")[0]) if bound else 2)
 
-    monkeypatch.setattr(netdsl.commands.compile, "compile_to_onnx", compile_to_onnx)
+    monkeypatch.setattr(netdsl.driver, "onnx_from_args", onnx_from_args)
     spec = tmp_path / "block.net"
     spec.write_text("# compiled by the stand-in driver hook\n")
     # the stand-in compiles only for timing: no size (which elaborates the spec) and no coverage columns

@@ -98,9 +98,9 @@ def _torch_model(path: str, args: argparse.Namespace) -> Any:
         raise NetdslError(Diagnostic(f"{path}: --backend torch runs .net specs; ONNX models run with ort or trt"))
     from netdsl.backends.bench import TorchModel
     from netdsl.backends.torch_backend import build_module
-    from netdsl.commands.compile import lower
+    from netdsl.driver import lower_from_args
 
-    result = lower(_spec_args(path, args), "torch")
+    result = lower_from_args(_spec_args(path, args), "torch")
     graph = result.graph
     if len(graph.inputs) != 1:
         raise NetdslError(Diagnostic(f"{path}: the torch benchmark feeds one input, the model has {graph.inputs}"))
@@ -155,15 +155,14 @@ def model_size(path: str, args: argparse.Namespace, onnx_model: Any = None) -> A
 
     if onnx_model is not None:
         return onnx_size(onnx_model)
-    from netdsl.commands.compile import lower
-    from netdsl.driver import graph_from_args
+    from netdsl.driver import graph_from_args, lower_from_args
     from netdsl.traffic import graph_stats
 
     spec_args = _spec_args(path, args)
     graph = graph_from_args(spec_args)
     totals = graph_stats(graph).to_json()
     target = "torch" if args.backend == "torch" else args.target
-    compiled = graph_stats(lower(spec_args, target, graph).graph).to_json()
+    compiled = graph_stats(lower_from_args(spec_args, target, graph).graph).to_json()
     return ModelSize(totals["params"], totals["macs"], totals["bytes_per_frame"], compiled["macs"])
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netdsl.diagnostics import Diagnostic, NetdslError
-from netdsl.driver import add_spec_args, graph_from_args
+from netdsl.driver import add_spec_args, lower_from_args
 from netdsl.growth import print_growth_warnings
 from netdsl.range_check import DEFAULT_SAMPLES
 
@@ -76,40 +76,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "inputs outside a restricted lowering's range give wrong numbers)")
     add_spec_args(p)
     p.set_defaults(run=run)
-
-
-def load_weights_or_init(graph: Graph, path: Path | None, seed: int) -> dict:
-    """Weights from ``path`` (matched by name, checked) or the seeded default initialisation."""
-    from netdsl import api
-
-    return api.initial_weights(graph, seed) if path is None else api.read_weights(path, graph)
-
-
-def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> PipelineResult:
-    """Elaborate the spec (unless its ``graph`` is given), load weights and run the target's pass pipeline
-    (on a copy: ``graph`` is left as it is)."""
-    from netdsl import api
-
-    graph = graph_from_args(args) if graph is None else graph
-    weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
-    passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
-    # Handed over: a weight a pass replaces is freed at once (peak memory stays near one copy of the model).
-    return api.lower(graph, target, weights, passes=passes, print_after=getattr(args, "print_after", None),
-                     consume_weights=True)
-
-
-def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
-    """The ONNX model of the spec in ``args`` lowered for ``target`` (the shared spec flags,
-    ``--weights``/``--seed``, and optionally ``--passes``/``--opset``)."""
-    return emit_onnx(lower(args, target), target, getattr(args, "opset", 17))
-
-
-def emit_onnx(result: PipelineResult, target: str, opset: int) -> onnx.ModelProto:
-    """The ONNX model of a lowered graph; the ``onnx`` target lays resizes out channels-last for ONNX Runtime,
-    the TensorRT targets keep single Resize layers."""
-    from netdsl.backends.onnx_backend import to_onnx
-
-    return to_onnx(result.graph, result.weights, opset=opset, channels_last_resize=target == "onnx")
 
 
 def check_dtype_flags(args: argparse.Namespace) -> None:
@@ -225,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     release_freed_arrays()
     check_dtype_flags(args)
     target = args.target
-    result = lower(args, target)
+    result = lower_from_args(args, target)
     print_growth_warnings(result.log)
     if target == "torch":
         from netdsl.backends.torch_backend import write_source
@@ -264,16 +230,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def emit_onnx_parts(result: PipelineResult, target: str, args: argparse.Namespace) -> tuple[onnx.ModelProto, dict]:
-    """The model to write and its large initializers' arrays (see :func:`netdsl.backends.onnx_backend.to_onnx_parts`).
+    """The model to write and its large initializers' arrays (see :func:`netdsl.api.emit_onnx_parts`).
 
     A float32 model keeps the pipeline's weight arrays as they are, so each weight is held once. A
     float16 model takes them over (``result.weights`` is emptied) and converts them one by one, so
     each float32 array is freed once its float16 one exists.
     """
-    from netdsl.backends.onnx_backend import to_onnx_parts
+    from netdsl import api
 
-    model, payloads = to_onnx_parts(result.graph, result.weights, opset=args.opset,
-                                    channels_last_resize=target == "onnx")
+    model, payloads = api.emit_onnx_parts(result, target, args.opset)
     if args.dtype == "float32":
         return model, payloads
     from netdsl.backends.onnx_float16 import Float16Error, to_float16

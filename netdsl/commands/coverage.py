@@ -6,7 +6,7 @@ limit, the spec location and the suggested rewrite. Exit status 0 when every nod
 when some node is not (or the input or profile is bad).
 
 A ``.net`` spec is compiled first (for ``--target``, by default the profile's own target) with
-:func:`netdsl.commands.compile.compile_to_onnx`.
+:func:`netdsl.driver.onnx_from_args`.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def load_model_input(path: str | Path, args: argparse.Namespace, target: str) ->
             return load_onnx_file(path)
         except OnnxFileError as err:
             raise NetdslError(Diagnostic(str(err))) from None
-    from netdsl.commands import compile as compile_command
+    from netdsl import driver
 
-    return compile_command.compile_to_onnx(argparse.Namespace(**{**vars(args), "spec": path}), target)
+    return driver.onnx_from_args(argparse.Namespace(**{**vars(args), "spec": path}), target)
 
 
 def wide_console() -> Any:
