@@ -8,7 +8,7 @@ each: ONNX Runtime latency (CPU, one thread, all models interleaved run by run; 
 fastest run, each with its ratio to the ``onnx`` build of the same spec: on a loaded machine
 the long, memory-bound restricted runs are preempted more often, which inflates their median),
 ONNX node count, largest activation and peak live activation memory of the ONNX model
-(:func:`netdsl.backends.model_facts.onnx_activation_memory`), and the memory-traffic floor of
+(:func:`netdsl.analysis.model_facts.onnx_activation_memory`), and the memory-traffic floor of
 the restricted form: the bytes its two products must write and read once
 (``2 · 4 · 2 · L² · inner`` at float32, ``L`` the positions). The restricted outputs are checked
 against the ``onnx`` build first (max error relative to the output's largest magnitude). Prints
@@ -34,9 +34,9 @@ from rich.console import Console
 from rich.table import Table
 
 from netdsl import api
+from netdsl.analysis.model_facts import onnx_activation_memory
+from netdsl.analysis.timing import session_options
 from netdsl.atomic_write import atomic_write_text
-from netdsl.backends.bench import session_options
-from netdsl.backends.model_facts import onnx_activation_memory
 from netdsl.passes import contraction
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,8 +42,8 @@ from rich.console import Console
 from rich.table import Table
 
 from netdsl import api
+from netdsl.analysis.timing import session_options
 from netdsl.atomic_write import atomic_write_text
-from netdsl.backends.bench import session_options
 from netdsl.cli import main as netdsl_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import onnx
     from torch import nn
 
-    from netdsl.backends.trt_coverage import CoverageReport
+    from netdsl.coverage.report import CoverageReport
     from netdsl.passes.pipeline import PipelineResult
 
 TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
@@ -147,8 +147,8 @@ def to_onnx(graph: Graph, target: str = "onnx", weights: Weights | None = None, 
 
 def coverage(model: onnx.ModelProto, profile: str | os.PathLike[str] = "trt-restricted") -> CoverageReport:
     """Check every node of an ONNX model against a TensorRT profile (a bundled name or a TOML file)."""
-    from netdsl.backends.trt_coverage import check_coverage
-    from netdsl.profile import ProfileError, load_profile
+    from netdsl.coverage.checker import check_coverage
+    from netdsl.coverage.profile import ProfileError, load_profile
 
     try:
         return check_coverage(model, load_profile(profile))

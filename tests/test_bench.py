@@ -13,18 +13,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from netdsl.backends.bench import (
+from netdsl.analysis.bench_report import plot_bench
+from netdsl.analysis.rebatch import RebatchError, batch_size_of, rebatch_model
+from netdsl.analysis.timing import (
     BenchTable,
     PerBatchModel,
-    RebatchError,
     TorchModel,
     _measure,
-    batch_size_of,
     bench_many,
     bench_onnx,
-    plot_bench,
     ratio_interval,
-    rebatch_model,
 )
 from netdsl.commands import bench as bench_cmd
 
@@ -163,7 +161,7 @@ def test_the_ratio_interval_pairs_runs_of_one_round() -> None:
 
 
 def test_session_options_stop_spinning_between_interleaved_runs() -> None:
-    from netdsl.backends.bench import session_options
+    from netdsl.analysis.timing import session_options
 
     for threads, expected in ((None, 0), (3, 3)):
         options = session_options(threads)
@@ -307,7 +305,7 @@ def spec_graph(path: Path, inputs: list[str] | None = None):  # noqa: ANN201 - a
 
 
 def test_onnx_size_matches_the_spec_cost_model(write_spec) -> None:  # noqa: ANN001 - conftest fixture
-    from netdsl.backends.model_facts import onnx_size
+    from netdsl.analysis.model_facts import onnx_size
     from netdsl.backends.onnx_backend import to_onnx
     from netdsl.initializers import initial_weights
     from netdsl.traffic import graph_stats
@@ -323,7 +321,7 @@ def test_onnx_size_matches_the_spec_cost_model(write_spec) -> None:  # noqa: ANN
 
 
 def test_onnx_size_of_gemm_matmul_and_symbolic_batch() -> None:
-    from netdsl.backends.model_facts import onnx_size
+    from netdsl.analysis.model_facts import onnx_size
 
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), helper.make_node("MatMul", ["h", "m"], ["y"])]
@@ -336,11 +334,11 @@ def test_onnx_size_of_gemm_matmul_and_symbolic_batch() -> None:
 
 
 def test_coverage_summary_groups_refused_nodes_with_their_spec_location(write_spec) -> None:  # noqa: ANN001
-    from netdsl.backends.model_facts import summarize_coverage
+    from netdsl.analysis.model_facts import summarize_coverage
     from netdsl.backends.onnx_backend import to_onnx
-    from netdsl.backends.trt_coverage import check_coverage
+    from netdsl.coverage.checker import check_coverage
+    from netdsl.coverage.profile import load_profile
     from netdsl.initializers import initial_weights
-    from netdsl.profile import load_profile
 
     graph_path = write_spec(GELU_SPEC, "gelu.net")
     graph = spec_graph(graph_path)

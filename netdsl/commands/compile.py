@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from netdsl.backends.trt_coverage import CoverageReport
+    from netdsl.coverage.profile import Profile
+    from netdsl.coverage.report import CoverageReport
     from netdsl.ir import Graph
     from netdsl.passes.pipeline import PipelineResult
-    from netdsl.profile import Profile
 
 TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
 TRT_TARGETS = ("trt", "trt-restricted", "trt-dla")
@@ -109,7 +109,7 @@ def calibration_data(args: argparse.Namespace, graph: Graph) -> np.ndarray | Non
     """The ``--calib`` samples for the graph's single input (None without ``--calib``)."""
     if args.calib is None:
         return None
-    from netdsl.backends.quantize import ModelInput, QuantizeError, load_calibration_data
+    from netdsl.analysis.quantize import ModelInput, QuantizeError, load_calibration_data
 
     if len(graph.inputs) != 1:
         raise NetdslError(Diagnostic(f"--calib feeds a graph with one input; this one has "
@@ -163,7 +163,7 @@ def check_float16_range(result: PipelineResult, batches: list[dict[str, np.ndarr
 
 def target_profile(args: argparse.Namespace) -> Profile:
     """The TensorRT profile of ``--profile`` or of the target."""
-    from netdsl.profile import ProfileError, load_profile
+    from netdsl.coverage.profile import ProfileError, load_profile
 
     try:
         return load_profile(args.profile or args.target)
@@ -173,7 +173,7 @@ def target_profile(args: argparse.Namespace) -> Profile:
 
 def refuse_assumed(report: CoverageReport, profile: Profile, strict: bool) -> None:
     """With ``--strict``, a located refusal listing the assumed rules the model relies on."""
-    from netdsl.backends.trt_coverage import assumed_rule_notes
+    from netdsl.coverage.report import assumed_rule_notes
 
     notes = assumed_rule_notes(report, profile)
     if strict and notes:
@@ -205,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
         check_ranges(args, result)
     model, payloads = emit_onnx_parts(result, target, args)
     if profile is not None:
-        from netdsl.backends.trt_coverage import check_coverage, coverage_console, render_coverage
         from netdsl.backends.trt_engine import trtexec_command
+        from netdsl.coverage.checker import check_coverage
+        from netdsl.coverage.report import coverage_console, render_coverage
 
         report = check_coverage(model, profile)
         render_coverage(report, coverage_console(args.wide), wide=args.wide)
