@@ -152,8 +152,8 @@ def session_options(threads: int | None) -> Any:
 
     Each session owns a thread pool whose workers, by default, keep spinning for a while after a run,
     on the cores the next model's run needs: interleaved, every model would be timed against the
-    idle spinning of the others (measured here with two threads and four models: 93 ms per run
-    interleaved for a model that takes 47 ms alone). So workers stop spinning when a run ends
+    idle spinning of the others (with two threads and four models, a model took about twice as long per run
+    interleaved as alone). So workers stop spinning when a run ends
     (``session.force_spinning_stop``); they still spin within a run, as by default. ``threads`` sets
     the intra-op threads (default: ONNX Runtime's choice).
 
