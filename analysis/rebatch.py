@@ -1,5 +1,12 @@
-"""Re-batching a fixed-batch ONNX model: its inputs, outputs and batch-carrying constant shapes set to
-another batch size, and a check that the re-batched model computes what the original does."""
+"""Re-batching a fixed-batch ONNX model for the benchmark.
+
+A model exported with a fixed batch is re-batched on a copy: the batch dimension of the graph
+inputs is rewritten, output shapes are re-inferred, and constant shapes that bake the old batch in
+(the leading entry of Reshape shapes on batch-carrying tensors; Expand shapes, Resize sizes and
+ConstantOfShape shapes whose leading entry is the old batch) are scaled. The re-batched model is then
+verified against the original on distinct random samples with ONNX Runtime, so a model that mixes
+samples or cannot be re-batched is reported as such instead of being timed wrongly.
+"""
 
 from __future__ import annotations
 

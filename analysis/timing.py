@@ -10,12 +10,8 @@ inference call) and images per second. A ratio to the baseline comes with a 95% 
 the baseline's run ``r`` of the same round, and the interval shows how far the machine's noise
 leaves the ratio uncertain.
 
-Models exported with a fixed batch are re-batched on a copy: the batch dimension of the graph
-inputs is rewritten, output shapes are re-inferred, and constant shapes that bake the old batch in
-(the leading entry of Reshape shapes on batch-carrying tensors; Expand shapes, Resize sizes and
-ConstantOfShape shapes whose leading entry is the old batch) are scaled. The re-batched model is then
-verified against the original on distinct random samples with ONNX Runtime, so a model that mixes
-samples or cannot be re-batched is reported as such instead of being timed wrongly.
+Models exported with a fixed batch are re-batched on a copy and verified against the original
+(:mod:`netdsl.analysis.rebatch`); :mod:`netdsl.analysis.bench_report` prints the table and the plot.
 
 A result can carry static facts (:mod:`netdsl.analysis.model_facts`: parameters, MACs and bytes per
 frame, TensorRT coverage per profile); the table, the JSON and the plot show them beside the latencies.
