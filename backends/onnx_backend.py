@@ -41,7 +41,7 @@ from onnx import helper
 from netdsl import __version__
 from netdsl.atomic_write import atomic_paths, atomic_write_bytes
 from netdsl.backends.onnx_builder import META_BLOCK, META_RULES, META_SPAN, OnnxGraphBuilder, OnnxTensor
-from netdsl.backends.onnx_layout import ChannelsLastPlan, lower_channels_last
+from netdsl.backends.onnx_layout import ChannelsLastPlan
 from netdsl.backends.onnx_ops import LOWERINGS, emitted_ops, exact_resize_scale, grid_values, supported_ops
 from netdsl.ir import Graph
 
@@ -183,9 +183,9 @@ def _emit(graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_las
         raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
     layout = ChannelsLastPlan.of(graph) if channels_last_resize else ChannelsLastPlan()
     with _gc_paused():
-        em = OnnxGraphBuilder(graph, weights, opset, layout)
+        em = OnnxGraphBuilder(graph, weights, opset)
         for index, node in enumerate(graph.nodes):
-            em.lower(index, node, lower_channels_last if node.outputs[0] in layout.values else LOWERINGS[node.op])
+            em.lower(index, node, layout.lower if node.outputs[0] in layout.values else LOWERINGS[node.op])
         model = _assemble(em, graph, opset, payloads)
     model.ir_version = max(MIN_IR_VERSION, helper.find_min_ir_version_for(list(model.opset_import)))
     return model

@@ -11,16 +11,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
 
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Graph, Node, Provenance, TensorType
-
-if TYPE_CHECKING:
-    from netdsl.backends.onnx_layout import ChannelsLastPlan
 
 META_SPAN = "netdsl.span"
 META_BLOCK = "netdsl.block"
@@ -67,13 +64,12 @@ class OnnxGraphBuilder:
     """Builds the ONNX nodes of an IR graph, one IR node at a time, with deterministic names; the lowering
     of each IR op (:mod:`netdsl.backends.onnx_ops`) calls its building blocks."""
 
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int, layout: ChannelsLastPlan):
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int):
         self.graph = graph
         self.weights = weights
         self.opset = opset
         self.tensors: dict[str, OnnxTensor] = {}
-        self.layout = layout
-        # IR value -> its channels-last (NHWC) tensor, for the values in ``layout.values``
+        # IR value -> its channels-last (NHWC) tensor (see netdsl.backends.onnx_layout)
         self.nhwc: dict[str, OnnxTensor] = {}
         self.nodes: list[OnnxNode] = []
         # ONNX node name -> (doc_string, metadata_props) of the IR node it lowers

@@ -66,6 +66,17 @@ class ChannelsLastPlan:
                 read.update(name for name in node.inputs if name in values)
         return ChannelsLastPlan(frozenset(values), frozenset(read))
 
+    def lower(self, em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+        """Emit ``node``, one of :attr:`values`, on channels-last tensors, then its channels-first output if
+        anything reads it: the bound method ``plan.lower`` is a :data:`~netdsl.backends.onnx_builder.Lowering`."""
+        (name,), (y,) = node.outputs, ys
+        b, c, h, w = em.type_of(name).shape
+        em.nhwc[name] = _CHANNELS_LAST_LOWERINGS[node.op](em, node)
+        if name in self.channels_first_read:
+            # The same-shape Reshape keeps ONNX Runtime's transpose optimizer from moving this Transpose
+            # (see the module docstring).
+            em.transpose(em.reshape(em.nhwc[name], (b, h, w, c)), (0, 3, 1, 2), out=y)
+
 
 def _resize_nhwc(em: OnnxGraphBuilder, node: Node) -> OnnxTensor:
     # The factors are unchanged, so the sizes and the values are too.
@@ -98,15 +109,3 @@ _CHANNELS_LAST_LOWERINGS: dict[str, Callable[[OnnxGraphBuilder, Node], OnnxTenso
     "rotate": _rotate_nhwc,
     **{op: _elementwise_nhwc for op in _CHANNELS_LAST_ELEMENTWISE},
 }
-
-
-def lower_channels_last(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    """The :data:`~netdsl.backends.onnx_builder.Lowering` of a node of ``em.layout.values``: ``node`` on channels-last
-    tensors, then its channels-first output if anything reads it."""
-    (name,), (y,) = node.outputs, ys
-    b, c, h, w = em.type_of(name).shape
-    em.nhwc[name] = _CHANNELS_LAST_LOWERINGS[node.op](em, node)
-    if name in em.layout.channels_first_read:
-        # The same-shape Reshape keeps ONNX Runtime's transpose optimizer from moving this Transpose
-        # (see the module docstring).
-        em.transpose(em.reshape(em.nhwc[name], (b, h, w, c)), (0, 3, 1, 2), out=y)
