@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from netdsl.atomic_write import atomic_write_text
+from netdsl.backends.torch_codegen import class_name_for, generate_source
+from netdsl.backends.torch_literals import sanitise
 from netdsl.ir import Graph
-
-from .torch_codegen import class_name_for, generate_source, sanitise
 
 __all__ = ["build_module", "generate_source", "write_source"]
 

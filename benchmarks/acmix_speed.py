@@ -1,7 +1,7 @@
 """ACmix block latency: the reference's own operator structure, exported by ``torch.onnx``, vs netdsl's compiled ACmix.
 
 Four ONNX models of one ACmix block (same weights) run side by side in ONNX Runtime (CPU), in one
-process, interleaved run by run (:func:`netdsl.backends.bench.bench_many`):
+process, interleaved run by run (:func:`netdsl.analysis.timing.bench_many`):
 
 a. ``reference (unfold + sum)``: the baseline, a module with the published ACmix's operator structure
    (``tests/reference/torch_modules.py`` ``ACmix``: ``nn.ReflectionPad2d``, ``nn.Unfold``, products summed over
@@ -40,8 +40,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from netdsl.analysis.timing import BenchTable, bench_many
 from netdsl.atomic_write import atomic_write_text
-from netdsl.backends.bench import BenchTable, bench_many
 from netdsl.backends.onnx_backend import to_onnx
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights

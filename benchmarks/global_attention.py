@@ -11,7 +11,7 @@ the fastest run's CPU time of the thread that ran it (with one intra-op thread O
 computes on the calling thread, so this is the run's latency without the time it was preempted:
 the figure that stays put on a shared machine) and its ratio,
 ONNX node count, largest activation and peak live activation memory of the ONNX model
-(:func:`netdsl.backends.model_facts.onnx_activation_memory`), and the memory-traffic floor of
+(:func:`netdsl.analysis.model_facts.onnx_activation_memory`), and the memory-traffic floor of
 the restricted form: the bytes its two products must write and read once
 (``2 · 4 · 2 · L² · inner`` at float32, ``L`` the positions). The restricted outputs are checked
 against the ``onnx`` build first (max error relative to the output's largest magnitude). Prints
@@ -28,7 +28,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,10 +36,10 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from netdsl import api
+from netdsl.analysis.model_facts import onnx_activation_memory
+from netdsl.analysis.timing import session_options
 from netdsl.atomic_write import atomic_write_text
-from netdsl.backends.bench import session_options
-from netdsl.backends.model_facts import onnx_activation_memory
-from netdsl.commands.compile import emit_onnx, lower
 from netdsl.passes import contraction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,16 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(entry: str, target: str, args: argparse.Namespace) -> bytes:
     """The ONNX model (serialized) of ``entry`` for ``target`` (``unchunked``: trt-restricted with no budget)."""
-    spec_args = SimpleNamespace(spec=SPEC, entry=entry, inputs=[], lib=[], seed=0, passes=None,
-                                sets=[f"channels={args.channels}", f"size={args.size}", f"inner={args.inner}"])
+    graph = api.load(SPEC, entry, {"channels": args.channels, "size": args.size, "inner": args.inner})
     saved = contraction.MIN_BUDGET
     if target == "unchunked":
         contraction.MIN_BUDGET = 1 << 62
     try:
-        result = lower(spec_args, "trt-restricted" if target == "unchunked" else target)
+        result = api.lower(graph, "trt-restricted" if target == "unchunked" else target)
     finally:
         contraction.MIN_BUDGET = saved
-    return emit_onnx(result, target, 17).SerializeToString()
+    return api.emit_onnx(result, target).SerializeToString()
 
 
 def traffic_floor(args: argparse.Namespace) -> int:

@@ -41,10 +41,10 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from netdsl import api
+from netdsl.analysis.timing import session_options
 from netdsl.atomic_write import atomic_write_text
-from netdsl.backends.bench import session_options
 from netdsl.cli import main as netdsl_main
-from netdsl.commands.compile import compile_to_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("convselfattn", "convnext_tiny", "swin_tiny", "cvt13")
@@ -128,8 +128,7 @@ def _op_times(profile_file: str) -> tuple[dict[str, dict[str, float]], int]:
 
 def compile_spec(model: str) -> onnx.ModelProto:
     """Spec ``model`` compiled for ``onnx`` as ``bench`` compiles it (default batch of 1, seed-0 weights)."""
-    spec_args = argparse.Namespace(spec=spec_path(model), entry=None, sets=[], inputs=[], lib=[], weights=None, seed=0)
-    return compile_to_onnx(spec_args, "onnx")
+    return api.to_onnx(api.load(spec_path(model)), "onnx")
 
 
 def compiled_models(models: list[str], onnx_files: list[Path]) -> dict[str, onnx.ModelProto]:

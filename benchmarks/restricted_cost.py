@@ -4,11 +4,11 @@
 ``onnx`` target and for ``trt-restricted`` with the same seed-0 weights. Per model and target:
 
 * ONNX Runtime latency (CPU) at each ``--batch``, all models and both targets interleaved run by
-  run in one process (:func:`netdsl.backends.bench.bench_many`, each spec compiled with its batch
+  run in one process (:func:`netdsl.analysis.timing.bench_many`, each spec compiled with its batch
   bound), and the ratio restricted / onnx per batch with its 95% bootstrap interval, rounds
-  resampled together (:func:`netdsl.backends.bench.ratio_interval`);
+  resampled together (:func:`netdsl.analysis.timing.ratio_interval`);
 * ONNX node count, peak live activation memory and largest activation of the batch-1 ONNX model
-  as ONNX Runtime receives it (:func:`netdsl.backends.model_facts.onnx_activation_memory`), and coverage under
+  as ONNX Runtime receives it (:func:`netdsl.analysis.model_facts.onnx_activation_memory`), and coverage under
   the ``trt-restricted`` profile;
 * how far the restricted model's output is from the ``onnx`` one's on a random input (largest
   difference relative to the output's largest magnitude), checked before timing.
@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,12 +33,12 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from netdsl import api
+from netdsl.analysis.model_facts import onnx_activation_memory
+from netdsl.analysis.timing import PerBatchModel, bench_many, ratio_interval, session_options
 from netdsl.atomic_write import atomic_write_text
-from netdsl.backends.bench import PerBatchModel, bench_many, ratio_interval, session_options
-from netdsl.backends.model_facts import onnx_activation_memory
-from netdsl.backends.trt_coverage import check_coverage
-from netdsl.commands.compile import compile_to_onnx
-from netdsl.profile import load_profile
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("convselfattn", "convnext_tiny", "swin_tiny", "cvt13")
@@ -65,9 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def compiled(model: str, target: str, batch: int, size: int) -> onnx.ModelProto:
     """Spec ``model`` compiled for ``target`` with its input bound to ``batch`` x 3 x ``size`` x ``size``."""
-    spec_args = SimpleNamespace(spec=REPO / "specs" / "models" / f"{model}.net", entry=None, sets=[], lib=[],
-                                inputs=[f"x={batch}x3x{size}x{size}"], weights=None, seed=0, passes=None)
-    return compile_to_onnx(spec_args, target)
+    return api.to_onnx(api.load(REPO / "specs" / "models" / f"{model}.net", inputs={"x": (batch, 3, size, size)}),
+                       target)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray, threads: int | None) -> np.ndarray:

@@ -7,7 +7,7 @@ For each model of ``specs/models/small.net``: train it on the digits (examples/t
 seed, so that the test split here is the one it never saw), compile it for ``trt-restricted``
 (batch norms folded, every op in the restricted layer set) at batch ``--batch``, quantize that
 ONNX model to INT8 Q/DQ with each calibration method on the first ``--samples`` training images
-(:mod:`netdsl.backends.quantize`, as ``netdsl quantize`` does), check the Q/DQ model against
+(:mod:`netdsl.analysis.quantize`, as ``netdsl quantize`` does), check the Q/DQ model against
 the ``trt-restricted`` profile, and measure FP32 and INT8 test accuracy with ONNX Runtime.
 Prints one row per model and method: accuracies, the drop in points, how often the INT8 model
 predicts what the FP32 one does, and the profile's verdict.
@@ -29,13 +29,13 @@ from rich.console import Console
 from rich.table import Table
 from train import MODEL_FILE, ImageData, TrainConfig, load_digits_split, make_console, train
 
+from netdsl.analysis.quantize import METHODS, quantize_int8, run_batched
 from netdsl.backends.onnx_backend import save_onnx, to_onnx
-from netdsl.backends.quantize import METHODS, quantize_int8, run_batched
-from netdsl.backends.trt_coverage import check_coverage
 from netdsl.backends.weights_io import load_weights
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 from netdsl.driver import load_graph
 from netdsl.passes.pipeline import run_pipeline
-from netdsl.profile import load_profile
 
 SPEC = Path(__file__).resolve().parents[1] / "specs" / "models" / "small.net"
 MODELS = ("csa_small", "acmix_small", "conv_small")

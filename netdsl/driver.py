@@ -1,16 +1,23 @@
-"""From command-line style arguments to a typed graph (and, for backends, to models).
+"""From command-line arguments to the library pipeline's plain arguments (:mod:`netdsl.api`).
 
-Shared by every command: ``--entry``, ``--set KEY=VALUE``, ``--input NAME=SHAPE``, ``--lib DIR``.
+Shared by every command: ``--entry``, ``--set KEY=VALUE``, ``--input NAME=SHAPE``, ``--lib DIR``,
+and for the commands that lower a spec ``--weights``, ``--seed``, ``--passes``, ``--print-after``
+and ``--opset``.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.ir import Graph
+
+if TYPE_CHECKING:
+    import onnx
+
+    from netdsl.passes.pipeline import PipelineResult
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -77,3 +84,23 @@ def load_graph(spec: str | Path, entry: str | None = None, sets: list[str] | Non
 def graph_from_args(args: argparse.Namespace) -> Graph:
     """:func:`load_graph` with the shared flags of :func:`add_spec_args`."""
     return load_graph(args.spec, args.entry, args.sets, args.inputs, args.lib)
+
+
+def lower_from_args(args: argparse.Namespace, target: str, graph: Graph | None = None) -> PipelineResult:
+    """:func:`netdsl.api.lower` of the spec in ``args`` (unless its ``graph`` is given) with ``--weights``
+    or ``--seed``, and ``--passes`` and ``--print-after`` where the command has them."""
+    from netdsl import api
+
+    graph = graph_from_args(args) if graph is None else graph
+    passes = getattr(args, "passes", None)
+    return api.lower(graph, target, getattr(args, "weights", None), getattr(args, "seed", 0),
+                     passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
+                     print_after=getattr(args, "print_after", None))
+
+
+def onnx_from_args(args: argparse.Namespace, target: str) -> onnx.ModelProto:
+    """The ONNX model of the spec in ``args`` lowered for ``target`` (:func:`lower_from_args`, then
+    :func:`netdsl.api.emit_onnx` at ``--opset``)."""
+    from netdsl import api
+
+    return api.emit_onnx(lower_from_args(args, target), target, getattr(args, "opset", 17))

@@ -93,10 +93,10 @@ def lower_for_dla_and_compare(graph: Graph) -> Graph:
 
     Returns the lowered graph.
     """
-    from netdsl.backends.trt_coverage import check_coverage
+    from netdsl.coverage.checker import check_coverage
+    from netdsl.coverage.profile import load_profile
     from netdsl.initializers import initial_weights
     from netdsl.passes.pipeline import run_pipeline
-    from netdsl.profile import load_profile
 
     weights = initial_weights(graph)
     lowered = run_pipeline(graph, "trt-dla", weights=weights)

@@ -13,18 +13,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from netdsl.backends.bench import (
+from netdsl.analysis.bench_report import plot_bench
+from netdsl.analysis.rebatch import RebatchError, batch_size_of, rebatch_model
+from netdsl.analysis.timing import (
     BenchTable,
     PerBatchModel,
-    RebatchError,
     TorchModel,
     _measure,
-    batch_size_of,
     bench_many,
     bench_onnx,
-    plot_bench,
     ratio_interval,
-    rebatch_model,
 )
 from netdsl.commands import bench as bench_cmd
 
@@ -163,7 +161,7 @@ def test_the_ratio_interval_pairs_runs_of_one_round() -> None:
 
 
 def test_session_options_stop_spinning_between_interleaved_runs() -> None:
-    from netdsl.backends.bench import session_options
+    from netdsl.analysis.timing import session_options
 
     for threads, expected in ((None, 0), (3, 3)):
         options = session_options(threads)
@@ -262,17 +260,17 @@ def test_command_falls_back_to_ort_without_tensorrt(tmp_path: Path, capsys: pyte
 
 
 def test_command_compiles_specs_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import netdsl.commands.compile
+    import netdsl.driver
 
     calls: list[list[str]] = []
 
-    def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
+    def onnx_from_args(args: argparse.Namespace, target: str) -> onnx.ModelProto:
         assert target == "onnx" and args.spec == spec
         calls.append(list(args.inputs))
         bound = [b for b in args.inputs if b.startswith("x=")]
         return attention_like(int(bound[0].split("=")[1].split("x")[0]) if bound else 2)
 
-    monkeypatch.setattr(netdsl.commands.compile, "compile_to_onnx", compile_to_onnx)
+    monkeypatch.setattr(netdsl.driver, "onnx_from_args", onnx_from_args)
     spec = tmp_path / "block.net"
     spec.write_text("# compiled by the stand-in driver hook\n")
     # the stand-in compiles only for timing: no size (which elaborates the spec) and no coverage columns
@@ -307,7 +305,7 @@ def spec_graph(path: Path, inputs: list[str] | None = None):  # noqa: ANN201 - a
 
 
 def test_onnx_size_matches_the_spec_cost_model(write_spec) -> None:  # noqa: ANN001 - conftest fixture
-    from netdsl.backends.model_facts import onnx_size
+    from netdsl.analysis.model_facts import onnx_size
     from netdsl.backends.onnx_backend import to_onnx
     from netdsl.initializers import initial_weights
     from netdsl.traffic import graph_stats
@@ -323,7 +321,7 @@ def test_onnx_size_matches_the_spec_cost_model(write_spec) -> None:  # noqa: ANN
 
 
 def test_onnx_size_of_gemm_matmul_and_symbolic_batch() -> None:
-    from netdsl.backends.model_facts import onnx_size
+    from netdsl.analysis.model_facts import onnx_size
 
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), helper.make_node("MatMul", ["h", "m"], ["y"])]
@@ -336,11 +334,11 @@ def test_onnx_size_of_gemm_matmul_and_symbolic_batch() -> None:
 
 
 def test_coverage_summary_groups_refused_nodes_with_their_spec_location(write_spec) -> None:  # noqa: ANN001
-    from netdsl.backends.model_facts import summarize_coverage
+    from netdsl.analysis.model_facts import summarize_coverage
     from netdsl.backends.onnx_backend import to_onnx
-    from netdsl.backends.trt_coverage import check_coverage
+    from netdsl.coverage.checker import check_coverage
+    from netdsl.coverage.profile import load_profile
     from netdsl.initializers import initial_weights
-    from netdsl.profile import load_profile
 
     graph_path = write_spec(GELU_SPEC, "gelu.net")
     graph = spec_graph(graph_path)

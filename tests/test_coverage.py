@@ -16,9 +16,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
-from netdsl.backends.trt_coverage import CoverageReport, NodeCoverage, check_coverage, render_coverage
 from netdsl.commands import coverage as coverage_cmd
-from netdsl.profile import LEVELS, load_profile
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import LEVELS, load_profile
+from netdsl.coverage.report import CoverageReport, NodeCoverage, render_coverage
 
 torch = pytest.importorskip("torch")
 

@@ -10,8 +10,9 @@ import onnx
 import pytest
 
 from netdsl import api
-from netdsl.backends.trt_coverage import TABLE_WIDTH, CoverageReport, check_coverage
-from netdsl.profile import LEVELS, load_profile
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import LEVELS, load_profile
+from netdsl.coverage.report import TABLE_WIDTH, CoverageReport
 
 REPO = Path(__file__).resolve().parents[1]
 CSA = REPO / "specs" / "csa.net"

@@ -4,6 +4,7 @@ Each test asserts the exit status 2, the ``  --> file:line:col`` location, the k
 ``error:`` line, the source text under the carets where a span is meaningful, and that no Python
 traceback is printed. Tests run in their temporary folder, so a spec written there is shown as
 ``t.net``; locations inside the bundled specs are looked up in the spec text, not hard-coded.
+One job, hence one file past 600 lines: every user error of the front end, one section per kind.
 """
 
 from __future__ import annotations

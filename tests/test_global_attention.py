@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from pass_support import at, f32
 
-from netdsl.backends.bench import session_options
-from netdsl.backends.model_facts import onnx_activation_memory
+from netdsl.analysis.model_facts import onnx_activation_memory
+from netdsl.analysis.timing import session_options
 from netdsl.builder import GraphBuilder
 from netdsl.memory import memory_figures
 from netdsl.passes import contraction

@@ -1,7 +1,7 @@
 """The coverage report's suggested rewrites lead somewhere: which target lowers a refused op, from data.
 
 The note is derived from the ONNX ops each IR op's emission declares and the passes whose
-postconditions remove IR ops (:mod:`netdsl.backends.lowering_hints`); these tests check the
+postconditions remove IR ops (:mod:`netdsl.coverage.lowering_hints`); these tests check the
 declarations against what the emitter really emits, the wording of the note, and that no hint in
 a bundled profile sends the user to an op or pass the profile's own target cannot deliver.
 """
@@ -18,13 +18,14 @@ import pytest
 from test_models import SMALL_CSA
 from test_restricted_models import RUNS, SMALL, SPECS, Case
 
-from netdsl.backends import onnx_backend
-from netdsl.backends.lowering_hints import lowering_note, lowering_targets_of
 from netdsl.backends.onnx_backend import emitted_ops, supported_ops, to_onnx
-from netdsl.backends.trt_coverage import check_coverage
+from netdsl.backends.onnx_builder import Lowering, OnnxGraphBuilder
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.lowering_hints import lowering_note, lowering_targets_of
+from netdsl.coverage.profile import BUNDLED_PROFILES, load_profile
 from netdsl.initializers import initial_weights
+from netdsl.ir import Node
 from netdsl.passes.pipeline import PIPELINES, run_pipeline
-from netdsl.profile import BUNDLED_PROFILES, load_profile
 
 ONNX_OPS = {schema.name for schema in onnx.defs.get_all_schemas()}
 LIBRARY = [*SMALL.values(), Case("models/convselfattn.net", sets={**SMALL_CSA, "num_classes": 10}),
@@ -35,14 +36,14 @@ LIBRARY = [*SMALL.values(), Case("models/convselfattn.net", sets={**SMALL_CSA, "
 
 def test_every_lowering_declares_the_onnx_ops_it_emits(monkeypatch: pytest.MonkeyPatch) -> None:
     emitted: dict[str, set[str]] = defaultdict(set)
-    lower = onnx_backend._Emitter.lower
+    lower = OnnxGraphBuilder.lower
 
-    def recording(em: onnx_backend._Emitter, index: int, node: onnx_backend.Node) -> None:
+    def recording(em: OnnxGraphBuilder, index: int, node: Node, lowering: Lowering) -> None:
         first = len(em.nodes)
-        lower(em, index, node)
+        lower(em, index, node, lowering)
         emitted[node.op].update(n.op for n in em.nodes[first:])
 
-    monkeypatch.setattr(onnx_backend._Emitter, "lower", recording)
+    monkeypatch.setattr(OnnxGraphBuilder, "lower", recording)
     for case in LIBRARY:
         graph = case.graph()
         weights = initial_weights(graph)

@@ -10,15 +10,15 @@ import pytest
 from pass_support import at, check_rewrite, f32, op_counts, random_feeds, run_ort
 
 from netdsl.backends.onnx_backend import to_onnx
-from netdsl.backends.trt_coverage import check_coverage
 from netdsl.builder import GraphBuilder
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 from netdsl.driver import load_graph
 from netdsl.interp import run_graph
 from netdsl.ir import Graph, Init, TensorType
 from netdsl.passes import gather_to_slice, where_to_blend
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.pipeline import run_pipeline
-from netdsl.profile import load_profile
 
 
 def gather_graph(table: tuple[int, ...], index: np.ndarray) -> Graph:

@@ -15,8 +15,9 @@ from hypothesis.extra.numpy import arrays
 from pass_support import at, builder_with_input, check_rewrite, f32, lower_for_dla_and_compare, random_feeds, run_ort
 
 from netdsl.backends.onnx_backend import to_onnx
-from netdsl.backends.trt_coverage import check_coverage
 from netdsl.builder import GraphBuilder
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 from netdsl.diagnostics import NetdslError
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
@@ -30,7 +31,6 @@ from netdsl.passes.pipeline import run_pipeline
 from netdsl.passes.pow_decompose import PASS as POW
 from netdsl.passes.sqrt_decompose import DEFAULT_RANGE, TOLERANCE, schedule
 from netdsl.passes.sqrt_decompose import PASS as SQRT
-from netdsl.profile import load_profile
 from netdsl.range_check import calibration_batches, check_float16
 
 ERF_BOUND = 1e-6  # the bound on erf's absolute error over all float32

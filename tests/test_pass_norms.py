@@ -9,7 +9,8 @@ import pytest
 from pass_support import add_param, at, builder_with_input, check_rewrite, random_feeds, run_ort
 
 from netdsl.backends.onnx_backend import to_onnx
-from netdsl.backends.trt_coverage import check_coverage
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 from netdsl.initializers import initial_weights
 from netdsl.ir import Graph
 from netdsl.passes.base import RewriteLog
@@ -17,7 +18,6 @@ from netdsl.passes.groupnorm_decompose import PASS as GROUPNORM
 from netdsl.passes.layernorm_decompose import PASS as LAYERNORM
 from netdsl.passes.pipeline import run_pipeline
 from netdsl.passes.reduce_to_conv import PASS as REDUCE
-from netdsl.profile import load_profile
 
 NORMALISED = {"sub": 2, "mul": 2, "add": 2, "sqrt": 1, "div": 1, "reduce_mean": 3, "const": 1}
 

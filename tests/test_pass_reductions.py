@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from pass_support import at, builder_with_input, check_rewrite, lower_for_dla_and_compare, op_counts, run_ort
 
 from netdsl.backends.onnx_backend import to_onnx
-from netdsl.backends.trt_coverage import check_coverage
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.reduce_max_to_elementwise import PASS as EXTREMA
 from netdsl.passes.reduce_min_to_max import PASS as MIN_TO_MAX
 from netdsl.passes.reduce_to_conv import PASS as REDUCE
 from netdsl.passes.reduce_to_conv import plan
-from netdsl.profile import load_profile
 
 
 def _reduction(op: str, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool):

@@ -29,8 +29,8 @@ import torch
 from fuzz.typed_programs import typed_models
 from hypothesis import HealthCheck, given, settings
 
+from netdsl.api import emit_onnx
 from netdsl.backends.torch_backend import build_module
-from netdsl.commands.compile import emit_onnx
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
 from netdsl.interp import run_graph

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from netdsl.backends.trt_coverage import NUMERIC, PREDICATES
-from netdsl.profile import (
+from netdsl.coverage.checks import NUMERIC, PREDICATES
+from netdsl.coverage.profile import (
     BUNDLED_PROFILES,
     CHECKS,
     LEVELS,

@@ -1,4 +1,4 @@
-"""INT8 post-training quantization (netdsl.backends.quantize, ``netdsl quantize``) through ONNX Runtime."""
+"""INT8 post-training quantization (netdsl.analysis.quantize, ``netdsl quantize``) through ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from netdsl.backends.onnx_backend import save_onnx, to_onnx
-from netdsl.backends.quantize import (
+from netdsl.analysis.quantize import (
     ModelInput,
     QuantizeError,
     load_calibration_data,
@@ -20,11 +19,12 @@ from netdsl.backends.quantize import (
     quantize_int8,
     run_batched,
 )
-from netdsl.backends.trt_coverage import check_coverage
+from netdsl.backends.onnx_backend import save_onnx, to_onnx
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
 from netdsl.passes.pipeline import run_pipeline
-from netdsl.profile import load_profile
 
 SMALL = Path(__file__).resolve().parents[1] / "specs" / "models" / "small.net"
 INPUT = ModelInput("x", (1, 1, 32, 32))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netdsl.backends.receptive_field import measure
+from netdsl.analysis.receptive_field import measure
 from netdsl.cli import main
 from netdsl.driver import load_graph
 

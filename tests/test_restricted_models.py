@@ -20,10 +20,10 @@ import onnxruntime as ort
 import pytest
 from test_models import SMALL_CONVNEXT, SMALL_CVT, SMALL_SWIN, perturbed_weights
 
-from netdsl.backends.trt_coverage import check_coverage
+from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.profile import load_profile
 from netdsl.driver import load_graph
 from netdsl.ir import Graph
-from netdsl.profile import load_profile
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 TOLERANCE = 1e-4  # relative to the largest magnitude of the onnx target's output

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from netdsl.backends.quantize import run_batched
+from netdsl.analysis.quantize import run_batched
 from netdsl.backends.torch_backend import build_module
 from netdsl.backends.weights_io import load_weights
 from netdsl.driver import load_graph

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from netdsl.commands.coverage import add_model_input_args, load_model_input, wide_console
+from netdsl.coverage.profile import BUNDLED_PROFILES
 from netdsl.diagnostics import Diagnostic, NetdslError, render
-from netdsl.profile import BUNDLED_PROFILES
 
 DEFAULT_COVERAGE = "trt-restricted,trt-dla"
 
@@ -96,11 +96,11 @@ def _torch_model(path: str, args: argparse.Namespace) -> Any:
     """A spec as a PyTorch module (with the spec's weights) and its per-sample input shape."""
     if Path(path).suffix == ".onnx":
         raise NetdslError(Diagnostic(f"{path}: --backend torch runs .net specs; ONNX models run with ort or trt"))
-    from netdsl.backends.bench import TorchModel
+    from netdsl.analysis.timing import TorchModel
     from netdsl.backends.torch_backend import build_module
-    from netdsl.commands.compile import lower
+    from netdsl.driver import lower_from_args
 
-    result = lower(_spec_args(path, args), "torch")
+    result = lower_from_args(_spec_args(path, args), "torch")
     graph = result.graph
     if len(graph.inputs) != 1:
         raise NetdslError(Diagnostic(f"{path}: the torch benchmark feeds one input, the model has {graph.inputs}"))
@@ -114,7 +114,7 @@ def _onnx_model(path: str, args: argparse.Namespace) -> Any:
     model = load_model_input(path, args, args.target)
     if Path(path).suffix == ".onnx":
         return model
-    from netdsl.backends.bench import PerBatchModel
+    from netdsl.analysis.timing import PerBatchModel
 
     initializers = {t.name for t in model.graph.initializer}
     inputs = [vi for vi in model.graph.input if vi.name not in initializers]
@@ -136,7 +136,7 @@ def _onnx_model(path: str, args: argparse.Namespace) -> Any:
 
 def parse_profiles(text: str) -> list[Any]:
     """The profiles of ``--coverage`` (``none`` or empty: no coverage column); a located error for a bad one."""
-    from netdsl.profile import ProfileError, load_profile
+    from netdsl.coverage.profile import ProfileError, load_profile
 
     names = [part.strip() for part in text.split(",") if part.strip()]
     if names == ["none"]:
@@ -151,19 +151,18 @@ def model_size(path: str, args: argparse.Namespace, onnx_model: Any = None) -> A
     """A spec's :class:`ModelSize` from :func:`netdsl.traffic.graph_stats` (as ``netdsl stats`` shows it),
     with the MACs of its graph after the benchmarked target's passes beside; an ONNX file's from its
     graph (``onnx_model``, the file already loaded)."""
-    from netdsl.backends.model_facts import ModelSize, onnx_size
+    from netdsl.analysis.model_facts import ModelSize, onnx_size
 
     if onnx_model is not None:
         return onnx_size(onnx_model)
-    from netdsl.commands.compile import lower
-    from netdsl.driver import graph_from_args
+    from netdsl.driver import graph_from_args, lower_from_args
     from netdsl.traffic import graph_stats
 
     spec_args = _spec_args(path, args)
     graph = graph_from_args(spec_args)
     totals = graph_stats(graph).to_json()
     target = "torch" if args.backend == "torch" else args.target
-    compiled = graph_stats(lower(spec_args, target, graph).graph).to_json()
+    compiled = graph_stats(lower_from_args(spec_args, target, graph).graph).to_json()
     return ModelSize(totals["params"], totals["macs"], totals["bytes_per_frame"], compiled["macs"])
 
 
@@ -172,8 +171,8 @@ def model_coverage(path: str, args: argparse.Namespace, profile: Any, onnx_model
     (``trt-restricted`` for a profile file), an ONNX file (``onnx_model``, already loaded) as it is. A
     spec that does not compile for that target gets a summary with the error instead of stopping the
     benchmark."""
-    from netdsl.backends.model_facts import CoverageSummary, summarize_coverage
-    from netdsl.backends.trt_coverage import check_coverage
+    from netdsl.analysis.model_facts import CoverageSummary, summarize_coverage
+    from netdsl.coverage.checker import check_coverage
 
     model = onnx_model
     if model is None:
@@ -220,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     """Benchmark; 0 when every model was measured at every batch size, 2 otherwise."""
     from rich.markup import escape
 
-    from netdsl.backends.bench import bench_many, plot_bench, render_bench
+    from netdsl.analysis.bench_report import plot_bench, render_bench
+    from netdsl.analysis.timing import bench_many
 
     console = wide_console()
     try:

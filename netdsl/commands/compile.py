@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netdsl.diagnostics import Diagnostic, NetdslError
-from netdsl.driver import add_spec_args, graph_from_args
+from netdsl.driver import add_spec_args, lower_from_args
 from netdsl.growth import print_growth_warnings
 from netdsl.range_check import DEFAULT_SAMPLES
 
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from netdsl.backends.trt_coverage import CoverageReport
+    from netdsl.coverage.profile import Profile
+    from netdsl.coverage.report import CoverageReport
     from netdsl.ir import Graph
     from netdsl.passes.pipeline import PipelineResult
-    from netdsl.profile import Profile
 
 TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
 TRT_TARGETS = ("trt", "trt-restricted", "trt-dla")
@@ -78,40 +78,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load_weights_or_init(graph: Graph, path: Path | None, seed: int) -> dict:
-    """Weights from ``path`` (matched by name, checked) or the seeded default initialisation."""
-    from netdsl import api
-
-    return api.initial_weights(graph, seed) if path is None else api.read_weights(path, graph)
-
-
-def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> PipelineResult:
-    """Elaborate the spec (unless its ``graph`` is given), load weights and run the target's pass pipeline
-    (on a copy: ``graph`` is left as it is)."""
-    from netdsl import api
-
-    graph = graph_from_args(args) if graph is None else graph
-    weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
-    passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
-    # Handed over: a weight a pass replaces is freed at once (peak memory stays near one copy of the model).
-    return api.lower(graph, target, weights, passes=passes, print_after=getattr(args, "print_after", None),
-                     consume_weights=True)
-
-
-def compile_to_onnx(args: argparse.Namespace, target: str) -> onnx.ModelProto:
-    """The ONNX model of the spec in ``args`` lowered for ``target`` (the shared spec flags,
-    ``--weights``/``--seed``, and optionally ``--passes``/``--opset``)."""
-    return emit_onnx(lower(args, target), target, getattr(args, "opset", 17))
-
-
-def emit_onnx(result: PipelineResult, target: str, opset: int) -> onnx.ModelProto:
-    """The ONNX model of a lowered graph; the ``onnx`` target lays resizes out channels-last for ONNX Runtime,
-    the TensorRT targets keep single Resize layers."""
-    from netdsl.backends.onnx_backend import to_onnx
-
-    return to_onnx(result.graph, result.weights, opset=opset, channels_last_resize=target == "onnx")
-
-
 def check_dtype_flags(args: argparse.Namespace) -> None:
     """Flags of the float16 path that make no sense without it (or for the torch target) are user errors."""
     if args.dtype == "float16" and args.target == "torch":
@@ -143,7 +109,7 @@ def calibration_data(args: argparse.Namespace, graph: Graph) -> np.ndarray | Non
     """The ``--calib`` samples for the graph's single input (None without ``--calib``)."""
     if args.calib is None:
         return None
-    from netdsl.backends.quantize import ModelInput, QuantizeError, load_calibration_data
+    from netdsl.analysis.quantize import ModelInput, QuantizeError, load_calibration_data
 
     if len(graph.inputs) != 1:
         raise NetdslError(Diagnostic(f"--calib feeds a graph with one input; this one has "
@@ -197,7 +163,7 @@ def check_float16_range(result: PipelineResult, batches: list[dict[str, np.ndarr
 
 def target_profile(args: argparse.Namespace) -> Profile:
     """The TensorRT profile of ``--profile`` or of the target."""
-    from netdsl.profile import ProfileError, load_profile
+    from netdsl.coverage.profile import ProfileError, load_profile
 
     try:
         return load_profile(args.profile or args.target)
@@ -207,7 +173,7 @@ def target_profile(args: argparse.Namespace) -> Profile:
 
 def refuse_assumed(report: CoverageReport, profile: Profile, strict: bool) -> None:
     """With ``--strict``, a located refusal listing the assumed rules the model relies on."""
-    from netdsl.backends.trt_coverage import assumed_rule_notes
+    from netdsl.coverage.report import assumed_rule_notes
 
     notes = assumed_rule_notes(report, profile)
     if strict and notes:
@@ -225,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     release_freed_arrays()
     check_dtype_flags(args)
     target = args.target
-    result = lower(args, target)
+    result = lower_from_args(args, target)
     print_growth_warnings(result.log)
     if target == "torch":
         from netdsl.backends.torch_backend import write_source
@@ -239,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
         check_ranges(args, result)
     model, payloads = emit_onnx_parts(result, target, args)
     if profile is not None:
-        from netdsl.backends.trt_coverage import check_coverage, coverage_console, render_coverage
         from netdsl.backends.trt_engine import trtexec_command
+        from netdsl.coverage.checker import check_coverage
+        from netdsl.coverage.report import coverage_console, render_coverage
 
         report = check_coverage(model, profile)
         render_coverage(report, coverage_console(args.wide), wide=args.wide)
@@ -264,16 +231,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def emit_onnx_parts(result: PipelineResult, target: str, args: argparse.Namespace) -> tuple[onnx.ModelProto, dict]:
-    """The model to write and its large initializers' arrays (see :func:`netdsl.backends.onnx_backend.to_onnx_parts`).
+    """The model to write and its large initializers' arrays (see :func:`netdsl.api.emit_onnx_parts`).
 
     A float32 model keeps the pipeline's weight arrays as they are, so each weight is held once. A
     float16 model takes them over (``result.weights`` is emptied) and converts them one by one, so
     each float32 array is freed once its float16 one exists.
     """
-    from netdsl.backends.onnx_backend import to_onnx_parts
+    from netdsl import api
 
-    model, payloads = to_onnx_parts(result.graph, result.weights, opset=args.opset,
-                                    channels_last_resize=target == "onnx")
+    model, payloads = api.emit_onnx_parts(result, target, args.opset)
     if args.dtype == "float32":
         return model, payloads
     from netdsl.backends.onnx_float16 import Float16Error, to_float16

@@ -6,7 +6,7 @@ limit, the spec location and the suggested rewrite. Exit status 0 when every nod
 when some node is not (or the input or profile is bad).
 
 A ``.net`` spec is compiled first (for ``--target``, by default the profile's own target) with
-:func:`netdsl.commands.compile.compile_to_onnx`.
+:func:`netdsl.driver.onnx_from_args`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from netdsl.coverage.profile import BUNDLED_PROFILES
 from netdsl.diagnostics import Diagnostic, NetdslError, render
 from netdsl.driver import add_spec_args
-from netdsl.profile import BUNDLED_PROFILES
 
 SPEC_TARGETS = ("onnx", "trt", "trt-restricted", "trt-dla")
 
@@ -51,20 +51,20 @@ def load_model_input(path: str | Path, args: argparse.Namespace, target: str) ->
     """An ``onnx.ModelProto`` from an ``.onnx`` file, or from a spec compiled for ``target``.
 
     Raises :class:`NetdslError` for a missing, unreadable or invalid file (see
-    :mod:`netdsl.backends.onnx_input`)."""
+    :mod:`netdsl.analysis.onnx_input`)."""
     path = Path(path)
     if not path.is_file():
         raise NetdslError(Diagnostic(f"{path}: no such file"))
     if path.suffix == ".onnx":
-        from netdsl.backends.onnx_input import OnnxFileError, load_onnx_file
+        from netdsl.analysis.onnx_input import OnnxFileError, load_onnx_file
 
         try:
             return load_onnx_file(path)
         except OnnxFileError as err:
             raise NetdslError(Diagnostic(str(err))) from None
-    from netdsl.commands import compile as compile_command
+    from netdsl import driver
 
-    return compile_command.compile_to_onnx(argparse.Namespace(**{**vars(args), "spec": path}), target)
+    return driver.onnx_from_args(argparse.Namespace(**{**vars(args), "spec": path}), target)
 
 
 def wide_console() -> Any:
@@ -78,9 +78,10 @@ def wide_console() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Check coverage; 0 if every node is covered, 2 if not or on bad input."""
-    from netdsl.backends.trt_coverage import check_coverage, coverage_console, render_coverage
     from netdsl.commands.compile import refuse_assumed
-    from netdsl.profile import ProfileError, load_profile
+    from netdsl.coverage.checker import check_coverage
+    from netdsl.coverage.profile import ProfileError, load_profile
+    from netdsl.coverage.report import coverage_console, render_coverage
 
     try:
         try:

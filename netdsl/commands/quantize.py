@@ -4,7 +4,7 @@ Calibrates activation ranges on DATA (a ``.npy``/``.npz`` array of model inputs,
 images resized to the model input, grey or RGB as its channels say, scaled to [0, 1]) with the
 entropy, min-max or percentile method, and writes a QuantizeLinear/DequantizeLinear model with
 per-tensor symmetric INT8 scales (zero points 0, as TensorRT requires); see
-:mod:`netdsl.backends.quantize`. The result is then checked against a TensorRT profile
+:mod:`netdsl.analysis.quantize`. The result is then checked against a TensorRT profile
 (``trt-restricted`` by default). Exit status 0 when every node is covered; 2 on bad input, or
 when some node of the written model is not covered by the profile.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from netdsl.coverage.profile import BUNDLED_PROFILES
 from netdsl.diagnostics import Diagnostic, NetdslError
-from netdsl.profile import BUNDLED_PROFILES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     """Quantize, write the model, report the coverage of the Q/DQ model."""
     import onnx
 
-    from netdsl.backends.onnx_input import OnnxFileError, load_onnx_file
-    from netdsl.backends.quantize import QuantizeError, load_calibration_data, model_input, quantize_int8
-    from netdsl.backends.trt_coverage import check_coverage
-    from netdsl.profile import ProfileError, load_profile
+    from netdsl.analysis.onnx_input import OnnxFileError, load_onnx_file
+    from netdsl.analysis.quantize import QuantizeError, load_calibration_data, model_input, quantize_int8
+    from netdsl.coverage.checker import check_coverage
+    from netdsl.coverage.profile import ProfileError, load_profile
 
     if not args.output.absolute().parent.is_dir():
         raise NetdslError(Diagnostic(f"{args.output}: the folder {args.output.absolute().parent} does not exist"))

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise NetdslError(Diagnostic(f"--position expects Y,X, found '{args.position}'")) from None
         position = (py, px)
-    from netdsl.backends.receptive_field import measure, save_heatmap
+    from netdsl.analysis.receptive_field import measure, save_heatmap
 
     try:
         rf = measure(graph, position, channels_last=args.channels_last)

@@ -236,9 +236,9 @@ def prepare_weights_runs() -> None:
 
 def prepare_onnx_runs() -> None:
     """Import what :func:`run_onnx_file` runs and load its profile, once, outside any run's deadline."""
-    import netdsl.backends.onnx_input  # noqa: F401
-    import netdsl.backends.trt_coverage  # noqa: F401
-    from netdsl.profile import load_profile
+    import netdsl.analysis.onnx_input  # noqa: F401
+    import netdsl.coverage.checker  # noqa: F401
+    from netdsl.coverage.profile import load_profile
 
     load_profile("trt")
 

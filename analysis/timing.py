@@ -10,14 +10,10 @@ inference call) and images per second. A ratio to the baseline comes with a 95% 
 the baseline's run ``r`` of the same round, and the interval shows how far the machine's noise
 leaves the ratio uncertain.
 
-Models exported with a fixed batch are re-batched on a copy: the batch dimension of the graph
-inputs is rewritten, output shapes are re-inferred, and constant shapes that bake the old batch in
-(the leading entry of Reshape shapes on batch-carrying tensors; Expand shapes, Resize sizes and
-ConstantOfShape shapes whose leading entry is the old batch) are scaled. The re-batched model is then
-verified against the original on distinct random samples with ONNX Runtime, so a model that mixes
-samples or cannot be re-batched is reported as such instead of being timed wrongly.
+Models exported with a fixed batch are re-batched on a copy and verified against the original
+(:mod:`netdsl.analysis.rebatch`); :mod:`netdsl.analysis.bench_report` prints the table and the plot.
 
-A result can carry static facts (:mod:`netdsl.backends.model_facts`: parameters, MACs and bytes per
+A result can carry static facts (:mod:`netdsl.analysis.model_facts`: parameters, MACs and bytes per
 frame, TensorRT coverage per profile); the table, the JSON and the plot show them beside the latencies.
 """
 
@@ -35,23 +31,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress
-from rich.table import Table
-
-from netdsl.atomic_write import atomic_paths
 
 if TYPE_CHECKING:
-    from netdsl.backends.model_facts import CoverageSummary, ModelSize
+    from netdsl.analysis.model_facts import CoverageSummary, ModelSize
+from netdsl.analysis.rebatch import RebatchError, batch_size_of, random_inputs, rebatch_model, verify_rebatch
 
 DEFAULT_BATCHES = (1, 4, 8, 16)
 BACKENDS = ("ort", "trt", "torch")
-
-
-class RebatchError(ValueError):
-    """A fixed-batch model cannot be run at another batch size."""
 
 
 @dataclass
@@ -108,7 +96,7 @@ class BenchResult:
 SIZE_FIELDS = ("params", "macs", "bytes_per_frame", "macs_compiled")
 
 
-def _size_fields(size: ModelSize | None) -> dict[str, int | None]:
+def size_fields(size: ModelSize | None) -> dict[str, int | None]:
     """The :data:`SIZE_FIELDS` of ``size``; None each when the size was not computed."""
     return {name: getattr(size, name) if size is not None else None for name in SIZE_FIELDS}
 
@@ -140,7 +128,7 @@ class BenchTable:
             "environment": self.environment,
             "models": [{
                 "name": r.name,
-                **_size_fields(r.size),
+                **size_fields(r.size),
                 "coverage": {profile: summary.to_dict() for profile, summary in r.coverage.items()},
                 "rows": [asdict(row) for row in r.rows],
             } for r in self.results],
@@ -149,153 +137,6 @@ class BenchTable:
     def to_json(self, indent: int | None = 2) -> str:
         """:meth:`to_dict` as JSON text."""
         return json.dumps(self.to_dict(), indent=indent)
-
-
-# --------------------------------------------------------------------------- re-batching
-
-
-def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    initializers = {t.name for t in model.graph.initializer}
-    return [vi for vi in model.graph.input if vi.name not in initializers]
-
-
-def batch_size_of(model: onnx.ModelProto) -> int | None:
-    """The fixed batch (first dim shared by all graph inputs), or None when it is symbolic."""
-    firsts = set()
-    for vi in _graph_inputs(model):
-        dims = vi.type.tensor_type.shape.dim
-        if not dims:
-            raise RebatchError(f"graph input '{vi.name}' has no batch axis (rank 0 or unknown shape)")
-        firsts.add(dims[0].dim_value if dims[0].HasField("dim_value") else None)
-    if None in firsts:
-        return None
-    if len(firsts) != 1:
-        raise RebatchError(f"graph inputs disagree on the batch size: {sorted(firsts)}")
-    return firsts.pop()
-
-
-def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    int64 = onnx.TensorProto.INT64
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == int64}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            if node.attribute[0].t.data_type == onnx.TensorProto.INT64:
-                values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
-def _batch_carrying(model: onnx.ModelProto) -> set[str]:
-    """Tensors whose element count grows with the batch (downstream of the inputs, not shapes)."""
-    carrying = {vi.name for vi in _graph_inputs(model)}
-    for node in model.graph.node:
-        if node.op_type not in ("Shape", "Size") and any(i in carrying for i in node.input):
-            carrying.update(node.output)
-    return carrying
-
-
-# (op, index of the constant shape-like input, rule): "scale" multiplies the leading entry by
-# new/old batch (Reshape of a batch-carrying tensor); "replace" swaps a leading entry equal to the old
-# batch for the new one (Expand / Resize sizes / ConstantOfShape may broadcast a constant up to it)
-_SHAPE_INPUTS = {"Reshape": (1, "scale"), "Expand": (1, "replace"), "Resize": (3, "replace"),
-                 "ConstantOfShape": (0, "replace")}
-
-
-def _rewrite_constant_shapes(model: onnx.ModelProto, old: int, new: int) -> None:
-    values = _constant_values(model)
-    carrying = _batch_carrying(model)
-    for node in model.graph.node:
-        if node.op_type not in _SHAPE_INPUTS:
-            continue
-        index, rule = _SHAPE_INPUTS[node.op_type]
-        if index >= len(node.input) or node.input[index] not in values:
-            continue
-        shape = values[node.input[index]].copy()
-        if shape.ndim != 1 or shape.size == 0:
-            continue
-        lead = int(shape[0])
-        if rule == "scale":
-            if node.input[0] not in carrying or lead <= 0:
-                continue  # -1 and 0 already follow the input; constants do not carry the batch
-            if (lead * new) % old:
-                what = f"{node.op_type} '{node.name}'"
-                raise RebatchError(f"{what} has leading dim {lead}, not a multiple of the exported batch {old}")
-            shape[0] = lead * new // old
-        elif lead == old:
-            shape[0] = new
-        else:
-            continue
-        # a fresh initializer per node: the original constant may be shared with other nodes
-        name = f"{node.input[index]}__batch{new}_{node.name or id(node)}"
-        model.graph.initializer.append(numpy_helper.from_array(shape.astype(np.int64), name))
-        node.input[index] = name
-
-
-def rebatch_model(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy of ``model`` that runs at ``batch``; raises :class:`RebatchError` when it cannot."""
-    old = batch_size_of(model)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for vi in _graph_inputs(copy):
-        dim = vi.type.tensor_type.shape.dim[0]
-        dim.Clear()
-        dim.dim_value = batch
-    # outputs and intermediates are re-inferred: not every output has a batch axis (squeeze at batch 1)
-    for vi in copy.graph.output:
-        vi.type.tensor_type.ClearField("shape")
-    del copy.graph.value_info[:]
-    if old is not None and old != batch:
-        _rewrite_constant_shapes(copy, old, batch)
-    try:
-        return onnx.shape_inference.infer_shapes(copy, strict_mode=True)
-    except Exception as e:  # noqa: BLE001 - onnx raises several error types for one meaning
-        raise RebatchError(f"the model does not type-check at batch {batch}: {str(e).strip().splitlines()[-1]}") from e
-
-
-def random_inputs(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random float (normal) / zero integer and bool inputs of the model's static input shapes."""
-    feeds = {}
-    for vi in _graph_inputs(model):
-        tensor_type = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(dims).astype(dtype)
-        else:
-            feeds[vi.name] = np.zeros(dims, dtype=dtype)
-    return feeds
-
-
-def verify_rebatch(original: Any, rebatched: Any, old: int, batch: int, feeds: dict[str, np.ndarray]) -> None:
-    """Check that ``rebatched`` (a session at ``batch``) equals ``original`` (a session at ``old``)
-    run chunk by chunk on the same distinct samples; raises :class:`RebatchError` when not."""
-    chunks = []
-    for start in range(0, batch, old):
-        index = np.arange(start, start + old) % batch  # the last chunk wraps around to stay full
-        chunks.append(original.run(None, {k: v[index] for k, v in feeds.items()}))
-    actual = rebatched.run(None, feeds)
-    names = [o.name for o in rebatched.get_outputs()]
-    for i, name in enumerate(names):
-        exported = chunks[0][i].shape
-        if not exported or exported[0] != old:
-            raise RebatchError(
-                f"output '{name}' has shape {exported} at the exported batch {old}: its first axis is not the batch "
-                "(e.g. squeeze() dropped a size-1 batch axis), so the model cannot be re-batched; export it at each "
-                "batch size"
-            )
-        expected = np.concatenate([c[i] for c in chunks])[:batch]
-        if actual[i].shape != expected.shape:
-            raise RebatchError(
-                f"at batch {batch} output '{name}' has shape {actual[i].shape}, but the batch-{old} model run sample "
-                f"by sample gives {expected.shape}; export the model at this batch"
-            )
-        if not np.allclose(actual[i], expected, rtol=1e-3, atol=1e-4):
-            raise RebatchError(
-                f"at batch {batch} output '{name}' differs from the batch-{old} model run sample by sample: the "
-                "model mixes samples across the batch or bakes the batch size into a constant; export it at this batch"
-            )
-
-
-# --------------------------------------------------------------------------- runners
 
 
 class _Runner(Protocol):
@@ -307,8 +148,8 @@ def session_options(threads: int | None) -> Any:
 
     Each session owns a thread pool whose workers, by default, keep spinning for a while after a run,
     on the cores the next model's run needs: interleaved, every model would be timed against the
-    idle spinning of the others (measured here with two threads and four models: 93 ms per run
-    interleaved for a model that takes 47 ms alone). So workers stop spinning when a run ends
+    idle spinning of the others (with two threads and four models, a model took about twice as long per run
+    interleaved as alone). So workers stop spinning when a run ends
     (``session.force_spinning_stop``); they still spin within a run, as by default. ``threads`` sets
     the intra-op threads (default: ONNX Runtime's choice).
 
@@ -549,121 +390,3 @@ def bench_onnx(model_or_path: onnx.ModelProto | str | Path, batches: Sequence[in
     table = bench_many({"model": model_or_path}, batches, warmup, runs, backend, None, progress, threads, verify,
                        precision)
     return table.results[0]
-
-
-# --------------------------------------------------------------------------- output
-
-
-def _ms(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _count(value: int | None) -> str:
-    """``72``, ``41.6k``, ``27.64M``, ``4.07G``; ``-`` when unknown."""
-    if value is None:
-        return "-"
-    for scale, unit, digits in ((1e9, "G", 2), (1e6, "M", 2), (1e3, "k", 1)):
-        if value >= scale:
-            return f"{value / scale:.{digits}f}{unit}"
-    return str(value)
-
-
-def _coverage_cell(summary: CoverageSummary | None) -> str:
-    if summary is None:
-        return "-"
-    colour = "green" if summary.deployable else "red"
-    return f"[{colour}]{escape(summary.text)}[/{colour}]"
-
-
-def render_bench(table: BenchTable, console: Console) -> None:
-    """Print one row per model: its size and coverage (when known), then per batch the median and p90
-    latency, images/s and the ratio to the baseline; then why each model a profile refuses is refused."""
-    title = f"latency, backend {table.backend} ({table.runs} runs after {table.warmup} warm-up, interleaved)"
-    if table.baseline:
-        title += (f"; x = median latency / {table.baseline}'s at the same batch, with its 95% bootstrap interval "
-                  "over paired runs")
-    rich_table = Table(title=escape(title))
-    rich_table.add_column("model")
-    with_size = any(r.size is not None for r in table.results)
-    profiles = list(dict.fromkeys(p for r in table.results for p in r.coverage))
-    if with_size:
-        for column in ("params", "MACs/frame", "bytes/frame"):
-            rich_table.add_column(column, justify="right")
-    for profile in profiles:
-        rich_table.add_column(escape(profile), justify="right")
-    for batch in table.batches:
-        rich_table.add_column(f"batch {batch}", justify="right")
-    for result in table.results:
-        cells = []
-        if with_size:
-            size = _size_fields(result.size)
-            macs, compiled = _count(size["macs"]), _count(size["macs_compiled"])
-            if size["macs_compiled"] is not None and compiled != macs:  # only a difference the table shows
-                macs += f"\n{compiled} compiled"
-            cells += [_count(size["params"]), macs, _count(size["bytes_per_frame"])]
-        cells += [_coverage_cell(result.coverage.get(profile)) for profile in profiles]
-        for batch in table.batches:
-            row = result.row(batch)
-            if row is None or row.error:
-                cells.append(f"[red]{escape(row.error if row else 'not run')}[/red]")
-                continue
-            cell = f"{_ms(row.median_ms)} ms\np90 {_ms(row.p90_ms)}\n{row.images_per_s:.1f} img/s"
-            if row.latency_vs_baseline is not None and result.name != table.baseline:
-                cell += f"\n{row.latency_vs_baseline:.2f}x"
-                if row.ratio_ci95 is not None:
-                    cell += f"\n({row.ratio_ci95[0]:.2f}-{row.ratio_ci95[1]:.2f})"
-            cells.append(cell)
-        name = f"{result.name} (baseline)" if result.name == table.baseline else result.name
-        rich_table.add_row(escape(name), *cells)
-    console.print(rich_table)
-    _render_refusals(table, console)
-
-
-def _render_refusals(table: BenchTable, console: Console) -> None:
-    """Per model and profile that is not 100%: which nodes are refused and why."""
-    for result in table.results:
-        for profile, summary in result.coverage.items():
-            if summary.error is not None:
-                console.print(f"[red]{escape(result.name)}: not checked under {escape(profile)}:[/red] "
-                              f"{escape(summary.error)}")
-            elif not summary.deployable:
-                console.print(f"[red]{escape(result.name)} is not deployable under {escape(profile)}:[/red] "
-                              f"{summary.total - summary.covered} of {summary.total} nodes refused")
-                for line in summary.reason_lines():
-                    console.print(f"  {escape(line)}")
-
-
-def _plot_label(result: BenchResult, baseline: str | None) -> str:
-    """The model's name, marked as the baseline, with its coverage per profile."""
-    label = f"{result.name} (baseline)" if result.name == baseline else result.name
-    coverage = ", ".join(f"{profile} {summary.text}" for profile, summary in result.coverage.items())
-    return f"{label}; {coverage}" if coverage else label
-
-
-def plot_bench(table: BenchTable, path: str | Path) -> None:
-    """Save a latency-vs-batch plot (one line per model, median with p90 whiskers; the legend gives each
-    model's coverage per profile) as an image.
-
-    Uses a bare matplotlib Figure (Agg canvas), leaving pyplot's global backend alone."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    for result in table.results:
-        rows = [r for r in result.rows if r.median_ms is not None and r.p90_ms is not None]
-        if not rows:
-            continue
-        spread = [r.p90_ms - r.median_ms for r in rows]
-        ax.errorbar([r.batch for r in rows], [r.median_ms for r in rows], yerr=[[0] * len(rows), spread],
-                    marker="o", capsize=3, label=_plot_label(result, table.baseline))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(table.batches, [str(b) for b in table.batches])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("median latency (ms)")
-    ax.set_title(f"latency vs batch ({table.backend})")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    with atomic_paths(path) as (staged,):
-        fig.savefig(staged)

@@ -5,8 +5,9 @@ per ONNX op the TensorRT layer it maps to, whether it is allowed, numeric or str
 the public source of each rule and how well it is established (``status``). This module loads and
 validates such files; it knows the *names* of the checks a limit may use (:data:`CHECKS`,
 :data:`GLOBAL_CHECKS`) but not how to measure them on a model: that is the job of the coverage
-validator in the backends (``netdsl.backends.trt_coverage``), which imports nothing from here but
-these dataclasses and tables.
+checker beside it (:mod:`netdsl.coverage.checks` implements each name of :data:`CHECKS` under
+that name, tests/test_profiles.py checks that the names match both ways; :mod:`netdsl.coverage.checker`
+applies :data:`GLOBAL_CHECKS`). It needs no onnx, so loading a profile stays cheap.
 
 Three profiles are bundled (``trt``, ``trt-restricted``, ``trt-dla``); a user passes a file path
 to use their own.
@@ -375,7 +376,8 @@ class _Validator:
         kind = check_kind(check)
         if kind is None:
             close = difflib.get_close_matches(check, sorted(CHECKS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else "; see CHECKS in netdsl/profile.py or 'attr:<name>'"
+            hint = (f"; did you mean '{close[0]}'?" if close
+                    else "; see CHECKS in netdsl.coverage.profile or 'attr:<name>'")
             raise self.fail(f"{key}.check", f"unknown check '{check}'{hint}")
         bounds = {k: data[k] for k in ("min", "max", "one_of") if k in data}
         if kind == "predicate" and bounds:

@@ -8,7 +8,7 @@
   initializers, except batch-norm running statistics and resize scales (buffers, not parameters) and
   single-element constants (the scalars of element-wise formulas, e.g. a decomposed GELU's).
   A figure that needs a shape that shape inference could not give is ``None``.
-* **Coverage**: a :class:`~netdsl.backends.trt_coverage.CoverageReport` summarised to what a
+* **Coverage**: a :class:`~netdsl.coverage.report.CoverageReport` summarised to what a
   comparison shows: covered nodes out of all, whether the model is deployable under the profile,
   and its violations grouped by op and reason with the first spec location of each group.
 """
@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from netdsl.backends.bench import RebatchError, batch_size_of, rebatch_model
-from netdsl.backends.trt_coverage import CoverageReport
+from netdsl.analysis.rebatch import RebatchError, batch_size_of, rebatch_model
+from netdsl.coverage.report import CoverageReport
 from netdsl.memory import MemoryFigures, live_memory
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,

@@ -1,0 +1,466 @@
+"""The ONNX lowering of every IR op, one function per op (or family of ops), and their registry.
+
+Each lowering emits standard ONNX ops with exactly the semantics of the op's docstring in
+:mod:`netdsl.opdefs`, and declares (``emits=``) the ONNX op types it may emit, which the coverage
+report reads backwards to tell which IR op an ONNX node came from. Adding an op's ONNX form means
+adding one ``@_lowers`` function here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from netdsl.backends.onnx_builder import EMPTY, Lowering, OnnxGraphBuilder, OnnxTensor
+from netdsl.initializers import NP_DTYPES
+from netdsl.ir import Node
+
+UNARY = {
+    "relu": "Relu",
+    "sigmoid": "Sigmoid",
+    "hardswish": "HardSwish",
+    "tanh": "Tanh",
+    "exp": "Exp",
+    "erf": "Erf",
+    "neg": "Neg",
+    "sqrt": "Sqrt",
+    "identity": "Identity",
+}
+BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
+_REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin"}
+_PAD_MODES = {"zero": "constant", "reflect": "reflect", "edge": "edge"}
+
+
+def exact_resize_scale(l_in: int, l_out: int, scale: float) -> np.float32:
+    """The float32 resize factor for one axis that every runtime sizes to ``l_out``.
+
+    Starting from float32(``scale``), the factor is nudged by ulps until ``l_in * f`` lies in
+    ``[l_out, l_out + 1)`` both exactly (float64 arithmetic on the float32 value is exact here)
+    and when the product is rounded to float32, so floor or trunc in float or double all give
+    ``l_out``. When ``scale`` is ``l_out / l_in`` this is the smallest float32 with
+    ``l_in * f >= l_out``. Raises ValueError when ``scale`` cannot produce ``l_out``.
+    """
+    product = l_in * scale
+    if not (l_out <= product * (1 + 1e-9) and product < l_out + 1):
+        raise ValueError(f"resize factor {scale!r} does not size {l_in} to {l_out}")
+    f = np.float32(scale)
+    while float(f) * l_in < l_out:
+        f = np.nextafter(f, np.float32(np.inf))
+    while float(f) * l_in >= l_out + 1 or np.float32(l_in) * f >= l_out + 1:
+        f = np.nextafter(f, np.float32(0))
+    if float(f) * l_in < l_out:
+        raise ValueError(f"no float32 resize factor sizes {l_in} to {l_out}")
+    return f
+
+
+LOWERINGS: dict[str, Lowering] = {}
+"""IR op -> its lowering (outside channels-last regions, see :mod:`netdsl.backends.onnx_layout`)."""
+# IR op -> the ONNX op types its lowering may emit (outside channels-last regions), declared beside
+# each lowering; the coverage report reads it backwards to tell which IR op an ONNX node came from.
+_EMITS: dict[str, frozenset[str]] = {}
+
+
+def _lowers(*ops: str, emits: Sequence[str] | Mapping[str, str] = ()) -> Callable[[Lowering], Lowering]:
+    """Register a lowering of ``ops``; ``emits`` lists the ONNX op types it may emit (per op for a mapping)."""
+
+    def register(fn: Lowering) -> Lowering:
+        for op in ops:
+            LOWERINGS[op] = fn
+            _EMITS[op] = frozenset([emits[op]] if isinstance(emits, Mapping) else emits)
+        return fn
+
+    return register
+
+
+# ---- dense ops ---------------------------------------------------------------------------------
+
+
+@_lowers("conv", emits=["Conv"])
+def _conv(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    a = node.attrs
+    w = em.type_of(node.inputs[1])
+    em.emit("Conv", em.inputs(node), {
+        "kernel_shape": list(w.shape[2:]),
+        "strides": [int(s) for s in a["stride"]],
+        "pads": [int(p) for p in a["pads"]],
+        "dilations": [int(d) for d in a.get("dilation", (1, 1))],
+        "group": int(a["groups"]),
+    }, out=ys[0])
+
+
+@_lowers("linear", emits=["Gemm", "MatMul", "Transpose", "Add"])
+def _linear(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    x, w, *bias = em.inputs(node)
+    if em.type_of(node.inputs[0]).rank == 2:
+        em.emit("Gemm", [x, w, *bias], {"transB": 1}, out=ys[0])
+        return
+    y = em.emit("MatMul", [x, em.transpose(w, (1, 0))], out=None if bias else ys[0])
+    if bias:
+        em.emit("Add", [y, bias[0]], out=ys[0])
+
+
+@_lowers("matmul", emits=["MatMul"])
+def _matmul(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.emit("MatMul", em.inputs(node), out=ys[0])
+
+
+# ---- normalisations ----------------------------------------------------------------------------
+
+
+@_lowers("batchnorm", emits=["BatchNormalization"])
+def _batchnorm(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.emit("BatchNormalization", em.inputs(node), {"epsilon": float(node.attrs["eps"])}, out=ys[0])
+
+
+@_lowers("layernorm", emits=["LayerNormalization", "Transpose"])
+def _layernorm(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    x, *affine = em.inputs(node)
+    xt = em.type_of(node.inputs[0])
+    axis = node.attrs["axis"] % xt.rank
+    if not affine:  # LayerNormalization requires a scale
+        affine = [em.const(np.ones(xt.shape[axis]), em.np_dtype(node.inputs[0]))]
+    attrs = {"axis": -1, "epsilon": float(node.attrs["eps"])}
+    if axis == xt.rank - 1:
+        em.emit("LayerNormalization", [x, *affine], attrs, out=ys[0])
+        return
+    # LayerNormalization normalises every axis from `axis` on; move the one axis last and back.
+    perm = [i for i in range(xt.rank) if i != axis] + [axis]
+    normed = em.emit("LayerNormalization", [em.transpose(x, perm), *affine], attrs)
+    em.transpose(normed, list(np.argsort(perm)), out=ys[0])
+
+
+@_lowers("groupnorm", emits=["Reshape", "InstanceNormalization", "Mul", "Add"])
+def _groupnorm(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    x, *affine = em.inputs(node)
+    xt = em.type_of(node.inputs[0])
+    groups = node.attrs["groups"]
+    dtype = em.np_dtype(node.inputs[0])
+    # Normalise each (batch, group) slice as one instance; then the per-channel affine map.
+    grouped = em.reshape(x, (xt.shape[0], groups, xt.numel // (xt.shape[0] * groups)))
+    normed = em.emit("InstanceNormalization", [grouped, em.const(np.ones(groups), dtype),
+                                               em.const(np.zeros(groups), dtype)],
+                     {"epsilon": float(node.attrs.get("eps", 1e-5))})
+    if not affine:
+        em.reshape(normed, xt.shape, out=ys[0])
+        return
+    per_channel = (xt.shape[1],) + (1,) * (xt.rank - 2)
+    scaled = em.emit("Mul", [em.reshape(normed, xt.shape), em.reshape(affine[0], per_channel)])
+    em.emit("Add", [scaled, em.reshape(affine[1], per_channel)], out=ys[0])
+
+
+# ---- element-wise ------------------------------------------------------------------------------
+
+
+@_lowers(*UNARY, emits=UNARY)
+def _unary(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.emit(UNARY[node.op], em.inputs(node), out=ys[0])
+
+
+@_lowers("silu", emits=["Mul", "Sigmoid"])
+def _silu(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    (x,) = em.inputs(node)
+    em.emit("Mul", [x, em.emit("Sigmoid", [x])], out=ys[0])
+
+
+@_lowers("gelu", emits=["Gelu", "Div", "Erf", "Mul", "Add"])
+def _gelu(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    (x,) = em.inputs(node)
+    if em.opset >= 20:
+        em.emit("Gelu", [x], {"approximate": "none"}, out=ys[0])
+        return
+    like = node.inputs[0]
+    # x / sqrt(2) as a Div: ONNX Runtime fuses Div-Erf-Add-Mul-Mul into one Gelu kernel, not a Mul by 1/sqrt(2)
+    erf = em.emit("Erf", [em.emit("Div", [x, em.scalar(np.sqrt(2.0), like)])])
+    half_x = em.emit("Mul", [x, em.scalar(0.5, like)])
+    em.emit("Mul", [half_x, em.emit("Add", [erf, em.scalar(1.0, like)])], out=ys[0])
+
+
+@_lowers("pow", emits=["Pow"])
+def _pow(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    (x,) = em.inputs(node)
+    em.emit("Pow", [x, em.scalar(float(node.attrs["exponent"]), node.inputs[0])], out=ys[0])
+
+
+@_lowers("softmax", emits=["Softmax"])
+def _softmax(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.emit("Softmax", em.inputs(node), {"axis": int(node.attrs["axis"])}, out=ys[0])
+
+
+@_lowers(*BINARY, emits=BINARY)
+def _binary(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.emit(BINARY[node.op], em.inputs(node), out=ys[0])
+
+
+# ---- constants ---------------------------------------------------------------------------------
+
+
+@_lowers("const", emits=["Identity"])
+def _const(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    value = np.asarray(node.attrs["value"], dtype=NP_DTYPES[node.attrs["dtype"]], order="C")
+    em.bind_constant(node.outputs[0], value, ys[0])
+
+
+def grid_values(height: int, width: int) -> np.ndarray:
+    """The IR ``grid`` op's value: f32[1, 2, H, W], channel 0 = x (width) and 1 = y (height) in [-1, 1]."""
+    xs = np.linspace(-1.0, 1.0, width, dtype=np.float32)
+    ys = np.linspace(-1.0, 1.0, height, dtype=np.float32)
+    out = np.empty((1, 2, height, width), dtype=np.float32)
+    out[0, 0] = xs[None, :]
+    out[0, 1] = ys[:, None]
+    return out
+
+
+@_lowers("grid", emits=["Identity"])
+def _grid(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.bind_constant(node.outputs[0], grid_values(node.attrs["height"], node.attrs["width"]), ys[0])
+
+
+# ---- shape ops ---------------------------------------------------------------------------------
+
+
+@_lowers("reshape", emits=["Reshape"])
+def _reshape(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.reshape(em.inputs(node)[0], node.attrs["shape"], out=ys[0])
+
+
+@_lowers("transpose", emits=["Transpose"])
+def _transpose(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.transpose(em.inputs(node)[0], node.attrs["perm"], out=ys[0])
+
+
+@_lowers("rotate", emits=["Reshape", "Transpose"])
+def _rotate(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    # Per head, x is an (S channels) x (S positions) matrix; rotation is its transpose.
+    b, c, h, w = em.type_of(node.inputs[0]).shape
+    heads = node.attrs["heads"]
+    per_head = em.reshape(em.inputs(node)[0], (b, heads, c // heads, h * w))
+    em.reshape(em.transpose(per_head, (0, 1, 3, 2)), (b, c, h, w), out=ys[0])
+
+
+@_lowers("shift", emits=["Pad", "Slice", "Concat"])
+def _shift(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    # Pad once by the largest shift in each direction, then cut each channel group's window:
+    # y[i] = x[i - dy] = xpad[i - dy + top].
+    b, c, h, w = em.type_of(node.inputs[0]).shape
+    offsets = [(int(dy), int(dx)) for dy, dx in node.attrs["offsets"]]
+    top = max(0, *(dy for dy, _ in offsets))
+    left = max(0, *(dx for _, dx in offsets))
+    bottom = max(0, *(-dy for dy, _ in offsets))
+    right = max(0, *(-dx for _, dx in offsets))
+    padded = em.pad(em.inputs(node)[0], (top, left, bottom, right), "constant")
+    size = c // len(offsets)
+    parts = [
+        em.slice(padded, (g * size, top - dy, left - dx), ((g + 1) * size, top - dy + h, left - dx + w), (1, 2, 3))
+        for g, (dy, dx) in enumerate(offsets)
+    ]
+    em.concat(parts, 1, out=ys[0])
+
+
+def _window_slices(em: OnnxGraphBuilder, x: OnnxTensor, kernel: tuple[int, int], stride: tuple[int, int],
+                   dilation: tuple[int, int], out_hw: tuple[int, int], axes: tuple[int, int]) -> list[OnnxTensor]:
+    """One strided Slice per kernel offset (row-major): slot (u, v) holds x[.., i*sh + u*dh, j*sw + v*dw]."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
+    return [
+        em.slice(x, (u * dh, v * dw), (u * dh + (ho - 1) * sh + 1, v * dw + (wo - 1) * sw + 1), axes, (sh, sw))
+        for u in range(kh)
+        for v in range(kw)
+    ]
+
+
+@_lowers("unfold", emits=["Pad", "Slice", "Concat", "Reshape", "Transpose"])
+def _unfold(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    a = node.attrs
+    b, c, _, _ = em.type_of(node.inputs[0]).shape
+    _, _, ho, wo = em.type_of(node.outputs[0]).shape
+    kh, kw = a["kernel"]
+    padded = em.pad(em.inputs(node)[0], a["pads"], "constant")
+    windows = _window_slices(em, padded, (kh, kw), a["stride"], a.get("dilation", (1, 1)), (ho, wo), (2, 3))
+    # Concat gives slot-major channels (n*C + c); the IR wants channel-major (c*K + n).
+    slot_major = em.reshape(em.concat(windows, 1), (b, kh * kw, c, ho * wo))
+    em.reshape(em.transpose(slot_major, (0, 2, 1, 3)), (b, c * kh * kw, ho, wo), out=ys[0])
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+
+@_lowers("attention", emits=["MatMul", "Transpose", "Mul", "Add", "Softmax"])
+def _attention(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    q, k, v, *bias = em.inputs(node)
+    logits = em.emit("Mul", [em.emit("MatMul", [q, em.transpose(k, (0, 1, 3, 2))]),
+                             em.scalar(node.attrs["scale"], node.inputs[0])])
+    if bias:
+        logits = em.emit("Add", [logits, bias[0]])
+    em.emit("MatMul", [em.emit("Softmax", [logits], {"axis": -1}), v], out=ys[0])
+
+
+@_lowers("local_attention", emits=["Slice", "Pad", "Reshape", "Mul", "Add", "Sub", "ReduceSum", "Softmax",
+                                    "Concat"])
+def _local_attention(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    """ACmix attention without materialising unfolded windows.
+
+    Heads live on axis 1 and the in-head dim on axis 2 of [B, heads, d, H, W] views. Keys,
+    values and positions are reflect-padded once; window slot n = (a, b) is then one strided
+    Slice. logit_n = sum_e (scale*q_s) * (K_n + (pos_s - R_n)), a ReduceSum over d; softmax over
+    the slot axis; y = sum_n A_n * V_n.
+    """
+    q, k, v, *pos = em.inputs(node)
+    b, c, h, w = em.type_of(node.inputs[0]).shape
+    heads, kern, s = node.attrs["heads"], node.attrs["kernel"], node.attrs["stride"]
+    d, p, ho, wo = c // heads, (kern - 1) // 2, h // s, w // s
+    pads = (p, p, p, p)
+
+    def at_outputs(t: OnnxTensor) -> OnnxTensor:
+        return t if s == 1 else em.slice(t, (0, 0), (h, w), (2, 3), (s, s))
+
+    def windows(t: OnnxTensor, lead: tuple[int, int]) -> list[OnnxTensor]:
+        padded = em.reshape(em.pad(t, pads, "reflect"), (*lead, d, h + 2 * p, w + 2 * p))
+        return _window_slices(em, padded, (kern, kern), (s, s), (1, 1), (ho, wo), (3, 4))
+
+    query = em.reshape(em.emit("Mul", [at_outputs(q), em.scalar(node.attrs["scale"], node.inputs[0])]),
+                       (b, heads, d, ho, wo))
+    keys = windows(k, (b, heads))
+    if pos:
+        pos_at_query = em.reshape(at_outputs(pos[0]), (1, 1, d, ho, wo))
+        keys = [em.emit("Add", [key, em.emit("Sub", [pos_at_query, pos_n])])
+                for key, pos_n in zip(keys, windows(pos[0], (1, 1)), strict=True)]
+    logits = [em.reduce("ReduceSum", em.emit("Mul", [query, key]), (2,), True) for key in keys]
+    attn = em.emit("Softmax", [em.concat(logits, 2)], {"axis": 2})
+    out = None
+    for n, value in enumerate(windows(v, (b, heads))):
+        term = em.emit("Mul", [em.slice(attn, (n,), (n + 1,), (2,)), value])
+        out = term if out is None else em.emit("Add", [out, term])
+    em.reshape(out, (b, c, ho, wo), out=ys[0])
+
+
+# ---- pooling and reductions --------------------------------------------------------------------
+
+
+@_lowers("avgpool", emits=["Reshape", "AveragePool"])
+@_lowers("maxpool", emits=["Reshape", "MaxPool"])
+def _pool(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    a = node.attrs
+    (x,) = em.inputs(node)
+    if em.zero_pad_produces(x):
+        # ONNX Runtime's pad fusion would merge that Pad into this pool's `pads`: wrong for MaxPool, whose
+        # own padding never wins the max, and an invalid model for AveragePool once a side reaches the
+        # kernel. It only fuses a Pad that feeds the pool directly, so a same-shape Reshape stands between.
+        x = em.reshape(x, em.type_of(node.inputs[0]).shape)
+    attrs: dict[str, Any] = {
+        "kernel_shape": [int(k) for k in a["kernel"]],
+        "strides": [int(s) for s in a["stride"]],
+        "pads": [int(p) for p in a["pads"]],
+    }
+    dilation = [int(d) for d in a.get("dilation", (1, 1))]
+    if node.op == "maxpool":
+        em.emit("MaxPool", [x], {**attrs, "dilations": dilation}, out=ys[0])
+        return
+    if dilation != [1, 1]:
+        if em.opset < 19:
+            raise ValueError(f"dilated average pooling needs opset 19 or later (asked for {em.opset})")
+        attrs["dilations"] = dilation
+    em.emit("AveragePool", [x], {**attrs, "count_include_pad": 1}, out=ys[0])
+
+
+@_lowers(*_REDUCE, emits=_REDUCE)
+def _reduce(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.reduce(_REDUCE[node.op], em.inputs(node)[0], node.attrs["axes"], node.attrs["keepdims"], out=ys[0])
+
+
+# ---- joining, splitting, slicing, padding ------------------------------------------------------
+
+
+@_lowers("concat", emits=["Concat"])
+def _concat(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.concat(em.inputs(node), node.attrs["axis"], out=ys[0])
+
+
+@_lowers("split", emits=["Split"])
+def _split(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    (x,) = em.inputs(node)
+    em.emit_multi("Split", [x, em.const(node.attrs["sizes"])], {"axis": int(node.attrs["axis"])}, ys)
+
+
+@_lowers("slice", emits=["Slice"])
+def _slice(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    a = node.attrs
+    xt = em.type_of(node.inputs[0])
+    axis = a["axis"] % xt.rank
+    # Resolve Python slice semantics here so the emitted bounds are plain non-negative numbers.
+    start, stop, step = slice(a["start"], a["end"], a["step"]).indices(xt.shape[axis])
+    em.slice(em.inputs(node)[0], (start,), (stop,), (axis,), (step,), out=ys[0])
+
+
+@_lowers("pad", emits=["Pad"])
+def _pad(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.pad(em.inputs(node)[0], node.attrs["pads"], _PAD_MODES[node.attrs["mode"]], out=ys[0])
+
+
+def whole_upsample(l_in: int, l_out: int) -> bool:
+    """An axis enlarged by a whole factor: ONNX Runtime's channels-first kernel is already fast there."""
+    return l_out >= l_in and l_out % l_in == 0
+
+
+def resize_factors_and_attrs(node: Node, in_shape: Sequence[int]) -> tuple[np.float32, np.float32, dict[str, Any]]:
+    """The exact float32 height and width factors and the ONNX Resize attributes of IR resize ``node``."""
+    a = node.attrs
+    h, w = in_shape[2:]
+    (ho, wo), (sh, sw) = a["sizes"], a["scales"]
+    if a["mode"] == "linear":
+        attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    else:
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    return exact_resize_scale(h, ho, sh), exact_resize_scale(w, wo, sw), attrs
+
+
+@_lowers("resize", emits=["Resize"])
+def _resize(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    fh, fw, attrs = resize_factors_and_attrs(node, em.type_of(node.inputs[0]).shape)
+    x = em.inputs(node)[0]
+    em.emit("Resize", [x, EMPTY, em.const([1.0, 1.0, fh, fw], np.float32)], attrs, out=ys[0])
+
+
+
+@_lowers("roll", emits=["Identity", "Slice", "Concat"])
+def _roll(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    xt = em.type_of(node.inputs[0])
+    # numpy.roll broadcasts shifts against axes; each (shift, axis) pair applies in turn.
+    shifts, axes = np.broadcast_arrays(np.atleast_1d(node.attrs["shifts"]), np.atleast_1d(node.attrs["axes"]))
+    # numpy.roll: y[i] = x[(i - k) mod n], i.e. the last k entries move to the front.
+    moves = [(int(ax) % xt.rank, int(sh) % xt.shape[ax]) for sh, ax in zip(shifts, axes, strict=True)]
+    moves = [(ax, k) for ax, k in moves if k]
+    cur = em.inputs(node)[0]
+    if not moves:
+        em.emit("Identity", [cur], out=ys[0])
+        return
+    for j, (ax, k) in enumerate(moves):
+        n = xt.shape[ax]
+        head = em.slice(cur, (n - k,), (n,), (ax,))
+        tail = em.slice(cur, (0,), (n - k,), (ax,))
+        cur = em.concat([head, tail], ax, out=ys[0] if j == len(moves) - 1 else None)
+
+
+@_lowers("gather", emits=["Gather"])
+def _gather(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])
+
+
+@_lowers("where", emits=["Cast", "Where"])
+def _where(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    cond, a, b = em.inputs(node)
+    if em.type_of(node.inputs[0]).dtype != "bool":  # nonzero selects a, as ONNX's Cast to bool gives
+        cond = em.emit("Cast", [cond], {"to": onnx.TensorProto.BOOL})
+    em.emit("Where", [cond, a, b], out=ys[0])
+
+
+def supported_ops() -> frozenset[str]:
+    """The IR ops this backend can lower."""
+    return frozenset(LOWERINGS)
+
+
+def emitted_ops(op: str) -> frozenset[str]:
+    """The ONNX op types the lowering of IR op ``op`` may emit (empty when it declares none)."""
+    return _EMITS.get(op, frozenset())
+
