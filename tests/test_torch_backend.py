@@ -539,7 +539,7 @@ def local_attention_np(q, k, v, pos, heads, kernel, stride, scale):
 @pytest.mark.parametrize("size", [(4, 6), (16, 10), (6, 18)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("stride,with_pos", [(1, True), (2, True), (1, False)])
 def test_local_attention(stride, with_pos, size):
-    # Maps of one tile (4x6), of several tiles along one side (16x10 at stride 1: 8x5 tiles), of tiles
+    # Maps of one tile (4x6), of several tiles along one side (16x10 at stride 1: two tiles of 8x10), of tiles
     # that are not square (6x18 at stride 2: 3x9 output pixels, one tile of all of them).
     heads, kernel = 2, 3
     shapes = [(2, 6, *size)] * 3 + ([(1, 3, *size)] if with_pos else [])
