@@ -25,6 +25,7 @@ from netdsl.backends.torch_literals import (
 from netdsl.backends.torch_module_tree import attr, build_tree, conv_options, find_layers
 from netdsl.backends.torch_runtime import local_attention, positional_grid, resize, rotate, shift
 from netdsl.ir import Graph, Node, TensorType
+from netdsl.passes.local_attention_to_matmul import tile_size
 
 
 class ModuleSource:
@@ -335,6 +336,8 @@ def _attention(src: ModuleSource, node: Node) -> str:
 def _local_attention(src: ModuleSource, node: Node) -> str:
     q, k, v, *pos = src.args(node)
     options = {key: lit(node.attrs[key]) for key in ("heads", "kernel", "stride", "scale")}
+    _, _, height, width = src.type_out(node).shape
+    options["tile"] = lit((tile_size(height), tile_size(width)))
     return call_expr(src.use(local_attention), q, k, v, pos[0] if pos else "None", **options)
 
 

@@ -62,6 +62,7 @@ def local_attention(
     kernel: int,
     stride: int,
     scale: float,
+    tile: tuple[int, int],
 ) -> torch.Tensor:
     """Sliding-window multi-head attention over a reflect-padded kernel x kernel neighbourhood (ACmix).
 
@@ -70,45 +71,41 @@ def local_attention(
     logit = sum_e scale*q[e, si, sj] * (k[e, nb] + pos[e, si, sj] - pos[e, nb]) with (si, sj) =
     (stride*i, stride*j); the output is the softmax-weighted sum of v over the kernel*kernel slots.
 
-    The window slots are taken a group at a time, each group a strided view of the padded map (no
-    copy) with the group's slots on the last axis. Eagerly a group is one slot: its products are the
-    query's size, which the CPU allocator reuses (larger ones are fresh, page-faulting memory on every
-    step). Under ``torch.compile`` a group is one window row: kernel groups instead of kernel², so
-    far fewer operators to trace and fuse, and the compiled step runs much faster than the eager one.
+    Computed over tiles of ``tile`` = (rows, cols) output pixels (they divide the output's sides): one
+    batched matrix product gives each tile pixel's logits against every padded pixel under the tile's
+    windows (its band), a mask drops those outside the pixel's own window, and a second product sums the
+    weighted values. The term q*pos[si, sj] is the same for every slot of a pixel, so the softmax cancels
+    it and the keys are k - pos. A handful of large operators instead of a few per window slot: eagerly
+    the products run as matrix kernels, and under ``torch.compile`` there is little to trace and fuse.
     """
     b, c, h, w = q.shape
     d = c // heads
     p = (kernel - 1) // 2
-    ho, wo = h // stride, w // stride
-    per_row = torch.compiler.is_compiling()
+    rows, cols = tile
+    n_r, n_c = h // stride // rows, w // stride // cols
+    span_r, span_c = stride * (rows - 1) + kernel, stride * (cols - 1) + kernel
 
-    def windows(t: torch.Tensor) -> list[torch.Tensor]:
-        """The slot groups of ``t`` (X, d, H, W): views (X, d, Ho, Wo, slots), in slot order a*kernel + b."""
+    def bands(t: torch.Tensor) -> torch.Tensor:
+        """The padded pixels under each tile's windows: (X, d, H, W) -> (X, row tiles, col tiles, d, band)."""
         padded = F.pad(t, (p, p, p, p), mode="reflect")
-        if per_row:
-            return [padded[:, :, a : a + stride * ho : stride].unfold(3, kernel, stride) for a in range(kernel)]
-        return [
-            padded[:, :, a : a + stride * ho : stride, bb : bb + stride * wo : stride].unsqueeze(-1)
-            for a in range(kernel)
-            for bb in range(kernel)
-        ]
+        cut = padded.unfold(2, span_r, stride * rows)[:, :, :n_r].unfold(3, span_c, stride * cols)[:, :, :, :n_c]
+        return cut.reshape(b * heads, d, n_r, n_c, span_r * span_c).permute(0, 2, 3, 1, 4)
 
-    query = (scale * q[:, :, ::stride, ::stride]).reshape(b * heads, d, ho, wo, 1)
-    keys = windows(k.reshape(b * heads, d, h, w))
-    if pos is None:
-        logits = [(query * key).sum(dim=1) for key in keys]
-    else:
-        pos_query = pos[:, :, ::stride, ::stride].unsqueeze(-1)
-        pairs = zip(keys, windows(pos), strict=True)
-        logits = [(query * (key + pos_query - pos_key)).sum(dim=1) for key, pos_key in pairs]
-    # Slot-major (X, kernel², Ho, Wo): each slot's logits and weights are one contiguous block.
-    weights = torch.softmax(torch.cat([logit.movedim(-1, 1) for logit in logits], dim=1), dim=1)
-    values = windows(v.reshape(b * heads, d, h, w))
-    group = values[0].shape[-1]
-    terms = (weights[:, n * group : (n + 1) * group].movedim(1, -1).unsqueeze(1) * value
-             for n, value in enumerate(values))
-    out = sum(term.sum(dim=-1) if per_row else term.squeeze(-1) for term in terms)
-    return out.reshape(b, c, ho, wo)
+    def inside(size: int, span: int) -> torch.Tensor:
+        """(size, span): output index i's window covers padded stride*i .. stride*i + kernel - 1."""
+        offset = torch.arange(span, device=q.device) - stride * torch.arange(size, device=q.device)[:, None]
+        return (offset >= 0) & (offset < kernel)
+
+    keys = k.reshape(b * heads, d, h, w)
+    if pos is not None:
+        keys = keys - pos
+    query = (scale * q[:, :, ::stride, ::stride]).reshape(b * heads, d, n_r, rows, n_c, cols)
+    query = query.permute(0, 2, 4, 3, 5, 1).reshape(b * heads, n_r, n_c, rows * cols, d)
+    window = inside(rows, span_r)[:, None, :, None] & inside(cols, span_c)[None, :, None, :]
+    logits = (query @ bands(keys)).masked_fill(~window.reshape(rows * cols, span_r * span_c), float("-inf"))
+    out = torch.softmax(logits, dim=-1) @ bands(v.reshape(b * heads, d, h, w)).transpose(-1, -2)
+    out = out.reshape(b * heads, n_r, n_c, rows, cols, d).permute(0, 5, 1, 3, 2, 4)
+    return out.reshape(b, c, h // stride, w // stride)
 
 
 def positional_grid(height: int, width: int) -> torch.Tensor:

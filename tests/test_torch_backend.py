@@ -537,13 +537,13 @@ def local_attention_np(q, k, v, pos, heads, kernel, stride, scale):
     return y
 
 
-@pytest.mark.parametrize("compiling", [False, True], ids=["slot-groups", "row-groups"])
+@pytest.mark.parametrize("size", [(4, 6), (16, 10), (6, 18)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("stride,with_pos", [(1, True), (2, True), (1, False)])
-def test_local_attention(stride, with_pos, compiling, monkeypatch):
-    # Under torch.compile the generated function groups the window slots by row; the same numbers either way.
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+def test_local_attention(stride, with_pos, size):
+    # Maps of one tile (4x6), of several tiles along one side (16x10 at stride 1: two tiles of 8x10), of tiles
+    # that are not square (6x18 at stride 2: 3x9 output pixels, one tile of all of them).
     heads, kernel = 2, 3
-    shapes = [(2, 6, 4, 6)] * 3 + ([(1, 3, 4, 6)] if with_pos else [])
+    shapes = [(2, 6, *size)] * 3 + ([(1, 3, *size)] if with_pos else [])
 
     def expected(q, k, v, pos=None):
         return local_attention_np(q, k, v, pos, heads, kernel, stride, 0.5).astype(np.float32)
@@ -686,9 +686,8 @@ def test_generated_source_imports_only_torch_and_is_deterministic():
 
 def test_forward_lines_name_their_spec_location():
     source = generate_source(acmix_like_graph())
-    assert "local_attention(q, k, v, pe, heads=2, kernel=3, stride=1, scale=0.5)  # specs/acmix.net:10:3 in acmix" in (
-        source
-    )
+    assert ("local_attention(q, k, v, pe, heads=2, kernel=3, stride=1, scale=0.5, tile=(6, 6))"
+            "  # specs/acmix.net:10:3 in acmix") in source
 
 
 def test_written_source_is_a_standalone_module(tmp_path):
