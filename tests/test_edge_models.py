@@ -165,3 +165,14 @@ def test_restricted_target_covers_every_node_and_equals_onnx(run_cli: Callable, 
 def test_restricted_target_covers_every_node_and_equals_onnx_at_full_size(
         run_cli: Callable, tmp_path: Path, model: EdgeModel, target: str) -> None:
     check_restricted(run_cli, tmp_path, Case(f"models/{model.name}.net"), target)
+
+
+def test_mobilevit_s_refuses_an_input_side_not_divisible_by_64(run_cli: Callable, tmp_path: Path) -> None:
+    spec, out = MODELS / "mobilevit_s.net", tmp_path / "m.onnx"
+    lines = spec.read_text(encoding="utf-8").splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if "require H % 64" in text)
+    code, _, err = run_cli(["compile", spec, "--input", "x=1x3x224x224", "-o", out])
+    assert code == 2
+    assert "error: constraint failed: MobileViT-S needs an input side divisible by 64, found 224x224" in err
+    assert f"mobilevit_s.net:{line}:13" in err
+    assert not out.exists()
