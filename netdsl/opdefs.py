@@ -246,7 +246,9 @@ for _name, _doc, _surface in [
     ("gelu", "x * Phi(x) with the exact erf form", ("gelu",)),
     ("sigmoid", "1 / (1 + exp(-x))", ("sigmoid",)),
     ("silu", "x * sigmoid(x) (Swish)", ("silu", "swish")),
-    ("hardswish", "x * clip(x + 3, 0, 6) / 6", ("hardswish",)),
+    ("hardswish", "x * clip(x + 3, 0, 6) / 6 (PyTorch's hardswish)", ("hardswish",)),
+    ("relu6", "clip(x, 0, 6) = min(max(x, 0), 6)", ("relu6",)),
+    ("hardsigmoid", "clip(x + 3, 0, 6) / 6 (PyTorch's hardsigmoid: relu6(x + 3) / 6)", ("hardsigmoid",)),
     ("tanh", "tanh(x)", ("tanh",)),
     ("exp", "exp(x)", ("exp",)),
     ("erf", "the error function erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt", ("erf",)),
@@ -254,6 +256,20 @@ for _name, _doc, _surface in [
     ("identity", "x", ("identity",)),
 ]:
     _unary(_name, _doc, _surface)
+
+
+@_op("clamp", 1, 1, args=(X, Arg("min", "float", None), Arg("max", "float", None)), surface=True)
+def _clamp(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """min(max(x, min), max) with constant float bounds, either of which may be absent (then unbounded).
+
+    attrs: min, max (at least one; min <= max). Equal bounds give a constant.
+    """
+    lo, hi = attrs.get("min"), attrs.get("max")
+    if lo is None and hi is None:
+        raise OpTypeError("clamp needs min=, max= or both")
+    if lo is not None and hi is not None and lo > hi:
+        raise OpTypeError(f"clamp min ({lo:g}) is greater than max ({hi:g})", "min")
+    return [types[0]]
 
 
 def check_valid_range(attrs: dict[str, Any]) -> tuple[float, float] | None:
