@@ -757,6 +757,14 @@ def _clamp(src: ModuleSource, node: Node) -> str:
     return _call("torch.clamp", src.arg(node, 0), **bounds)
 
 
+_ELEMENTWISE_FUNCTIONS = {"minimum": "torch.minimum"}
+
+
+@_emits(*_ELEMENTWISE_FUNCTIONS)
+def _elementwise_function(src: ModuleSource, node: Node) -> str:
+    return _call(_ELEMENTWISE_FUNCTIONS[node.op], src.arg(node, 0), src.arg(node, 1))
+
+
 @_emits("neg")
 def _neg(src: ModuleSource, node: Node) -> str:
     return f"-{src.arg(node, 0)}"

@@ -206,6 +206,7 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "sub": np.subtract,
     "mul": np.multiply,
     "div": np.divide,
+    "minimum": np.minimum,
 }
 
 for _name, _fn in _UNARY.items():

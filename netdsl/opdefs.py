@@ -330,15 +330,16 @@ def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def _binary(name: str, doc: str) -> None:
+def _binary(name: str, doc: str, surface: tuple[str, ...] = ()) -> None:
     def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         return [TensorType(_same_dtype(types), broadcast_shapes(types[0].shape, types[1].shape))]
 
-    OPS[name] = OpDef(name, 2, 2, infer, doc, args=(Arg("a", "tensor"), Arg("b", "tensor")))
+    OPS[name] = OpDef(name, 2, 2, infer, doc, args=(Arg("a", "tensor"), Arg("b", "tensor")), surface=surface)
 
 
 for _name, _doc in {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b"}.items():
     _binary(_name, _doc + " with numpy broadcasting")
+_binary("minimum", "elementwise min(a, b) of two tensors with numpy broadcasting", ("minimum",))
 
 
 @_op("where", 3, 3, args=(Arg("mask", "tensor"), Arg("a", "tensor"), Arg("b", "tensor")), surface=True)
