@@ -62,7 +62,7 @@ _UNARY = {
     "sqrt": "Sqrt",
     "identity": "Identity",
 }
-_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min"}
 _REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin"}
 _PAD_MODES = {"zero": "constant", "reflect": "reflect", "edge": "edge"}
 
@@ -400,6 +400,32 @@ def _groupnorm(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
 @_lowers(*_UNARY, emits=_UNARY)
 def _unary(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit(_UNARY[node.op], em.inputs(node), out=ys[0])
+
+
+@_lowers("relu6", emits=["Clip"])
+def _relu6(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
+    (x,) = em.inputs(node)
+    like = node.inputs[0]
+    em.emit("Clip", [x, em.scalar(0.0, like), em.scalar(6.0, like)], out=ys[0])
+
+
+@_lowers("hardsigmoid", emits=["HardSigmoid"])
+def _hardsigmoid(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
+    # ONNX HardSigmoid is max(0, min(1, alpha*x + beta)): PyTorch's clip(x + 3, 0, 6) / 6 with alpha 1/6, beta 1/2.
+    em.emit("HardSigmoid", em.inputs(node), {"alpha": 1.0 / 6.0, "beta": 0.5}, out=ys[0])
+
+
+@_lowers("clamp", emits=["Clip", "Max", "Min"])
+def _clamp(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
+    (x,) = em.inputs(node)
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    like = node.inputs[0]
+    if lo is None:
+        em.emit("Min", [x, em.scalar(hi, like)], out=ys[0])
+    elif hi is None:
+        em.emit("Max", [x, em.scalar(lo, like)], out=ys[0])
+    else:
+        em.emit("Clip", [x, em.scalar(lo, like), em.scalar(hi, like)], out=ys[0])
 
 
 @_lowers("silu", emits=["Mul", "Sigmoid"])

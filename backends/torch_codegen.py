@@ -732,6 +732,8 @@ _UNARY = {
     "sigmoid": "torch.sigmoid",
     "silu": "F.silu",
     "hardswish": "F.hardswish",
+    "relu6": "F.relu6",
+    "hardsigmoid": "F.hardsigmoid",
     "tanh": "torch.tanh",
     "exp": "torch.exp",
     "sqrt": "torch.sqrt",
@@ -747,6 +749,20 @@ def _unary(src: ModuleSource, node: Node) -> str:
 @_emits("pow")
 def _pow(src: ModuleSource, node: Node) -> str:
     return f"{src.arg(node, 0)} ** {lit(float(node.attrs['exponent']))}"
+
+
+@_emits("clamp")
+def _clamp(src: ModuleSource, node: Node) -> str:
+    bounds = {k: lit(float(node.attrs[k])) for k in ("min", "max") if node.attrs.get(k) is not None}
+    return _call("torch.clamp", src.arg(node, 0), **bounds)
+
+
+_ELEMENTWISE_FUNCTIONS = {"minimum": "torch.minimum"}
+
+
+@_emits(*_ELEMENTWISE_FUNCTIONS)
+def _elementwise_function(src: ModuleSource, node: Node) -> str:
+    return _call(_ELEMENTWISE_FUNCTIONS[node.op], src.arg(node, 0), src.arg(node, 1))
 
 
 @_emits("neg")

@@ -191,6 +191,8 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": _sigmoid,
     "silu": lambda x: x * _sigmoid(x),
     "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "relu6": lambda x: np.clip(x, 0.0, 6.0).astype(x.dtype),
+    "hardsigmoid": lambda x: (np.clip(x + 3.0, 0.0, 6.0) / 6.0).astype(x.dtype),
     "tanh": np.tanh,
     "exp": np.exp,
     "neg": np.negative,
@@ -204,12 +206,19 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "sub": np.subtract,
     "mul": np.multiply,
     "div": np.divide,
+    "minimum": np.minimum,
 }
 
 for _name, _fn in _UNARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn: fn(args[0]))
 for _name, _fn2 in _BINARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn2: fn(args[0], args[1]))
+
+
+@_kernel("clamp")
+def _clamp(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    lo, hi = attrs.get("min"), attrs.get("max")
+    return np.clip(args[0], -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(args[0].dtype)
 
 
 @_kernel("pow")
