@@ -62,7 +62,7 @@ _UNARY = {
     "sqrt": "Sqrt",
     "identity": "Identity",
 }
-_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min"}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min", "maximum": "Max"}
 _REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin"}
 _PAD_MODES = {"zero": "constant", "reflect": "reflect", "edge": "edge"}
 

@@ -757,7 +757,7 @@ def _clamp(src: ModuleSource, node: Node) -> str:
     return _call("torch.clamp", src.arg(node, 0), **bounds)
 
 
-_ELEMENTWISE_FUNCTIONS = {"minimum": "torch.minimum"}
+_ELEMENTWISE_FUNCTIONS = {"minimum": "torch.minimum", "maximum": "torch.maximum"}
 
 
 @_emits(*_ELEMENTWISE_FUNCTIONS)

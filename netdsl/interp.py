@@ -207,6 +207,7 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "mul": np.multiply,
     "div": np.divide,
     "minimum": np.minimum,
+    "maximum": np.maximum,
 }
 
 for _name, _fn in _UNARY.items():

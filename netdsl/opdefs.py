@@ -340,6 +340,7 @@ def _binary(name: str, doc: str, surface: tuple[str, ...] = ()) -> None:
 for _name, _doc in {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b"}.items():
     _binary(_name, _doc + " with numpy broadcasting")
 _binary("minimum", "elementwise min(a, b) of two tensors with numpy broadcasting", ("minimum",))
+_binary("maximum", "elementwise max(a, b) of two tensors with numpy broadcasting", ("maximum",))
 
 
 @_op("where", 3, 3, args=(Arg("mask", "tensor"), Arg("a", "tensor"), Arg("b", "tensor")), surface=True)
