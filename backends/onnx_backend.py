@@ -622,6 +622,8 @@ def _pool(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
         "strides": [int(s) for s in a["stride"]],
         "pads": [int(p) for p in a["pads"]],
     }
+    if a.get("ceil_mode"):
+        attrs["ceil_mode"] = 1
     dilation = [int(d) for d in a.get("dilation", (1, 1))]
     if node.op == "maxpool":
         em.emit("MaxPool", [x], {**attrs, "dilations": dilation}, out=ys[0])
@@ -630,7 +632,7 @@ def _pool(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
         if em.opset < 19:
             raise ValueError(f"dilated average pooling needs opset 19 or later (asked for {em.opset})")
         attrs["dilations"] = dilation
-    em.emit("AveragePool", [x], {**attrs, "count_include_pad": 1}, out=ys[0])
+    em.emit("AveragePool", [x], {**attrs, "count_include_pad": int(a.get("count_include_pad", True))}, out=ys[0])
 
 
 @_lowers(*_REDUCE, emits=_REDUCE)

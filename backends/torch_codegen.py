@@ -844,16 +844,29 @@ def _window_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, in
     return options, None
 
 
+def _pool_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, int] | None]:
+    """:func:`_window_options` of a pool, with its ceil_mode and count_include_pad when they are not the default.
+
+    Both depend on where the padding is, so they need PyTorch's own (even) padding, not a pad applied first."""
+    options, pads = _window_options(node)
+    flags = {k: lit(bool(node.attrs[k])) for k, default in (("ceil_mode", False), ("count_include_pad", True))
+             if k in node.attrs and bool(node.attrs[k]) != default}
+    if flags and pads is not None:
+        raise ValueError(f"{node.op} with {', '.join(flags)} and uneven padding {list(node.attrs['pads'])} has no "
+                         "PyTorch equivalent")
+    return {**options, **flags}, pads
+
+
 @_emits("avgpool")
 def _avgpool(src: ModuleSource, node: Node) -> str:
-    options, pads = _window_options(node)
+    options, pads = _pool_options(node)
     # Explicit zero padding counts in the mean exactly like count_include_pad=True padding.
     return _call("F.avg_pool2d", _pad_call(src.arg(node, 0), pads), **options)
 
 
 @_emits("maxpool")
 def _maxpool(src: ModuleSource, node: Node) -> str:
-    options, pads = _window_options(node)
+    options, pads = _pool_options(node)
     x = _pad_call(src.arg(node, 0), pads, value='float("-inf")')
     return _call("F.max_pool2d", x, **options)
 

@@ -104,6 +104,33 @@ def conv_out_len(n: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
     return (n + p0 + p1 - d * (k - 1) - 1) // s + 1
 
 
+def pool_out_len(n: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool) -> int:
+    """Output length of a pooling window along one axis, PyTorch's rule: in ceil mode the size rounds up,
+    but the last window must start inside the input or its leading padding (``p0``)."""
+    if not ceil_mode:
+        return conv_out_len(n, k, s, p0, p1, 1)
+    out = -(-(n + p0 + p1 - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n + p0 else out
+
+
+def ceil_extra(n: int, k: int, s: int, p0: int, p1: int) -> int:
+    """Trailing padding to add to ``p1`` so that floor mode gives ceil mode's output length."""
+    out = pool_out_len(n, k, s, p0, p1, True)
+    return max(0, (out - 1) * s + k - (n + p0 + p1))
+
+
+def window_counts(n: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool, count_include_pad: bool) -> list[int]:
+    """Divisor of each average-pooling window along one axis (PyTorch's ``avg_pool2d``): the window
+    clipped to the padded input, or to the input itself without ``count_include_pad``. A 2-D window's
+    divisor is the product of its two axes' counts."""
+    counts = []
+    for i in range(pool_out_len(n, k, s, p0, p1, ceil_mode)):
+        start = i * s - p0
+        end = min(start + k, n + p1)
+        counts.append(end - start if count_include_pad else min(end, n) - max(start, 0))
+    return counts
+
+
 def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tuple[int, int]:
     x = types[0]
     kh, kw = attrs["kernel"]
@@ -115,8 +142,12 @@ def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tu
             raise OpTypeError(f"{what} {key} must be positive, found {list(vals)}", key)
     if min(pt, pl, pb, pr) < 0:
         raise OpTypeError(f"{what} padding must not be negative, found {[pt, pl, pb, pr]}", "pads")
-    ho = conv_out_len(x.shape[2], kh, sh, pt, pb, dh)
-    wo = conv_out_len(x.shape[3], kw, sw, pl, pr, dw)
+    if attrs.get("ceil_mode"):
+        ho = pool_out_len(x.shape[2], kh, sh, pt, pb, True)
+        wo = pool_out_len(x.shape[3], kw, sw, pl, pr, True)
+    else:
+        ho = conv_out_len(x.shape[2], kh, sh, pt, pb, dh)
+        wo = conv_out_len(x.shape[3], kw, sw, pl, pr, dw)
     if ho < 1 or wo < 1:
         raise OpTypeError(
             f"{what} window {kh}x{kw} (dilation {dh}x{dw}, padding {pt},{pl},{pb},{pr}) does not fit "
@@ -503,19 +534,35 @@ def _local_attention(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
     return [q.with_shape((b, c, h // s, w // s))]
 
 
-def _pool(name: str, doc: str) -> None:
+def _pool(name: str, doc: str, flags: tuple[Arg, ...]) -> None:
     def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = types[0]
         _rank(x, 4, 0, f"{name} input")
+        if attrs.get("ceil_mode") or not attrs.get("count_include_pad", True):
+            # PyTorch's rule, which keeps every window on some input: with these options a window of
+            # padding alone would have no divisor (and ceil mode's cut windows assume it).
+            (kh, kw), (pt, pl, pb, pr) = attrs["kernel"], attrs["pads"]
+            if max(pt, pb) > kh // 2 or max(pl, pr) > kw // 2:
+                raise OpTypeError(f"{name} padding {[pt, pl, pb, pr]} must be at most half the kernel "
+                                  f"{kh}x{kw} with ceil_mode or count_include_pad=false", "pads")
+            if tuple(attrs.get("dilation", (1, 1))) != (1, 1):
+                raise OpTypeError(f"{name} ceil_mode and count_include_pad take no dilation", "kernel")
         ho, wo = _window_out(types, attrs, name)
         return [x.with_shape((x.shape[0], x.shape[1], ho, wo))]
 
     OPS[name] = OpDef(name, 1, 1, infer, doc,
-                      args=(X, Arg("kernel", "pair"), Arg("stride", "pair"), Arg("pads", "pads")))
+                      args=(X, Arg("kernel", "pair"), Arg("stride", "pair"), Arg("pads", "pads"), *flags))
 
 
-_pool("avgpool", "Average pooling; attrs kernel, stride, pads; padded zeros count in the mean (PyTorch default).")
-_pool("maxpool", "Max pooling; attrs kernel, stride, pads; padding never wins the max.")
+_CEIL_MODE = Arg("ceil_mode", "bool", False)
+_pool("avgpool", """Average pooling, PyTorch's ``avg_pool2d``; attrs kernel, stride, pads, ceil_mode, count_include_pad.
+
+Each window's sum is divided by its size clipped to the padded input (count_include_pad, the
+default: padded zeros count) or by the number of input elements in it (count_include_pad false).
+ceil_mode rounds the output size up (:func:`pool_out_len`); windows past the padded input are cut.""",
+      (_CEIL_MODE, Arg("count_include_pad", "bool", True)))
+_pool("maxpool", """Max pooling; attrs kernel, stride, pads, ceil_mode (as avgpool's); padding never wins the max.""",
+      (_CEIL_MODE,))
 
 
 def _reduce(name: str, doc: str) -> None:

@@ -358,18 +358,22 @@ def local_attention(el: Elaborator, scope: Scope, b: Bound) -> Any:
                  stride=b["stride"], scale=scale)
 
 
-def _pool(name: str) -> None:
+def _pool(name: str, *flags: Arg) -> None:
     def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
         stride = b["stride"] if b["stride"] is not None else b["kernel"]
-        return _emit(el, scope, b, name, [b["x"]], ["x"], kernel=b["kernel"], stride=stride, pads=b["padding"])
+        # A flag at its default is left out of the node: the IR of a pool written without it stays as it was.
+        options = {a.name: b[a.name] for a in flags if b[a.name] != a.default}
+        spans = {**b.spans, "pads": b.spans["padding"]} if "padding" in b.spans else b.spans
+        return el.emit(scope, name, [b["x"]], b.call.span, arg_spans=[b.spans["x"]], kw_spans=spans,
+                       kernel=b["kernel"], stride=stride, pads=b["padding"], **options)
 
     body.__doc__ = f"{name[:3]} pooling over kernel x kernel windows (stride defaults to the kernel)"
     surface(name, Arg("x", "tensor"), Arg("kernel", "pair"), Arg("stride", "pair", None),
-            Arg("padding", "pads", 0))(body)
+            Arg("padding", "pads", 0), *flags)(body)
 
 
-_pool("avgpool")
-_pool("maxpool")
+_pool("avgpool", Arg("ceil_mode", "bool", False), Arg("count_include_pad", "bool", True))
+_pool("maxpool", Arg("ceil_mode", "bool", False))
 
 
 def _reduce(name: str, ir_op: str) -> None:
