@@ -150,18 +150,30 @@ def test_timm_state_dict_has_the_specs_names_and_shapes(timm: Any, model: EdgeMo
 # ----------------------------------------------------------------------------------------------------------
 # Restricted targets
 
-RESTRICTED = [(m, target) for m in EDGE for target in ("trt-restricted", "trt-dla")]
-RESTRICTED_IDS = [f"{m.name}-{target}" for m, target in RESTRICTED]
+# relu6 and hardsigmoid (ONNX Clip and HardSigmoid) have no lowering for the TensorRT targets yet, and
+# neither profile covers them: until they do, the two MobileNets are expected to fail here (strictly, so
+# that the mark goes once the lowerings land).
+UNLOWERED = {"mobilenetv2_100": "relu6", "mobilenetv3_large_100": "relu6 and hardsigmoid"}
 
 
-@pytest.mark.parametrize(("model", "target"), RESTRICTED, ids=RESTRICTED_IDS)
+def restricted_case(model: EdgeModel, target: str) -> Any:
+    """``(model, target)`` as a test parameter, marked when the model needs an op without a lowering."""
+    marks = [pytest.mark.xfail(strict=True, reason=f"{UNLOWERED[model.name]}: no {target} lowering yet")] \
+        if model.name in UNLOWERED else []
+    return pytest.param(model, target, marks=marks, id=f"{model.name}-{target}")
+
+
+RESTRICTED = [restricted_case(m, target) for m in EDGE for target in ("trt-restricted", "trt-dla")]
+
+
+@pytest.mark.parametrize(("model", "target"), RESTRICTED)
 def test_restricted_target_covers_every_node_and_equals_onnx(run_cli: Callable, tmp_path: Path, model: EdgeModel,
                                                              target: str) -> None:
     check_restricted(run_cli, tmp_path, Case(f"models/{model.name}.net", shape=shape(SMALL)), target)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "target"), RESTRICTED, ids=RESTRICTED_IDS)
+@pytest.mark.parametrize(("model", "target"), RESTRICTED)
 def test_restricted_target_covers_every_node_and_equals_onnx_at_full_size(
         run_cli: Callable, tmp_path: Path, model: EdgeModel, target: str) -> None:
     check_restricted(run_cli, tmp_path, Case(f"models/{model.name}.net"), target)
