@@ -29,7 +29,7 @@ UNARY = {
     "sqrt": "Sqrt",
     "identity": "Identity",
 }
-BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
+BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "minimum": "Min", "maximum": "Max"}
 _REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin"}
 _PAD_MODES = {"zero": "constant", "reflect": "reflect", "edge": "edge"}
 
@@ -157,6 +157,32 @@ def _groupnorm(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
 @_lowers(*UNARY, emits=UNARY)
 def _unary(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
     em.emit(UNARY[node.op], em.inputs(node), out=ys[0])
+
+
+@_lowers("relu6", emits=["Clip"])
+def _relu6(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    (x,) = em.inputs(node)
+    like = node.inputs[0]
+    em.emit("Clip", [x, em.scalar(0.0, like), em.scalar(6.0, like)], out=ys[0])
+
+
+@_lowers("hardsigmoid", emits=["HardSigmoid"])
+def _hardsigmoid(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    # ONNX HardSigmoid is max(0, min(1, alpha*x + beta)): PyTorch's clip(x + 3, 0, 6) / 6 with alpha 1/6, beta 1/2.
+    em.emit("HardSigmoid", em.inputs(node), {"alpha": 1.0 / 6.0, "beta": 0.5}, out=ys[0])
+
+
+@_lowers("clamp", emits=["Clip", "Max", "Min"])
+def _clamp(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    (x,) = em.inputs(node)
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    like = node.inputs[0]
+    if lo is None:
+        em.emit("Min", [x, em.scalar(hi, like)], out=ys[0])
+    elif hi is None:
+        em.emit("Max", [x, em.scalar(lo, like)], out=ys[0])
+    else:
+        em.emit("Clip", [x, em.scalar(lo, like), em.scalar(hi, like)], out=ys[0])
 
 
 @_lowers("silu", emits=["Mul", "Sigmoid"])
@@ -353,6 +379,8 @@ def _pool(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
         "strides": [int(s) for s in a["stride"]],
         "pads": [int(p) for p in a["pads"]],
     }
+    if a.get("ceil_mode"):
+        attrs["ceil_mode"] = 1
     dilation = [int(d) for d in a.get("dilation", (1, 1))]
     if node.op == "maxpool":
         em.emit("MaxPool", [x], {**attrs, "dilations": dilation}, out=ys[0])
@@ -361,7 +389,7 @@ def _pool(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
         if em.opset < 19:
             raise ValueError(f"dilated average pooling needs opset 19 or later (asked for {em.opset})")
         attrs["dilations"] = dilation
-    em.emit("AveragePool", [x], {**attrs, "count_include_pad": 1}, out=ys[0])
+    em.emit("AveragePool", [x], {**attrs, "count_include_pad": int(a.get("count_include_pad", True))}, out=ys[0])
 
 
 @_lowers(*_REDUCE, emits=_REDUCE)

@@ -157,6 +157,8 @@ _UNARY = {
     "sigmoid": "torch.sigmoid",
     "silu": "F.silu",
     "hardswish": "F.hardswish",
+    "relu6": "F.relu6",
+    "hardsigmoid": "F.hardsigmoid",
     "tanh": "torch.tanh",
     "exp": "torch.exp",
     "sqrt": "torch.sqrt",
@@ -172,6 +174,20 @@ def _unary(src: ModuleSource, node: Node) -> str:
 @_emits("pow")
 def _pow(src: ModuleSource, node: Node) -> str:
     return f"{src.arg(node, 0)} ** {lit(float(node.attrs['exponent']))}"
+
+
+@_emits("clamp")
+def _clamp(src: ModuleSource, node: Node) -> str:
+    bounds = {k: lit(float(node.attrs[k])) for k in ("min", "max") if node.attrs.get(k) is not None}
+    return call_expr("torch.clamp", src.arg(node, 0), **bounds)
+
+
+_ELEMENTWISE_FUNCTIONS = {"minimum": "torch.minimum", "maximum": "torch.maximum"}
+
+
+@_emits(*_ELEMENTWISE_FUNCTIONS)
+def _elementwise_function(src: ModuleSource, node: Node) -> str:
+    return call_expr(_ELEMENTWISE_FUNCTIONS[node.op], src.arg(node, 0), src.arg(node, 1))
 
 
 @_emits("neg")
@@ -253,16 +269,29 @@ def _window_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, in
     return options, None
 
 
+def _pool_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, int] | None]:
+    """:func:`_window_options` of a pool, with its ceil_mode and count_include_pad when they are not the default.
+
+    Both depend on where the padding is, so they need PyTorch's own (even) padding, not a pad applied first."""
+    options, pads = _window_options(node)
+    flags = {k: lit(bool(node.attrs[k])) for k, default in (("ceil_mode", False), ("count_include_pad", True))
+             if k in node.attrs and bool(node.attrs[k]) != default}
+    if flags and pads is not None:
+        raise ValueError(f"{node.op} with {', '.join(flags)} and uneven padding {list(node.attrs['pads'])} has no "
+                         "PyTorch equivalent")
+    return {**options, **flags}, pads
+
+
 @_emits("avgpool")
 def _avgpool(src: ModuleSource, node: Node) -> str:
-    options, pads = _window_options(node)
+    options, pads = _pool_options(node)
     # Explicit zero padding counts in the mean exactly like count_include_pad=True padding.
     return call_expr("F.avg_pool2d", _pad_call(src.arg(node, 0), pads), **options)
 
 
 @_emits("maxpool")
 def _maxpool(src: ModuleSource, node: Node) -> str:
-    options, pads = _window_options(node)
+    options, pads = _pool_options(node)
     x = _pad_call(src.arg(node, 0), pads, value='float("-inf")')
     return call_expr("F.max_pool2d", x, **options)
 

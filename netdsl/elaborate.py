@@ -13,21 +13,21 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from netdsl import ast
 from netdsl.builder import GraphBuilder
 from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
+from netdsl.init_funcs import INIT_FUNCS
 from netdsl.init_overrides import InitOverrides
+from netdsl.initializers import NP_DTYPES
 from netdsl.ir import DTYPES, Frame, Graph, Init, Provenance, Span, TensorType
 from netdsl.loader import Program
 from netdsl.opdefs import OpTypeError
 from netdsl.parser import parse_source
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A tensor value during elaboration: the name of an IR value or parameter."""
-
-    name: str
+from netdsl.signatures import bind
+from netdsl.surface_ops import SURFACE_OPS, call_op
+from netdsl.values import Tensor, show, type_name
 
 
 @dataclass
@@ -63,35 +63,6 @@ class Scope:
         n = self.counters.get(op, 0)
         self.counters[op] = n + 1
         return f"{op}{n}"
-
-
-def type_name(v: Any) -> str:
-    """The language's name for a compile-time value's type."""
-    if isinstance(v, Tensor):
-        return "tensor"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "str"
-    if isinstance(v, list):
-        inner = {type_name(x) for x in v}
-        return f"[{inner.pop()}]" if len(inner) == 1 else "list"
-    return type(v).__name__
-
-
-def show(v: Any) -> str:
-    """A compile-time value as the user would write it."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list):
-        return "[" + ", ".join(show(x) for x in v) + "]"
-    if isinstance(v, str):
-        return f'"{v}"'
-    return repr(v) if isinstance(v, float) else str(v)
 
 
 BUILTIN_FUNCS = ("range", "len", "sum", "min", "max", "int", "float", "str", "abs", "prod", "ceil", "floor", "sqrt")
@@ -482,8 +453,6 @@ class Elaborator:
         return True
 
     def _init(self, scope: Scope, e: ast.Expr, t: TensorType) -> Init:
-        from netdsl.surface_ops import INIT_FUNCS, bind
-
         if isinstance(e, ast.Call) and e.func in INIT_FUNCS:
             func = INIT_FUNCS[e.func]
             values = bind(self, scope, func, e).values
@@ -643,10 +612,6 @@ class Elaborator:
     def check_fits(self, scope: Scope, value: float, dtype: str, span: Span) -> None:
         """A located error unless ``value`` is exactly representable in range as a number of IR dtype ``dtype``
         (integers: a whole number within the type's bounds; floats: finite and within the largest magnitude)."""
-        import numpy as np
-
-        from netdsl.initializers import NP_DTYPES
-
         kind = np.dtype(NP_DTYPES[dtype]).kind
         if kind == "b":
             return
@@ -661,10 +626,6 @@ class Elaborator:
             raise self.error(scope, f"the constant {show(value)} does not fit a {dtype} tensor", span)
 
     def constant(self, scope: Scope, value: float, dtype: str, span: Span) -> Tensor:
-        import numpy as np
-
-        from netdsl.initializers import NP_DTYPES
-
         if np.dtype(NP_DTYPES[dtype]).kind == "b":
             raise self.error(scope, f"arithmetic on a {dtype} tensor is not defined", span)
         self.check_fits(scope, value, dtype, span)
@@ -694,8 +655,6 @@ class Elaborator:
         return attrs[e.attr]
 
     def _eval_call(self, e: ast.Call, scope: Scope) -> Any:
-        from netdsl.surface_ops import SURFACE_OPS, call_op
-
         if e.func in self.program.blocks:
             return self.instantiate(scope, self.program.blocks[e.func], e)
         if e.func in SURFACE_OPS:

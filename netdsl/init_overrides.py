@@ -28,11 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from netdsl import ast
 from netdsl.diagnostics import did_you_mean
+from netdsl.init_funcs import INIT_FUNCS, InitFunc
 from netdsl.ir import Frame, Init, Span, TensorType
+from netdsl.signatures import bind
+from netdsl.surface_ops import SURFACE_OPS
+from netdsl.values import show, type_name
 
 if TYPE_CHECKING:
     from netdsl.elaborate import Elaborator, Scope
-    from netdsl.surface_ops import InitFunc
 
 
 @dataclass
@@ -48,8 +51,6 @@ class Override:
     @property
     def rule(self) -> str:
         """The provenance rule of a parameter this entry initialised."""
-        from netdsl.elaborate import show
-
         args = ", ".join(f"{k}={show(v)}" for k, v in self.values.items())
         return f"with init({self.item.selector} = {self.func.name}({args})) at {self.item.span}"
 
@@ -117,9 +118,6 @@ def _selector_span(item: ast.InitOverride) -> Span:
 
 def _resolve(el: Elaborator, scope: Scope, clause: ast.InitClause) -> dict[str, Override]:
     """Check a clause's selectors and initialisers (located errors) and evaluate its arguments in ``scope``."""
-    from netdsl.elaborate import show, type_name
-    from netdsl.surface_ops import INIT_FUNCS, SURFACE_OPS, bind
-
     roles = {name: op.roles for name, op in SURFACE_OPS.items() if op.roles}
     listing = f"ops that create parameters: {', '.join(sorted(roles))}"
     out: dict[str, Override] = {}

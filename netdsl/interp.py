@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Graph, Node, TensorType
-from netdsl.opdefs import conv_out_len
+from netdsl.opdefs import ceil_extra, conv_out_len, window_counts
 from netdsl.resample import linear_taps, nearest_taps
 
 Kernel = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
@@ -191,6 +191,8 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": _sigmoid,
     "silu": lambda x: x * _sigmoid(x),
     "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "relu6": lambda x: np.clip(x, 0.0, 6.0).astype(x.dtype),
+    "hardsigmoid": lambda x: (np.clip(x + 3.0, 0.0, 6.0) / 6.0).astype(x.dtype),
     "tanh": np.tanh,
     "exp": np.exp,
     "neg": np.negative,
@@ -204,12 +206,20 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "sub": np.subtract,
     "mul": np.multiply,
     "div": np.divide,
+    "minimum": np.minimum,
+    "maximum": np.maximum,
 }
 
 for _name, _fn in _UNARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn: fn(args[0]))
 for _name, _fn2 in _BINARY.items():
     _kernel(_name)(lambda args, attrs, fn=_fn2: fn(args[0], args[1]))
+
+
+@_kernel("clamp")
+def _clamp(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    lo, hi = attrs.get("min"), attrs.get("max")
+    return np.clip(args[0], -np.inf if lo is None else lo, np.inf if hi is None else hi).astype(args[0].dtype)
 
 
 @_kernel("pow")
@@ -375,18 +385,35 @@ def _local_attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarra
 # Pooling, reductions, resize
 
 
+def _ceil_pads(x: np.ndarray, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The pool's attrs with ceil mode's cut windows made whole by trailing padding (floor mode after it)."""
+    if not attrs.get("ceil_mode"):
+        return attrs
+    t, l, b, r = attrs["pads"]
+    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+    extra_h = ceil_extra(x.shape[2], kh, sh, t, b)
+    extra_w = ceil_extra(x.shape[3], kw, sw, l, r)
+    return {**attrs, "pads": (t, l, b + extra_h, r + extra_w)}
+
+
 @_kernel("avgpool")
 def _avgpool(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-    # Zero padding takes part in the mean (count_include_pad); in floor mode every window lies
-    # inside the padded map, so the divisor is always kh*kw.
-    return np.mean(_windows(args[0], attrs, attrs["kernel"]), axis=(4, 5))
+    x = args[0]
+    (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
+    ceil, include = bool(attrs.get("ceil_mode")), bool(attrs.get("count_include_pad", True))
+    if include and not ceil:  # every window lies inside the padded map: the divisor is always kh*kw
+        return np.mean(_windows(x, attrs, attrs["kernel"]), axis=(4, 5))
+    sums = np.sum(_windows(x, _ceil_pads(x, attrs), attrs["kernel"]), axis=(4, 5))
+    rows = window_counts(x.shape[2], kh, sh, t, b, ceil, include)
+    cols = window_counts(x.shape[3], kw, sw, l, r, ceil, include)
+    return (sums / np.outer(rows, cols)).astype(x.dtype)
 
 
 @_kernel("maxpool")
 def _maxpool(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     x = args[0]
     lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
-    return np.max(_windows(x, attrs, attrs["kernel"], fill=lowest), axis=(4, 5))
+    return np.max(_windows(x, _ceil_pads(x, attrs), attrs["kernel"], fill=lowest), axis=(4, 5))
 
 
 _REDUCTIONS: dict[str, Callable[..., np.ndarray]] = {"reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max,

@@ -7,6 +7,12 @@ offending input (by index) or attribute, so diagnostics can point at the argumen
 Layout conventions: images are NCHW; ``pads`` are ``(top, left, bottom, right)``;
 ``stride``/``dilation``/``kernel`` are ``(h, w)`` pairs. Every backend (ONNX, PyTorch,
 the numpy interpreter) implements exactly the semantics written in each docstring.
+
+Each op also declares its arguments (:class:`~netdsl.signatures.Arg`: inputs and typed
+attributes with defaults and constraints). :func:`infer_types` checks a node's attributes
+against them before inferring, so the elaborator and the verifier check the same declaration.
+An op declared ``surface=True`` is also a spec op whose call only passes its arguments through
+(:mod:`netdsl.surface_ops` binds it from the declaration); the other spec ops live there.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netdsl.ir import TensorType
+from netdsl.signatures import POSITIVE, Arg, AttrError, check_attrs
 
 
 class OpTypeError(Exception):
@@ -34,7 +41,11 @@ Infer = Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
 
 @dataclass(frozen=True)
 class OpDef:
-    """An IR op: name, input arity (min, max; None = variadic), semantics, type inference."""
+    """An IR op: name, input arity (min, max; None = variadic), semantics, type inference, and its
+    declared arguments (tensor inputs and attributes, in the order a spec writes them).
+
+    ``surface`` names the spec ops that are this op with its arguments passed through (empty: the
+    spec reaches it another way, see :mod:`netdsl.surface_ops`)."""
 
     name: str
     min_inputs: int
@@ -42,17 +53,33 @@ class OpDef:
     infer: Infer
     doc: str
     outputs: int = 1  # -1: given by attrs (split)
+    args: tuple[Arg, ...] = ()
+    surface: tuple[str, ...] = ()
+
+    @property
+    def attrs(self) -> tuple[Arg, ...]:
+        """The declared attributes (the arguments that are not tensor inputs)."""
+        return tuple(a for a in self.args if not a.is_input)
 
 
 OPS: dict[str, OpDef] = {}
 
 
-def _op(name: str, min_inputs: int, max_inputs: int | None, outputs: int = 1) -> Callable[[Infer], Infer]:
+def _op(name: str, min_inputs: int, max_inputs: int | None, outputs: int = 1, args: tuple[Arg, ...] = (),
+        surface: bool | tuple[str, ...] = False) -> Callable[[Infer], Infer]:
+    """Register the decorated inference function as op ``name``; ``surface=True`` makes it a spec op of the
+    same name (a tuple: of these names)."""
+
     def register(fn: Infer) -> Infer:
-        OPS[name] = OpDef(name, min_inputs, max_inputs, fn, (fn.__doc__ or "").strip(), outputs)
+        names = (name,) if surface is True else surface or ()
+        OPS[name] = OpDef(name, min_inputs, max_inputs, fn, (fn.__doc__ or "").strip(), outputs, args, names)
         return fn
 
     return register
+
+
+X = Arg("x", "tensor")
+"""The usual single tensor input."""
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
@@ -77,6 +104,33 @@ def conv_out_len(n: int, k: int, s: int, p0: int, p1: int, d: int) -> int:
     return (n + p0 + p1 - d * (k - 1) - 1) // s + 1
 
 
+def pool_out_len(n: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool) -> int:
+    """Output length of a pooling window along one axis, PyTorch's rule: in ceil mode the size rounds up,
+    but the last window must start inside the input or its leading padding (``p0``)."""
+    if not ceil_mode:
+        return conv_out_len(n, k, s, p0, p1, 1)
+    out = -(-(n + p0 + p1 - k) // s) + 1
+    return out - 1 if (out - 1) * s >= n + p0 else out
+
+
+def ceil_extra(n: int, k: int, s: int, p0: int, p1: int) -> int:
+    """Trailing padding to add to ``p1`` so that floor mode gives ceil mode's output length."""
+    out = pool_out_len(n, k, s, p0, p1, True)
+    return max(0, (out - 1) * s + k - (n + p0 + p1))
+
+
+def window_counts(n: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool, count_include_pad: bool) -> list[int]:
+    """Divisor of each average-pooling window along one axis (PyTorch's ``avg_pool2d``): the window
+    clipped to the padded input, or to the input itself without ``count_include_pad``. A 2-D window's
+    divisor is the product of its two axes' counts."""
+    counts = []
+    for i in range(pool_out_len(n, k, s, p0, p1, ceil_mode)):
+        start = i * s - p0
+        end = min(start + k, n + p1)
+        counts.append(end - start if count_include_pad else min(end, n) - max(start, 0))
+    return counts
+
+
 def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tuple[int, int]:
     x = types[0]
     kh, kw = attrs["kernel"]
@@ -88,8 +142,12 @@ def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tu
             raise OpTypeError(f"{what} {key} must be positive, found {list(vals)}", key)
     if min(pt, pl, pb, pr) < 0:
         raise OpTypeError(f"{what} padding must not be negative, found {[pt, pl, pb, pr]}", "pads")
-    ho = conv_out_len(x.shape[2], kh, sh, pt, pb, dh)
-    wo = conv_out_len(x.shape[3], kw, sw, pl, pr, dw)
+    if attrs.get("ceil_mode"):
+        ho = pool_out_len(x.shape[2], kh, sh, pt, pb, True)
+        wo = pool_out_len(x.shape[3], kw, sw, pl, pr, True)
+    else:
+        ho = conv_out_len(x.shape[2], kh, sh, pt, pb, dh)
+        wo = conv_out_len(x.shape[3], kw, sw, pl, pr, dw)
     if ho < 1 or wo < 1:
         raise OpTypeError(
             f"{what} window {kh}x{kw} (dilation {dh}x{dw}, padding {pt},{pl},{pb},{pr}) does not fit "
@@ -99,7 +157,8 @@ def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tu
     return ho, wo
 
 
-@_op("conv", 2, 3)
+@_op("conv", 2, 3, args=(X, Arg("stride", "pair"), Arg("pads", "pads"), Arg("dilation", "pair", 1),
+                           Arg("groups", "int")))
 def _conv(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """2-D convolution (cross-correlation), zero padding.
 
@@ -140,7 +199,7 @@ def _linear(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [TensorType(_same_dtype(types), x.shape[:-1] + (w.shape[0],))]
 
 
-@_op("matmul", 2, 2)
+@_op("matmul", 2, 2, args=(Arg("a", "tensor"), Arg("b", "tensor")), surface=True)
 def _matmul(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Batched matrix product with numpy broadcasting of the leading axes (both rank >= 2)."""
     a, b = types
@@ -152,7 +211,7 @@ def _matmul(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [TensorType(_same_dtype(types), batch + (a.shape[-2], b.shape[-1]))]
 
 
-@_op("batchnorm", 5, 5)
+@_op("batchnorm", 5, 5, args=(X, Arg("eps", "float"), Arg("momentum", "float", 0.1)))
 def _batchnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Batch normalisation over axis 1 (inference form, running statistics).
 
@@ -169,7 +228,7 @@ def _batchnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     return [x]
 
 
-@_op("layernorm", 1, 3)
+@_op("layernorm", 1, 3, args=(X, Arg("axis", "int"), Arg("eps", "float")))
 def _layernorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Layer normalisation over one axis (``axis``; -1 for channels-last, 1 for channels-first).
 
@@ -183,7 +242,7 @@ def _layernorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     return [x]
 
 
-@_op("groupnorm", 1, 3)
+@_op("groupnorm", 1, 3, args=(X, Arg("groups", "int"), Arg("eps", "float")))
 def _groupnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Group normalisation over (C/groups, spatial...) per group; inputs x[B,C,...], weight[C] and bias[C] or neither.
 
@@ -205,26 +264,43 @@ def _groupnorm(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     return [x]
 
 
-def _unary(name: str, doc: str) -> None:
-    def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        return [types[0]]
-
-    OPS[name] = OpDef(name, 1, 1, infer, doc)
+def _same_type(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    return [types[0]]
 
 
-for _name, _doc in {
-    "relu": "max(x, 0)",
-    "gelu": "x * Phi(x) with the exact erf form",
-    "sigmoid": "1 / (1 + exp(-x))",
-    "silu": "x * sigmoid(x) (Swish)",
-    "hardswish": "x * clip(x + 3, 0, 6) / 6",
-    "tanh": "tanh(x)",
-    "exp": "exp(x)",
-    "erf": "the error function erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt",
-    "neg": "-x",
-    "identity": "x",
-}.items():
-    _unary(_name, _doc)
+def _unary(name: str, doc: str, surface: tuple[str, ...]) -> None:
+    OPS[name] = OpDef(name, 1, 1, _same_type, doc, args=(X,), surface=surface)
+
+
+for _name, _doc, _surface in [
+    ("relu", "max(x, 0)", ("relu",)),
+    ("gelu", "x * Phi(x) with the exact erf form", ("gelu",)),
+    ("sigmoid", "1 / (1 + exp(-x))", ("sigmoid",)),
+    ("silu", "x * sigmoid(x) (Swish)", ("silu", "swish")),
+    ("hardswish", "x * clip(x + 3, 0, 6) / 6 (PyTorch's hardswish)", ("hardswish",)),
+    ("relu6", "clip(x, 0, 6) = min(max(x, 0), 6)", ("relu6",)),
+    ("hardsigmoid", "clip(x + 3, 0, 6) / 6 (PyTorch's hardsigmoid: relu6(x + 3) / 6)", ("hardsigmoid",)),
+    ("tanh", "tanh(x)", ("tanh",)),
+    ("exp", "exp(x)", ("exp",)),
+    ("erf", "the error function erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt", ("erf",)),
+    ("neg", "-x", ()),
+    ("identity", "x", ("identity",)),
+]:
+    _unary(_name, _doc, _surface)
+
+
+@_op("clamp", 1, 1, args=(X, Arg("min", "float", None), Arg("max", "float", None)), surface=True)
+def _clamp(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """min(max(x, min), max) with constant float bounds, either of which may be absent (then unbounded).
+
+    attrs: min, max (at least one; min <= max). Equal bounds give a constant.
+    """
+    lo, hi = attrs.get("min"), attrs.get("max")
+    if lo is None and hi is None:
+        raise OpTypeError("clamp needs min=, max= or both")
+    if lo is not None and hi is not None and lo > hi:
+        raise OpTypeError(f"clamp min ({lo:g}) is greater than max ({hi:g})", "min")
+    return [types[0]]
 
 
 def check_valid_range(attrs: dict[str, Any]) -> tuple[float, float] | None:
@@ -245,14 +321,14 @@ def check_valid_range(attrs: dict[str, Any]) -> tuple[float, float] | None:
     return lo, hi
 
 
-@_op("sqrt", 1, 1)
+@_op("sqrt", 1, 1, args=(X, Arg("range", "floats", None)))
 def _sqrt(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """sqrt(x); attrs: range (optional ``(lo, hi)``, the bounds of x its producer guarantees)."""
     check_valid_range(attrs)
     return [types[0]]
 
 
-@_op("pow", 1, 1)
+@_op("pow", 1, 1, args=(X, Arg("exponent", "float"), Arg("range", "floats", None)), surface=True)
 def _pow(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """x ** exponent with a constant float ``exponent``; attrs: exponent, range (optional, as for sqrt)."""
     exponent = attrs["exponent"]
@@ -262,7 +338,7 @@ def _pow(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [types[0]]
 
 
-@_op("softmax", 1, 1)
+@_op("softmax", 1, 1, args=(X, Arg("axis", "int", -1)), surface=True)
 def _softmax(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """exp(x - max) / sum(exp(x - max)) along ``axis``."""
     x = types[0]
@@ -285,18 +361,20 @@ def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def _binary(name: str, doc: str) -> None:
+def _binary(name: str, doc: str, surface: tuple[str, ...] = ()) -> None:
     def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         return [TensorType(_same_dtype(types), broadcast_shapes(types[0].shape, types[1].shape))]
 
-    OPS[name] = OpDef(name, 2, 2, infer, doc)
+    OPS[name] = OpDef(name, 2, 2, infer, doc, args=(Arg("a", "tensor"), Arg("b", "tensor")), surface=surface)
 
 
 for _name, _doc in {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b"}.items():
     _binary(_name, _doc + " with numpy broadcasting")
+_binary("minimum", "elementwise min(a, b) of two tensors with numpy broadcasting", ("minimum",))
+_binary("maximum", "elementwise max(a, b) of two tensors with numpy broadcasting", ("maximum",))
 
 
-@_op("where", 3, 3)
+@_op("where", 3, 3, args=(Arg("mask", "tensor"), Arg("a", "tensor"), Arg("b", "tensor")), surface=True)
 def _where(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Elementwise select: ``a`` where ``cond`` is nonzero (true), else ``b``; numpy broadcasting of all three.
 
@@ -313,13 +391,13 @@ def _where(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [TensorType(a.dtype, shape)]
 
 
-@_op("const", 0, 0)
+@_op("const", 0, 0, args=(Arg("value", "any"), Arg("dtype", "str")))
 def _const(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """A constant tensor; attrs: value (numpy array), dtype (IR dtype name)."""
     return [TensorType(attrs["dtype"], tuple(attrs["value"].shape))]
 
 
-@_op("reshape", 1, 1)
+@_op("reshape", 1, 1, args=(X, Arg("shape", "ints")))
 def _reshape(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Row-major reshape to the concrete ``shape`` (no -1 left after elaboration)."""
     x = types[0]
@@ -332,7 +410,7 @@ def _reshape(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]
     return [x.with_shape(shape)]
 
 
-@_op("transpose", 1, 1)
+@_op("transpose", 1, 1, args=(X, Arg("perm", "ints")), surface=True)
 def _transpose(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Axis permutation: y.shape[i] = x.shape[perm[i]]."""
     x = types[0]
@@ -342,7 +420,7 @@ def _transpose(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     return [x.with_shape(tuple(x.shape[p] for p in perm))]
 
 
-@_op("rotate", 1, 1)
+@_op("rotate", 1, 1, args=(X, Arg("heads", "int", 1, check=POSITIVE)), surface=True)
 def _rotate(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """CSA rotation: per head, transpose the (S channels) x (S positions) matrix.
 
@@ -352,8 +430,6 @@ def _rotate(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x = types[0]
     _rank(x, 4, 0, "rotate input")
     heads = attrs["heads"]
-    if heads < 1:
-        raise OpTypeError(f"rotate heads must be positive, found {heads}", "heads")
     if x.shape[1] % heads:
         raise OpTypeError(f"channels ({x.shape[1]}) must be divisible by heads ({heads})", "heads")
     s = x.shape[1] // heads
@@ -366,7 +442,7 @@ def _rotate(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [x]
 
 
-@_op("shift", 1, 1)
+@_op("shift", 1, 1, args=(X, Arg("offsets", "offsets")), surface=True)
 def _shift(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Per-channel-group spatial shift with zero fill.
 
@@ -381,7 +457,8 @@ def _shift(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [x]
 
 
-@_op("unfold", 1, 1)
+@_op("unfold", 1, 1, args=(X, Arg("kernel", "pair"), Arg("stride", "pair", 1), Arg("padding", "pads", 0, attr="pads"),
+                          Arg("dilation", "pair", 1)), surface=True)
 def _unfold(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Sliding windows (im2col) with zero padding.
 
@@ -395,7 +472,8 @@ def _unfold(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [x.with_shape((x.shape[0], x.shape[1] * kh * kw, ho, wo))]
 
 
-@_op("attention", 3, 4)
+@_op("attention", 3, 4, args=(Arg("q", "tensor"), Arg("k", "tensor"), Arg("v", "tensor"), Arg("scale", "float", None),
+                             Arg("bias", "tensor", None)))
 def _attention(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Multi-head scaled dot-product attention.
 
@@ -418,7 +496,10 @@ def _attention(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorTyp
     return [TensorType(_same_dtype(types), q.shape[:3] + (v.shape[3],))]
 
 
-@_op("local_attention", 3, 4)
+@_op("local_attention", 3, 4, args=(Arg("q", "tensor"), Arg("k", "tensor"), Arg("v", "tensor"),
+                                   Arg("heads", "int", check=POSITIVE), Arg("kernel", "int", check=POSITIVE),
+                                   Arg("stride", "int", 1, check=POSITIVE), Arg("pos", "tensor", None),
+                                   Arg("scale", "float", None)))
 def _local_attention(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Sliding-window (SASA/ACmix) multi-head attention over a kernel x kernel neighbourhood.
 
@@ -438,9 +519,6 @@ def _local_attention(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
         if t.shape != q.shape:
             raise OpTypeError(f"{['key', 'value'][i - 1]} {t} must have the query's shape {fmt_shape(q.shape)}", i)
     heads, kern, s = attrs["heads"], attrs["kernel"], attrs["stride"]
-    for key, val in (("heads", heads), ("kernel", kern), ("stride", s)):
-        if val < 1:
-            raise OpTypeError(f"local_attention {key} must be positive, found {val}", key)
     b, c, h, w = q.shape
     if c % heads:
         raise OpTypeError(f"channels ({c}) must be divisible by heads ({heads})", "heads")
@@ -456,18 +534,35 @@ def _local_attention(types: list[TensorType], attrs: dict[str, Any]) -> list[Ten
     return [q.with_shape((b, c, h // s, w // s))]
 
 
-def _pool(name: str, doc: str) -> None:
+def _pool(name: str, doc: str, flags: tuple[Arg, ...]) -> None:
     def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = types[0]
         _rank(x, 4, 0, f"{name} input")
+        if attrs.get("ceil_mode") or not attrs.get("count_include_pad", True):
+            # PyTorch's rule, which keeps every window on some input: with these options a window of
+            # padding alone would have no divisor (and ceil mode's cut windows assume it).
+            (kh, kw), (pt, pl, pb, pr) = attrs["kernel"], attrs["pads"]
+            if max(pt, pb) > kh // 2 or max(pl, pr) > kw // 2:
+                raise OpTypeError(f"{name} padding {[pt, pl, pb, pr]} must be at most half the kernel "
+                                  f"{kh}x{kw} with ceil_mode or count_include_pad=false", "pads")
+            if tuple(attrs.get("dilation", (1, 1))) != (1, 1):
+                raise OpTypeError(f"{name} ceil_mode and count_include_pad take no dilation", "kernel")
         ho, wo = _window_out(types, attrs, name)
         return [x.with_shape((x.shape[0], x.shape[1], ho, wo))]
 
-    OPS[name] = OpDef(name, 1, 1, infer, doc)
+    OPS[name] = OpDef(name, 1, 1, infer, doc,
+                      args=(X, Arg("kernel", "pair"), Arg("stride", "pair"), Arg("pads", "pads"), *flags))
 
 
-_pool("avgpool", "Average pooling; attrs kernel, stride, pads; padded zeros count in the mean (PyTorch default).")
-_pool("maxpool", "Max pooling; attrs kernel, stride, pads; padding never wins the max.")
+_CEIL_MODE = Arg("ceil_mode", "bool", False)
+_pool("avgpool", """Average pooling, PyTorch's ``avg_pool2d``; attrs kernel, stride, pads, ceil_mode, count_include_pad.
+
+Each window's sum is divided by its size clipped to the padded input (count_include_pad, the
+default: padded zeros count) or by the number of input elements in it (count_include_pad false).
+ceil_mode rounds the output size up (:func:`pool_out_len`); windows past the padded input are cut.""",
+      (_CEIL_MODE, Arg("count_include_pad", "bool", True)))
+_pool("maxpool", """Max pooling; attrs kernel, stride, pads, ceil_mode (as avgpool's); padding never wins the max.""",
+      (_CEIL_MODE,))
 
 
 def _reduce(name: str, doc: str) -> None:
@@ -480,7 +575,7 @@ def _reduce(name: str, doc: str) -> None:
             return [x.with_shape(tuple(1 if i in axes else d for i, d in enumerate(x.shape)))]
         return [x.with_shape(tuple(d for i, d in enumerate(x.shape) if i not in axes))]
 
-    OPS[name] = OpDef(name, 1, 1, infer, doc)
+    OPS[name] = OpDef(name, 1, 1, infer, doc, args=(X, Arg("axes", "ints"), Arg("keepdims", "bool")))
 
 
 _reduce("reduce_mean", "Mean over ``axes``; attrs axes, keepdims.")
@@ -489,7 +584,7 @@ _reduce("reduce_max", "Max over ``axes``; attrs axes, keepdims.")
 _reduce("reduce_min", "Min over ``axes``; attrs axes, keepdims.")
 
 
-@_op("concat", 1, None)
+@_op("concat", 1, None, args=(Arg("xs", "tensors"), Arg("axis", "int", 1)), surface=True)
 def _concat(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Concatenation along ``axis``; all other axes equal."""
     first = types[0]
@@ -504,7 +599,7 @@ def _concat(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [first.with_shape(tuple(shape))]
 
 
-@_op("split", 1, 1, outputs=-1)
+@_op("split", 1, 1, outputs=-1, args=(X, Arg("sizes", "ints"), Arg("axis", "int", 1)), surface=True)
 def _split(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Split along ``axis`` into pieces of ``sizes``."""
     x = types[0]
@@ -520,7 +615,8 @@ def _split(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return out
 
 
-@_op("slice", 1, 1)
+@_op("slice", 1, 1, args=(X, Arg("axis", "int"), Arg("start", "int"), Arg("end", "int"),
+                         Arg("step", "int", 1, check=POSITIVE)), surface=True)
 def _slice(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Strided slice on one axis: attrs axis, start, end, step (> 0), Python semantics after clamping."""
     x = types[0]
@@ -534,7 +630,7 @@ def _slice(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [x.with_shape(tuple(shape))]
 
 
-@_op("pad", 1, 1)
+@_op("pad", 1, 1, args=(X, Arg("pads", "pads"), Arg("mode", "str", "zero", ("zero", "reflect", "edge"))), surface=True)
 def _pad(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Padding of the two spatial axes: attrs pads (t,l,b,r), mode zero|reflect|edge.
 
@@ -553,7 +649,7 @@ def _pad(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [x.with_shape((x.shape[0], x.shape[1], x.shape[2] + t + b, x.shape[3] + l + r))]
 
 
-@_op("resize", 1, 1)
+@_op("resize", 1, 1, args=(X, Arg("mode", "str"), Arg("scales", "floats"), Arg("sizes", "ints")))
 def _resize(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Spatial resize, PyTorch ``interpolate`` semantics with align_corners=False.
 
@@ -574,20 +670,22 @@ def _resize(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [x.with_shape((x.shape[0], x.shape[1], ho, wo))]
 
 
-@_op("grid", 0, 0)
+@_op("grid", 0, 0, args=(Arg("height", "int"), Arg("width", "int")))
 def _grid(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Positional grid f32[1, 2, H, W]: channel 0 = linspace(-1, 1, W) along the width,
     channel 1 = linspace(-1, 1, H) along the height (n = 1 gives [-1]). attrs: height, width."""
     return [TensorType("f32", (1, 2, attrs["height"], attrs["width"]))]
 
 
-@_op("roll", 1, 1)
+@_op("roll", 1, 1, args=(X, Arg("shifts", "ints"), Arg("axes", "ints")), surface=True)
 def _roll(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Cyclic shift: attrs shifts, axes (numpy.roll semantics)."""
+    if len(attrs["shifts"]) != len(attrs["axes"]):
+        raise OpTypeError("roll needs one shift per axis")
     return [types[0]]
 
 
-@_op("gather", 2, 2)
+@_op("gather", 2, 2, args=(Arg("table", "tensor"), Arg("index", "tensor")), surface=True)
 def _gather(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """Row gather: table[T, ...] indexed by an integer tensor idx -> [*idx.shape, ...]."""
     table, idx = types
@@ -601,4 +699,8 @@ def infer_types(op: str, types: list[TensorType], attrs: dict[str, Any]) -> list
     d = OPS[op]
     if len(types) < d.min_inputs or (d.max_inputs is not None and len(types) > d.max_inputs):
         raise OpTypeError(f"{op} takes {d.min_inputs}..{d.max_inputs} inputs, found {len(types)}")
+    try:
+        check_attrs(op, d.args, attrs)
+    except AttrError as err:
+        raise OpTypeError(err.message, err.arg) from None
     return d.infer(types, attrs)

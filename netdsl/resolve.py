@@ -23,9 +23,13 @@ from collections.abc import Iterable
 
 from netdsl import ast
 from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
+from netdsl.elaborate import BUILTIN_FUNCS
+from netdsl.init_funcs import INIT_FUNCS
 from netdsl.ir import Span
 from netdsl.loader import Program
 from netdsl.parser import parse_source
+from netdsl.signatures import signature_text
+from netdsl.surface_ops import SURFACE_OPS
 
 TENSOR_ATTRIBUTES = ("shape", "dtype", "rank")
 _INTERPOLATION = re.compile(r"\{([^{}]+)\}")
@@ -70,9 +74,6 @@ class _BlockResolver:
     """Resolves the names of one block in statement order."""
 
     def __init__(self, program: Program, block: ast.BlockDef):
-        from netdsl.elaborate import BUILTIN_FUNCS
-        from netdsl.surface_ops import INIT_FUNCS, SURFACE_OPS
-
         self.program = program
         self.block = block
         self.ops = SURFACE_OPS
@@ -207,8 +208,6 @@ class _BlockResolver:
             self.call(e)
 
     def call(self, e: ast.Call) -> None:
-        from netdsl.surface_ops import signature_text
-
         if e.func in self.program.blocks:
             block = self.program.blocks[e.func]
             accepted = [p.name for p in block.params]

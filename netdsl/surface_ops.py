@@ -1,8 +1,11 @@
-"""The ops a spec can call, their signatures, and how each becomes IR nodes.
+"""The ops a spec can call, and how each becomes IR nodes.
 
-A surface op is declared with :func:`surface` and a signature of :class:`Arg`s; the binder
-checks every argument's kind and reports located errors (unknown keyword with did-you-mean,
-missing argument, wrong type). The op body then emits IR through the elaborator.
+Most spec ops are one IR op with their arguments passed through: those are declared once, in
+the op catalogue (:mod:`netdsl.opdefs`, ``surface=True``), and bound here from that
+declaration. This module holds the ops that do something at elaboration -- create parameters,
+compute defaults or attributes from the input types, build constants, or map onto another IR
+op -- each declared with :func:`surface` and a signature of :class:`~netdsl.signatures.Arg`s.
+:func:`~netdsl.signatures.bind` checks every call against its signature with located errors.
 """
 
 from __future__ import annotations
@@ -12,37 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from netdsl import ast
-from netdsl.diagnostics import did_you_mean
-from netdsl.ir import Init, Provenance, Span, TensorType
+from netdsl.initializers import NP_DTYPES
+from netdsl.ir import Init, Provenance, TensorType
+from netdsl.opdefs import OPS, OpDef
+from netdsl.signatures import Arg, Bound, bind, frozen
+from netdsl.values import Tensor, type_name
 
 if TYPE_CHECKING:
-    from netdsl.elaborate import Elaborator, Scope, Tensor
-
-_REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Arg:
-    """One argument of a surface op: name, kind, default (``_REQUIRED`` if none), choices for strs."""
-
-    name: str
-    kind: str  # tensor | tensors | int | float | bool | str | pair | pads | ints | floats | offsets | any
-    default: Any = _REQUIRED
-    choices: tuple[str, ...] = ()
-
-
-@dataclass
-class Bound:
-    """Arguments of one call after binding: values, spans, and the call itself."""
-
-    call: ast.Call
-    values: dict[str, Any]
-    spans: dict[str, Span]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
+    from netdsl.elaborate import Elaborator, Scope
 
 OpBody = Callable[["Elaborator", "Scope", Bound], Any]
 
@@ -76,120 +59,8 @@ def surface(name: str, *args: Arg, roles: tuple[str, ...] = ()) -> Callable[[OpB
     return register
 
 
-# ----------------------------------------------------------------------------- binding
-
-
-def _kind_ok(el: Elaborator, kind: str, v: Any) -> tuple[bool, Any]:
-    from netdsl.elaborate import Tensor
-
-    def is_int(x: Any) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    def is_num(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    if kind == "any":
-        return True, v
-    if kind == "tensor":
-        return isinstance(v, Tensor), v
-    if kind == "tensors":
-        return isinstance(v, list) and bool(v) and all(isinstance(x, Tensor) for x in v), v
-    if kind == "int":
-        return is_int(v), v
-    if kind == "float":
-        return is_num(v), float(v) if is_num(v) else v
-    if kind == "bool":
-        return isinstance(v, bool), v
-    if kind == "str":
-        return isinstance(v, str), v
-    if kind == "pair":
-        if is_int(v):
-            return True, (v, v)
-        return isinstance(v, list) and len(v) == 2 and all(map(is_int, v)), tuple(v) if isinstance(v, list) else v
-    if kind == "pads":
-        if is_int(v):
-            return True, (v, v, v, v)
-        if isinstance(v, list) and all(map(is_int, v)) and len(v) in (2, 4):
-            return True, (v[0], v[1], v[0], v[1]) if len(v) == 2 else tuple(v)
-        return False, v
-    if kind == "ints":
-        if is_int(v):
-            return True, [v]
-        return isinstance(v, list) and all(map(is_int, v)), v
-    if kind == "floats":
-        if is_num(v):
-            return True, [float(v)]
-        return isinstance(v, list) and all(map(is_num, v)), [float(x) for x in v] if isinstance(v, list) else v
-    if kind == "offsets":
-        ok = isinstance(v, list) and bool(v) and all(
-            isinstance(p, list) and len(p) == 2 and all(map(is_int, p)) for p in v)
-        return ok, [tuple(p) for p in v] if ok else v
-    raise ValueError(kind)
-
-
-KIND_WORDS = {
-    "tensor": "a tensor", "tensors": "a list of tensors", "int": "an int", "float": "a number", "bool": "a bool",
-    "str": "a string", "pair": "an int or [h, w]", "pads": "an int, [h, w] or [top, left, bottom, right]",
-    "ints": "a list of ints", "floats": "a list of numbers", "offsets": "a list of [dy, dx] pairs", "any": "a value",
-}
-
-
-def bind(el: Elaborator, scope: Scope, op: SurfaceOp | InitFunc, call: ast.Call) -> Bound:
-    """Match a call's arguments to the op's (or initialiser's) signature, with located errors."""
-    from netdsl.elaborate import show, type_name
-
-    sig = {a.name: a for a in op.args}
-    values: dict[str, Any] = {}
-    spans: dict[str, Span] = {}
-    raw: list[tuple[str, ast.Expr]] = []
-    if len(call.args) > len(op.args):
-        raise el.error(scope, f"{op.name}() takes at most {len(op.args)} argument{'s' * (len(op.args) != 1)}, "
-                       f"found {len(call.args)}",
-                       call.args[len(op.args)].span, help=signature_text(op))
-    for a, e in zip(op.args, call.args):
-        raw.append((a.name, e))
-    for kw in call.kwargs:
-        if kw.name not in sig:
-            raise el.error(scope, f"{op.name}() has no argument '{kw.name}'", kw.span,
-                           help=did_you_mean(kw.name, sig) or signature_text(op))
-        if any(n == kw.name for n, _ in raw):
-            raise el.error(scope, f"argument '{kw.name}' of {op.name}() given twice", kw.span)
-        raw.append((kw.name, kw.value))
-    for name, e in raw:
-        a = sig[name]
-        v = el.eval(e, scope)
-        ok, cv = _kind_ok(el, a.kind, v)
-        if not ok:
-            shown = "a tensor" if type_name(v) == "tensor" else f"{type_name(v)} {show(v)}"
-            raise el.error(scope, f"argument '{name}' of {op.name}() must be {KIND_WORDS[a.kind]}, found {shown}",
-                           e.span)
-        if a.choices and cv not in a.choices:
-            raise el.error(scope, f"argument '{name}' of {op.name}() must be one of "
-                           f"{', '.join(repr(c) for c in a.choices)}, found {show(cv)}", e.span,
-                           help=did_you_mean(cv, a.choices))
-        values[name] = cv
-        spans[name] = e.span
-    for a in op.args:
-        if a.name not in values:
-            if a.default is _REQUIRED:
-                raise el.error(scope, f"{op.name}() is missing its argument '{a.name}'", call.span,
-                               help=signature_text(op))
-            values[a.name] = _kind_ok(el, a.kind, a.default)[1] if a.default is not None else None
-    if call.name is not None and not op.named:
-        raise el.error(scope, f"{op.name}() has no parameters, so it cannot be named with 'as'", call.name.span)
-    return Bound(call, values, spans)
-
-
-def signature_text(op: SurfaceOp | InitFunc) -> str:
-    """``conv(x, out, kernel, stride=1, ...)`` for help messages."""
-    from netdsl.elaborate import show
-
-    parts = [a.name if a.default is _REQUIRED else f"{a.name}={show(a.default) if a.default is not None else 'none'}"
-             for a in op.args]
-    return f"signature: {op.name}({', '.join(parts)})"
-
-
 def call_op(el: Elaborator, scope: Scope, call: ast.Call) -> Any:
+    """Bind ``call`` to its surface op's signature and run the op's body; returns its result."""
     op = SURFACE_OPS[call.func]
     return op.body(el, scope, bind(el, scope, op, call))
 
@@ -213,8 +84,6 @@ def _new_param(el: Elaborator, scope: Scope, b: Bound, prefix: str, role: str, t
                kind: str = "param") -> Tensor:
     """Create parameter ``prefix.role`` with its declared ``init``, unless an active ``with init``
     clause selects ``op.role``: then the clause's initialiser, recorded in the provenance."""
-    from netdsl.elaborate import Tensor
-
     op = SURFACE_OPS[b.call.func]
     assert role in op.roles, f"{op.name} creates '{role}' but does not declare it"  # keeps selectors in sync
     name = f"{prefix}.{role}"
@@ -379,22 +248,6 @@ def instancenorm(el: Elaborator, scope: Scope, b: Bound) -> Any:
 # ----------------------------------------------------------------------------- element-wise
 
 
-def _unary_op(name: str, ir_op: str, doc: str) -> None:
-    def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
-        return _emit(el, scope, b, ir_op, [b["x"]], ["x"])
-
-    body.__doc__ = doc
-    surface(name, Arg("x", "tensor"))(body)
-
-
-for _n, _ir, _d in [("relu", "relu", "max(x, 0)"), ("gelu", "gelu", "GELU (exact, erf)"),
-                    ("sigmoid", "sigmoid", "logistic sigmoid"), ("silu", "silu", "x * sigmoid(x)"),
-                    ("swish", "silu", "x * sigmoid(x) (same as silu)"), ("hardswish", "hardswish", "hard swish"),
-                    ("tanh", "tanh", "tanh"), ("exp", "exp", "exp"), ("erf", "erf", "the error function"),
-                    ("identity", "identity", "x unchanged")]:
-    _unary_op(_n, _ir, _d)
-
-
 def _range_attr(b: Bound) -> dict[str, Any]:
     """The IR ``range`` attribute of a ``range=[lo, hi]`` argument (none when it is not given)."""
     return {} if b["range"] is None else {"range": tuple(float(v) for v in b["range"])}
@@ -406,8 +259,6 @@ def sqrt(el: Elaborator, scope: Scope, b: Bound) -> Any:
 
     On a compile-time number (``sqrt(dim)``) it is the built-in function: the number's square root.
     """
-    from netdsl.elaborate import Tensor, type_name
-
     x = b["x"]
     if isinstance(x, Tensor):
         return _emit(el, scope, b, "sqrt", [x], ["x"], **_range_attr(b))
@@ -419,24 +270,6 @@ def sqrt(el: Elaborator, scope: Scope, b: Bound) -> Any:
     if x < 0:
         raise el.error(scope, f"sqrt() of a negative number ({x})", b.spans["x"])
     return math.sqrt(x)
-
-
-@surface("pow", Arg("x", "tensor"), Arg("exponent", "float"), Arg("range", "floats", None))
-def pow_(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """x ** exponent for a constant exponent (``x ** c`` in an expression); ``range`` as for sqrt."""
-    return _emit(el, scope, b, "pow", [b["x"]], ["x"], exponent=float(b["exponent"]), **_range_attr(b))
-
-
-@surface("softmax", Arg("x", "tensor"), Arg("axis", "int", -1))
-def softmax(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Softmax along ``axis``."""
-    return _emit(el, scope, b, "softmax", [b["x"]], ["x"], axis=b["axis"])
-
-
-@surface("matmul", Arg("a", "tensor"), Arg("b", "tensor"))
-def matmul(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Batched matrix product with broadcasting."""
-    return _emit(el, scope, b, "matmul", [b["a"], b["b"]], ["a", "b"])
 
 
 # ----------------------------------------------------------------------------- shape ops
@@ -459,12 +292,6 @@ def reshape(el: Elaborator, scope: Scope, b: Bound) -> Any:
                            f"divisible by {known}", b.spans["shape"])
         shape[shape.index(-1)] = xt.numel // known
     return _emit(el, scope, b, "reshape", [b["x"]], ["x"], shape=tuple(shape))
-
-
-@surface("transpose", Arg("x", "tensor"), Arg("perm", "ints"))
-def transpose(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Permute axes: result axis i is input axis perm[i]."""
-    return _emit(el, scope, b, "transpose", [b["x"]], ["x"], perm=tuple(b["perm"]))
 
 
 @surface("flatten", Arg("x", "tensor"), Arg("start", "int", 1), Arg("end", "int", -1))
@@ -502,75 +329,6 @@ def unsqueeze(el: Elaborator, scope: Scope, b: Bound) -> Any:
     return _emit(el, scope, b, "reshape", [b["x"]], ["x"], shape=tuple(shape))
 
 
-@surface("rotate", Arg("x", "tensor"), Arg("heads", "int", 1))
-def rotate(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """CSA rotation: per head, swap the channel and position axes of the (S x S) relation matrix."""
-    return _emit(el, scope, b, "rotate", [b["x"]], ["x"], heads=b["heads"])
-
-
-@surface("shift", Arg("x", "tensor"), Arg("offsets", "offsets"))
-def shift(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Shift equal channel groups by [dy, dx] each (zero fill)."""
-    return _emit(el, scope, b, "shift", [b["x"]], ["x"], offsets=tuple(b["offsets"]))
-
-
-@surface("unfold", Arg("x", "tensor"), Arg("kernel", "pair"), Arg("stride", "pair", 1), Arg("padding", "pads", 0),
-         Arg("dilation", "pair", 1))
-def unfold(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Sliding windows: [B, C, H, W] -> [B, C*kh*kw, Ho, Wo]."""
-    return _emit(el, scope, b, "unfold", [b["x"]], ["x"], kernel=b["kernel"], stride=b["stride"],
-                 pads=b["padding"], dilation=b["dilation"])
-
-
-@surface("concat", Arg("xs", "tensors"), Arg("axis", "int", 1))
-def concat(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Concatenate tensors along ``axis``."""
-    return _emit(el, scope, b, "concat", list(b["xs"]), ["xs"] * len(b["xs"]), axis=b["axis"])
-
-
-@surface("split", Arg("x", "tensor"), Arg("sizes", "ints"), Arg("axis", "int", 1))
-def split(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Split along ``axis`` into pieces of ``sizes``; returns a list of tensors."""
-    return el.emit(scope, "split", [b["x"]], b.call.span, arg_spans=[b.spans["x"]], kw_spans=b.spans,
-                   n_outputs=len(b["sizes"]), sizes=tuple(b["sizes"]), axis=b["axis"])
-
-
-@surface("slice", Arg("x", "tensor"), Arg("axis", "int"), Arg("start", "int"), Arg("end", "int"),
-         Arg("step", "int", 1))
-def slice_(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """x[start:end:step] along ``axis`` (Python semantics; step > 0)."""
-    if b["step"] < 1:
-        raise el.error(scope, f"slice step must be positive, found {b['step']}", b.spans.get("step", b.call.span))
-    return _emit(el, scope, b, "slice", [b["x"]], ["x"], axis=b["axis"], start=b["start"], end=b["end"],
-                 step=b["step"])
-
-
-@surface("pad", Arg("x", "tensor"), Arg("pads", "pads"), Arg("mode", "str", "zero", ("zero", "reflect", "edge")))
-def pad(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Pad the spatial axes by [top, left, bottom, right] with zeros, reflection or the edge value."""
-    return _emit(el, scope, b, "pad", [b["x"]], ["x"], pads=b["pads"], mode=b["mode"])
-
-
-@surface("roll", Arg("x", "tensor"), Arg("shifts", "ints"), Arg("axes", "ints"))
-def roll(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Cyclic shift of ``axes`` by ``shifts``."""
-    if len(b["shifts"]) != len(b["axes"]):
-        raise el.error(scope, "roll needs one shift per axis", b.call.span)
-    return _emit(el, scope, b, "roll", [b["x"]], ["x"], shifts=tuple(b["shifts"]), axes=tuple(b["axes"]))
-
-
-@surface("gather", Arg("table", "tensor"), Arg("index", "tensor"))
-def gather(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """Rows of ``table`` picked by the integer tensor ``index``."""
-    return _emit(el, scope, b, "gather", [b["table"], b["index"]], ["table", "index"])
-
-
-@surface("where", Arg("mask", "tensor"), Arg("a", "tensor"), Arg("b", "tensor"))
-def where(el: Elaborator, scope: Scope, b: Bound) -> Any:
-    """``a`` where ``mask`` is nonzero, else ``b`` (numpy broadcasting)."""
-    return _emit(el, scope, b, "where", [b["mask"], b["a"], b["b"]], ["mask", "a", "b"])
-
-
 # ----------------------------------------------------------------------------- attention, pooling, resize
 
 
@@ -590,27 +348,32 @@ def local_attention(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Sliding-window multi-head attention (ACmix/SASA), reflection-padded windows, optional positional term."""
     qt = el.tensor_type(b["q"])
     heads = b["heads"]
-    if heads < 1 or qt.rank != 4 or qt.shape[1] % heads:
-        raise el.error(scope, f"local_attention heads ({heads}) must divide the channels of {qt}",
-                       b.spans.get("heads", b.call.span))
-    scale = b["scale"] if b["scale"] is not None else (qt.shape[1] // heads) ** -0.5
+    scale = b["scale"]
+    if scale is None:
+        # The default is d^-1/2 for heads of width d; a heads count that does not divide the channels is
+        # the type checker's error (one check, in the op catalogue), reported whatever the scale.
+        scale = max(qt.shape[1] // heads if heads >= 1 and qt.rank == 4 else 1, 1) ** -0.5
     ins = [b["q"], b["k"], b["v"]] + ([b["pos"]] if b["pos"] is not None else [])
     return _emit(el, scope, b, "local_attention", ins, ["q", "k", "v", "pos"], heads=heads, kernel=b["kernel"],
                  stride=b["stride"], scale=scale)
 
 
-def _pool(name: str) -> None:
+def _pool(name: str, *flags: Arg) -> None:
     def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
         stride = b["stride"] if b["stride"] is not None else b["kernel"]
-        return _emit(el, scope, b, name, [b["x"]], ["x"], kernel=b["kernel"], stride=stride, pads=b["padding"])
+        # A flag at its default is left out of the node: the IR of a pool written without it stays as it was.
+        options = {a.name: b[a.name] for a in flags if b[a.name] != a.default}
+        spans = {**b.spans, "pads": b.spans["padding"]} if "padding" in b.spans else b.spans
+        return el.emit(scope, name, [b["x"]], b.call.span, arg_spans=[b.spans["x"]], kw_spans=spans,
+                       kernel=b["kernel"], stride=stride, pads=b["padding"], **options)
 
     body.__doc__ = f"{name[:3]} pooling over kernel x kernel windows (stride defaults to the kernel)"
     surface(name, Arg("x", "tensor"), Arg("kernel", "pair"), Arg("stride", "pair", None),
-            Arg("padding", "pads", 0))(body)
+            Arg("padding", "pads", 0), *flags)(body)
 
 
-_pool("avgpool")
-_pool("maxpool")
+_pool("avgpool", Arg("ceil_mode", "bool", False), Arg("count_include_pad", "bool", True))
+_pool("maxpool", Arg("ceil_mode", "bool", False))
 
 
 def _reduce(name: str, ir_op: str) -> None:
@@ -682,10 +445,6 @@ def grid(el: Elaborator, scope: Scope, b: Bound) -> Any:
 @surface("constant", Arg("value", "float"), Arg("shape", "ints", []), Arg("dtype", "str", "f32"))
 def constant(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """A constant tensor filled with ``value``."""
-    import numpy as np
-
-    from netdsl.initializers import NP_DTYPES
-
     if b["dtype"] not in NP_DTYPES:
         raise el.error(scope, f"unknown dtype '{b['dtype']}'", b.spans.get("dtype", b.call.span))
     if any(d < 1 for d in b["shape"]):
@@ -700,8 +459,6 @@ def constant(el: Elaborator, scope: Scope, b: Bound) -> Any:
          Arg("batch", "int", 1))
 def swin_mask(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """Shifted-window attention mask as a constant f32[batch*nW, 1, N, N] (0 within a region, -100 across)."""
-    import numpy as np
-
     h, w, ws, sh = b["height"], b["width"], b["window"], b["shift"]
     if ws < 1 or h % ws or w % ws or not 0 <= sh < ws:
         raise el.error(scope, f"swin_mask needs a window dividing {h}x{w} and 0 <= shift < window, "
@@ -719,89 +476,34 @@ def swin_mask(el: Elaborator, scope: Scope, b: Bound) -> Any:
     return _emit(el, scope, b, "const", [], [], value=mask, dtype="f32")
 
 
-# ----------------------------------------------------------------------------- parameter initialisers
-
-# Why a tensor cannot take an initialiser with these arguments, or None when it can.
-InitNeed = Callable[[TensorType, dict[str, Any]], "str | None"]
+# ----------------------------------------------------------------------------- ops declared in the catalogue
 
 
-def _any_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
-    return None
+def _passthrough(op: OpDef) -> OpBody:
+    """The body of a spec op that is ``op`` with its arguments passed through: tensor arguments become the
+    inputs (type errors point at them), the others the attributes (lists as tuples; an absent optional one
+    is left out)."""
+
+    def body(el: Elaborator, scope: Scope, b: Bound) -> Any:
+        inputs: list[Tensor] = []
+        spans = []
+        attrs: dict[str, Any] = {}
+        for a in op.args:
+            v = b[a.name]
+            if a.kind == "tensors":
+                inputs += v
+                spans += [b.spans[a.name]] * len(v)
+            elif a.kind == "tensor" and v is not None:
+                inputs.append(v)
+                spans.append(b.spans.get(a.name, b.call.span))
+            elif v is not None:
+                attrs[a.ir_name] = frozen(v)
+        return el.emit(scope, op.name, inputs, b.call.span, arg_spans=spans, kw_spans=b.spans,
+                       n_outputs=op.outputs, **attrs)
+
+    return body
 
 
-def _float_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
-    return None if t.dtype.startswith("f") else f"it draws random numbers, so it needs a float tensor, not {t.dtype}"
-
-
-def _fan_out_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
-    if t.rank < 2:
-        return "its fan-out is read from a weight shape [out, in, ...], which needs rank 2 or more"
-    return _float_tensor(t, values)
-
-
-def _fan_out(t: TensorType) -> tuple[tuple[str, Any], ...]:
-    # PyTorch's fan-out: the output count times the receptive field (the product of the dims after 'in').
-    return (("fan_out", t.shape[0] * math.prod(t.shape[2:])),)
-
-
-def _shift_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
-    k = values["kernel"]
-    if t.rank != 4 or t.shape[2:] != (k, k) or t.shape[1] > k * k:
-        return f"shift kernels need a conv weight [out, in, {k}, {k}] with in <= {k * k}"
-    return None
-
-
-def _index_tensor(t: TensorType, values: dict[str, Any]) -> str | None:
-    n = values["window"] ** 2
-    if t.shape != (n, n) or not t.dtype.startswith("i"):
-        return f"the index table of a {values['window']}x{values['window']} window is an integer tensor [{n}, {n}]"
-    return None
-
-
-@dataclass(frozen=True)
-class InitFunc:
-    """An initialiser a spec can call, in a ``param`` declaration or a ``with init(...)`` clause.
-
-    Its arguments are bound like an op's (:func:`bind`); ``needs`` says why a tensor cannot take it;
-    ``derived`` reads further :class:`Init` arguments off the tensor's shape (e.g. the fan-out).
-    """
-
-    name: str
-    kind: str  # the Init kind it makes
-    args: tuple[Arg, ...] = ()
-    needs: InitNeed = _any_tensor
-    derived: Callable[[TensorType], tuple[tuple[str, Any], ...]] | None = None
-
-    named = False  # an initialiser owns no parameters: it takes no 'as' name
-
-    def problem(self, t: TensorType, values: dict[str, Any]) -> str | None:
-        """Why a tensor of type ``t`` cannot take this initialiser with these argument values (None: it can)."""
-        for a in self.args:
-            v = values[a.name]
-            bad_float = isinstance(v, float) and not (math.isfinite(v) and v >= 0)
-            if bad_float or (isinstance(v, int) and v < 1):
-                shown = "a non-negative finite number" if isinstance(v, float) else "a positive int"
-                return f"argument '{a.name}' must be {shown}, found {v}"
-        return self.needs(t, values)
-
-    def make(self, t: TensorType, values: dict[str, Any]) -> Init:
-        """The :class:`Init` for a tensor of type ``t`` (check :meth:`problem` first).
-
-        Arguments with fixed choices (kaiming_normal's ``mode``) only select the kind: they are not
-        arguments of the Init."""
-        own = tuple((a.name, values[a.name]) for a in self.args if a.name in values and not a.choices)
-        return Init(self.kind, own + (self.derived(t) if self.derived else ()))
-
-
-INIT_FUNCS: dict[str, InitFunc] = {f.name: f for f in (
-    InitFunc("zeros", "zeros"),
-    InitFunc("ones", "ones"),
-    InitFunc("normal", "normal", (Arg("std", "float"),), _float_tensor),
-    InitFunc("trunc_normal", "trunc_normal", (Arg("std", "float"),), _float_tensor),
-    InitFunc("uniform_fan_in", "uniform_fan_in", (Arg("fan_in", "int"),), _float_tensor),
-    # Kaiming-normal with the ReLU gain: std = sqrt(2 / fan_out), as torchvision's ResNet initialises convs.
-    InitFunc("kaiming_normal", "kaiming_normal_fan_out", (Arg("mode", "str", choices=("fan_out",)),),
-             _fan_out_tensor, _fan_out),
-    InitFunc("shift_kernels", "shift", (Arg("kernel", "int"),), _shift_tensor),
-    InitFunc("relative_position_index", "relative_position_index", (Arg("window", "int"),), _index_tensor),
-)}
+for _op in OPS.values():
+    for _name in _op.surface:
+        SURFACE_OPS[_name] = SurfaceOp(_name, _op.args, _passthrough(_op), _op.doc, ())

@@ -17,8 +17,9 @@ from test_diagnostics import Reported, parse_report
 
 from netdsl import ast
 from netdsl.elaborate import BUILTIN_FUNCS
+from netdsl.init_funcs import INIT_FUNCS
 from netdsl.parser import parse_source
-from netdsl.surface_ops import INIT_FUNCS, SURFACE_OPS
+from netdsl.surface_ops import SURFACE_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "specs").rglob("*.net"))

@@ -10,9 +10,10 @@ import pytest
 from test_check_every_block import calls
 
 from netdsl.elaborate import BUILTIN_FUNCS
+from netdsl.init_funcs import INIT_FUNCS
 from netdsl.opdefs import OPS
 from netdsl.parser import parse_source
-from netdsl.surface_ops import INIT_FUNCS, SURFACE_OPS
+from netdsl.surface_ops import SURFACE_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = (REPO / "docs" / "language.md").read_text(encoding="utf-8")

@@ -22,16 +22,16 @@ from typing import Any, TypeVar
 
 from hypothesis import strategies as st
 
+from netdsl.init_funcs import INIT_FUNCS
 from netdsl.ir import DTYPES
-from netdsl.surface_ops import INIT_FUNCS, SURFACE_OPS, Arg
+from netdsl.signatures import REQUIRED as _REQUIRED
+from netdsl.signatures import Arg
+from netdsl.surface_ops import SURFACE_OPS
 
 T = TypeVar("T")
 
 SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"
 BUNDLED_SPECS = {p.name: p.read_text() for p in sorted(SPECS_DIR.glob("*.net"))}
-
-# An Arg declared without a default carries the "required" marker as its default.
-_REQUIRED = Arg("probe", "any").default
 
 # Integers that break things: zero, negatives, the edges of machine ints, and very large.
 EDGE_INTS = (0, 1, -1, -2, 2, 3, 7, 64, 2**31 - 1, 2**31, 2**63, 10**12, 10**30, -(10**30))
