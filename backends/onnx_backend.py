@@ -1,7 +1,9 @@
 """ONNX emitter: a typed IR graph plus weights -> a self-contained, checked, deterministic ONNX model.
 
 Every IR op (see :mod:`netdsl.opdefs`) is lowered to standard ONNX ops with exactly the semantics
-of its docstring. The model is built with onnx's own helpers; names are deterministic:
+of its docstring, except the ops a rewrite pass decomposes into other IR ops for every ONNX target
+(``roll``: ``roll_to_slice_concat``), so that each op has one decomposition; meeting one of those
+here is a located error naming the pass. The model is built with onnx's own helpers; names are deterministic:
 
 * graph inputs and outputs, and every IR value, keep their IR names;
 * each parameter becomes an initializer named by its IR parameter name (``stages.0.1.v.weight``);
@@ -38,8 +40,10 @@ from onnx import helper
 
 from netdsl import __version__
 from netdsl.atomic_write import atomic_paths, atomic_write_bytes
+from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Graph, Node, Provenance, TensorType
+from netdsl.passes.pipeline import lowering_targets
 
 MIN_OPSET = 17  # LayerNormalization
 MAX_OPSET = 21
@@ -753,25 +757,6 @@ _CHANNELS_LAST_LOWERINGS: dict[str, Callable[[_Emitter, Node], _Tensor]] = {
 }
 
 
-@_lowers("roll", emits=["Identity", "Slice", "Concat"])
-def _roll(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
-    xt = em.type_of(node.inputs[0])
-    # numpy.roll broadcasts shifts against axes; each (shift, axis) pair applies in turn.
-    shifts, axes = np.broadcast_arrays(np.atleast_1d(node.attrs["shifts"]), np.atleast_1d(node.attrs["axes"]))
-    # numpy.roll: y[i] = x[(i - k) mod n], i.e. the last k entries move to the front.
-    moves = [(int(ax) % xt.rank, int(sh) % xt.shape[ax]) for sh, ax in zip(shifts, axes, strict=True)]
-    moves = [(ax, k) for ax, k in moves if k]
-    cur = em.inputs(node)[0]
-    if not moves:
-        em.emit("Identity", [cur], out=ys[0])
-        return
-    for j, (ax, k) in enumerate(moves):
-        n = xt.shape[ax]
-        head = em.slice(cur, (n - k,), (n,), (ax,))
-        tail = em.slice(cur, (0,), (n - k,), (ax,))
-        cur = em.concat([head, tail], ax, out=ys[0] if j == len(moves) - 1 else None)
-
-
 @_lowers("gather", emits=["Gather"])
 def _gather(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])
@@ -783,6 +768,20 @@ def _where(em: _Emitter, node: Node, ys: list[_Tensor]) -> None:
     if em.type_of(node.inputs[0]).dtype != "bool":  # nonzero selects a, as ONNX's Cast to bool gives
         cond = em.emit("Cast", [cond], {"to": onnx.TensorProto.BOOL})
     em.emit("Where", [cond, a, b], out=ys[0])
+
+
+def _check_lowered(graph: Graph) -> None:
+    """Every op of ``graph`` has a lowering: a located error for an op a pass decomposes before emission."""
+    unknown = sorted({n.op for n in graph.nodes} - set(_LOWERINGS))
+    for op in unknown:
+        passes = lowering_targets(op)
+        if passes:
+            node = next(n for n in graph.nodes if n.op == op)
+            raise NetdslError(Diagnostic(f"{op} has no ONNX form of its own: a pass decomposes it before emission",
+                                         node.provenance.span, help="run " + ", ".join(f"'{p}'" for p in passes),
+                                         chain=node.provenance.chain))
+    if unknown:
+        raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
 
 
 def supported_ops() -> frozenset[str]:
@@ -934,9 +933,7 @@ def _emit(graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_las
           payloads: dict[str, np.ndarray] | None) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported (use {MIN_OPSET}..{MAX_OPSET})")
-    unknown = sorted({n.op for n in graph.nodes} - set(_LOWERINGS))
-    if unknown:
-        raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
+    _check_lowered(graph)
     with _gc_paused():
         em = _Emitter(graph, weights, opset, channels_last_resize)
         for index, node in enumerate(graph.nodes):
