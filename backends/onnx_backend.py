@@ -5,7 +5,9 @@ construction, :mod:`netdsl.backends.onnx_ops` the lowering of each IR op and
 :mod:`netdsl.backends.onnx_layout` the channels-last layout planning.
 
 Every IR op (see :mod:`netdsl.opdefs`) is lowered to standard ONNX ops with exactly the semantics
-of its docstring. The model is built with onnx's own helpers; names are deterministic:
+of its docstring, except the ops a rewrite pass decomposes into other IR ops for every ONNX target
+(``roll``: ``roll_to_slice_concat``), so that each op has one decomposition; meeting one of those
+here is a located error naming the pass. The model is built with onnx's own helpers; names are deterministic:
 
 * graph inputs and outputs, and every IR value, keep their IR names;
 * each parameter becomes an initializer named by its IR parameter name (``stages.0.1.v.weight``);
@@ -43,7 +45,9 @@ from netdsl.atomic_write import atomic_paths, atomic_write_bytes
 from netdsl.backends.onnx_builder import META_BLOCK, META_RULES, META_SPAN, OnnxGraphBuilder, OnnxTensor
 from netdsl.backends.onnx_layout import ChannelsLastPlan
 from netdsl.backends.onnx_ops import LOWERINGS, emitted_ops, exact_resize_scale, grid_values, supported_ops
+from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.ir import Graph
+from netdsl.passes.pipeline import lowering_targets
 
 __all__ = ["META_BLOCK", "META_RULES", "META_SPAN", "MAX_OPSET", "MIN_OPSET", "PAYLOAD_MIN_BYTES", "emitted_ops",
            "exact_resize_scale", "grid_values", "save_onnx", "supported_ops", "to_onnx", "to_onnx_parts"]
@@ -174,13 +178,25 @@ def to_onnx_parts(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
     return _emit(graph, weights, opset, channels_last_resize, payloads), payloads
 
 
+def _check_lowered(graph: Graph) -> None:
+    """Every op of ``graph`` has a lowering: a located error for an op a pass decomposes before emission."""
+    unknown = sorted({n.op for n in graph.nodes} - set(LOWERINGS))
+    for op in unknown:
+        passes = lowering_targets(op)
+        if passes:
+            node = next(n for n in graph.nodes if n.op == op)
+            raise NetdslError(Diagnostic(f"{op} has no ONNX form of its own: a pass decomposes it before emission",
+                                         node.provenance.span, help="run " + ", ".join(f"'{p}'" for p in passes),
+                                         chain=node.provenance.chain))
+    if unknown:
+        raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
+
+
 def _emit(graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_last_resize: bool,
           payloads: dict[str, np.ndarray] | None) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported (use {MIN_OPSET}..{MAX_OPSET})")
-    unknown = sorted({n.op for n in graph.nodes} - set(LOWERINGS))
-    if unknown:
-        raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
+    _check_lowered(graph)
     layout = ChannelsLastPlan.of(graph) if channels_last_resize else ChannelsLastPlan()
     with _gc_paused():
         em = OnnxGraphBuilder(graph, weights, opset)

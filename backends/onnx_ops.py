@@ -451,25 +451,6 @@ def _resize(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
 
 
 
-@_lowers("roll", emits=["Identity", "Slice", "Concat"])
-def _roll(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    xt = em.type_of(node.inputs[0])
-    # numpy.roll broadcasts shifts against axes; each (shift, axis) pair applies in turn.
-    shifts, axes = np.broadcast_arrays(np.atleast_1d(node.attrs["shifts"]), np.atleast_1d(node.attrs["axes"]))
-    # numpy.roll: y[i] = x[(i - k) mod n], i.e. the last k entries move to the front.
-    moves = [(int(ax) % xt.rank, int(sh) % xt.shape[ax]) for sh, ax in zip(shifts, axes, strict=True)]
-    moves = [(ax, k) for ax, k in moves if k]
-    cur = em.inputs(node)[0]
-    if not moves:
-        em.emit("Identity", [cur], out=ys[0])
-        return
-    for j, (ax, k) in enumerate(moves):
-        n = xt.shape[ax]
-        head = em.slice(cur, (n - k,), (n,), (ax,))
-        tail = em.slice(cur, (0,), (n - k,), (ax,))
-        cur = em.concat([head, tail], ax, out=ys[0] if j == len(moves) - 1 else None)
-
-
 @_lowers("gather", emits=["Gather"])
 def _gather(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
     em.emit("Gather", em.inputs(node), {"axis": 0}, out=ys[0])

@@ -12,10 +12,29 @@ The elaborator builds graphs through this class; passes and tests use it too::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from netdsl.ir import Graph, Init, Node, Parameter, Provenance, TensorType
 from netdsl.opdefs import infer_types
+
+
+def typed_node(graph: Graph, op: str, inputs: Sequence[str], attrs: dict[str, Any], provenance: Provenance,
+               hints: Sequence[str | None] | None = None, prefix: str = "") -> Node:
+    """The node ``op(inputs) {attrs}``, its outputs fresh values of ``graph`` typed by :mod:`netdsl.opdefs`.
+
+    Output k is named after ``prefix`` + ``hints[k]`` (the op name when there is no hint). The
+    caller places the node (the builder appends it, a rewrite collects it); raises OpTypeError on
+    bad types, before anything is added to ``graph``.
+    """
+    out_types = infer_types(op, [graph.type_of(i) for i in inputs], attrs)
+    outs = []
+    for k, t in enumerate(out_types):
+        hint = hints[k] if hints and k < len(hints) and hints[k] else op
+        name = graph.fresh_name(prefix + hint)
+        graph.values[name] = t
+        outs.append(name)
+    return Node(op, list(inputs), outs, dict(attrs), provenance)
 
 
 class GraphBuilder:
@@ -46,16 +65,9 @@ class GraphBuilder:
     def op_multi(self, op: str, inputs: list[str], provenance: Provenance | None = None,
                  names: list[str] | None = None, **attrs: Any) -> list[str]:
         """Append ``op`` and return all its output names (raises OpTypeError on bad types)."""
-        types = [self.graph.type_of(i) for i in inputs]
-        out_types = infer_types(op, types, attrs)
-        outs = []
-        for k, t in enumerate(out_types):
-            hint = names[k] if names and k < len(names) and names[k] else op
-            out = self.graph.fresh_name(hint)
-            self.graph.values[out] = t
-            outs.append(out)
-        self.graph.nodes.append(Node(op, list(inputs), outs, dict(attrs), provenance or Provenance()))
-        return outs
+        node = typed_node(self.graph, op, inputs, attrs, provenance or Provenance(), names)
+        self.graph.nodes.append(node)
+        return node.outputs
 
     def output(self, name: str) -> None:
         """Mark a value as a graph output."""

@@ -19,9 +19,11 @@ import pytest
 from netdsl.backends import onnx_backend
 from netdsl.backends.onnx_backend import exact_resize_scale, save_onnx, supported_ops, to_onnx
 from netdsl.builder import GraphBuilder
+from netdsl.diagnostics import NetdslError
 from netdsl.initializers import NP_DTYPES, initial_weights
 from netdsl.ir import Frame, Graph, Init, Provenance, Span, TensorType
 from netdsl.opdefs import OPS
+from netdsl.passes.pipeline import PIPELINES, lowering_targets, run_pipeline
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -70,8 +72,11 @@ def t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def test_every_ir_op_has_a_lowering() -> None:
-    assert set(OPS) <= supported_ops()
+def test_every_ir_op_has_a_lowering_or_one_pass_that_every_onnx_target_runs() -> None:
+    onnx_targets = set(PIPELINES) - {"torch"}
+    for op in set(OPS) - supported_ops():
+        assert [name for name, (targets, when) in lowering_targets(op).items()
+                if onnx_targets <= set(targets) and not when], op
 
 
 # ---- dense ops -----------------------------------------------------------------------------------
@@ -569,8 +574,18 @@ def test_exact_resize_scale_rejects_inconsistent_sizes() -> None:
 @pytest.mark.parametrize("shifts,axes", [((2,), (3,)), ((-1, 3), (2, 3)), ((5,), (1,))])
 def test_roll_matches_numpy(shifts: tuple, axes: tuple) -> None:
     x = rand(1, 4, 5, 6)
-    (y,) = run_op("roll", {"x": x}, shifts=shifts, axes=axes)
+    lowered = run_pipeline(single_op_graph("roll", {"x": x}, shifts=shifts, axes=axes), "onnx",
+                           passes=["roll_to_slice_concat"])
+    (y,) = run_graph(lowered.graph, {}, {"x": x})
     np.testing.assert_array_equal(y, np.roll(x, shifts, axes))
+
+
+def test_an_op_left_to_a_pass_is_a_located_error_naming_it() -> None:
+    span = Span("t.net", 4, 9, 4, 30)
+    graph = single_op_graph("roll", {"x": rand(1, 2, 3, 3)}, provenance=Provenance(span), shifts=(1,), axes=(3,))
+    with pytest.raises(NetdslError, match="roll has no ONNX form of its own") as err:
+        to_onnx(graph, {})
+    assert err.value.diag.span == span and err.value.diag.help == "run 'roll_to_slice_concat'"
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int32])

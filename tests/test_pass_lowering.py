@@ -1,10 +1,10 @@
-"""Differential tests of the lowering rewrites: each runs in ONNX Runtime before and after the pass."""
+"""Differential tests of the lowering rewrites: each runs in netdsl's interpreter before and after the pass."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from pass_support import at, builder_with_input, check_rewrite, f32, op_counts, random_feeds, run_ort
+from pass_support import at, builder_with_input, check_rewrite, f32, op_counts, random_feeds, run_interp
 
 from netdsl.ir import Init
 from netdsl.passes.base import RewriteLog
@@ -126,7 +126,7 @@ def test_softmax_decomposes_and_keeps_the_max_subtraction(axis: int) -> None:
     feeds = random_feeds(graph, scale=300.0)
     ops = {"reduce_max": 1, "sub": 1, "exp": 1, "reduce_sum": 1, "div": 1}
     out, _ = check_rewrite(SOFTMAX, graph, ops, feeds=feeds)
-    assert np.isfinite(run_ort(out, {}, feeds)[0]).all()
+    assert np.isfinite(run_interp(out, {}, feeds)[0]).all()
 
 
 def test_softmax_without_reduce_layers_lowers_to_allowed_ops_only() -> None:
@@ -134,13 +134,13 @@ def test_softmax_without_reduce_layers_lowers_to_allowed_ops_only() -> None:
     b.output(b.op("softmax", [x], at(2), axis=1))
     graph = b.graph
     feeds = random_feeds(graph, scale=50.0)
-    expected = run_ort(graph, {}, feeds)[0]
+    expected = run_interp(graph, {}, feeds)[0]
     log = RewriteLog()
     for p in (SOFTMAX, REDUCE_MAX, REDUCE):
         graph = p.run(graph, log)
         verify(graph)
     assert set(op_counts(graph)) == {"slice", "sub", "relu", "add", "concat", "exp", "const", "conv", "div"}
-    np.testing.assert_allclose(run_ort(graph, {}, feeds)[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_interp(graph, {}, feeds)[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_hardswish_decomposes_into_relu_and_elementwise_ops() -> None:
@@ -162,7 +162,7 @@ def test_neg_becomes_a_product_with_minus_one_bit_exactly() -> None:
     feeds = random_feeds(b.graph, scale=1e30)
     feeds["x"].flat[:4] = [np.inf, -np.inf, 0.0, -0.0]
     graph, _ = check_rewrite(NEG, b.graph, {"const": 1, "mul": 1}, feeds=feeds)
-    (y,) = run_ort(graph, {}, feeds)
+    (y,) = run_interp(graph, {}, feeds)
     np.testing.assert_array_equal(np.signbit(y), ~np.signbit(feeds["x"]))
     np.testing.assert_array_equal(y, -feeds["x"])
 

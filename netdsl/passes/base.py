@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
 import numpy as np
 
@@ -48,6 +49,11 @@ class RewriteLog:
 
 Check = Callable[[Graph], list[str]]  # returns a list of violations (empty = holds)
 
+EVERY_OP: Final = "every op"
+"""The ``matches`` of a pass that looks at every node whatever its op (e.g. CSE, DCE, constant folding)."""
+
+Matches = frozenset[str] | Literal["every op"] | None
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -55,6 +61,8 @@ class Pass:
 
     ``run(graph, log)`` returns the rewritten graph (it may mutate and return the same object).
     ``pre``/``post`` return lists of violated conditions; tests check them around ``run``.
+    ``matches`` declares the IR ops the pass rewrites (a node pass is called on those nodes only),
+    or :data:`EVERY_OP`; None is a pass that has not declared them yet.
     """
 
     name: str
@@ -63,6 +71,7 @@ class Pass:
     doc: str
     pre: Check | None = None
     post: Check | None = None
+    matches: Matches = None
 
 
 Weights = dict[str, np.ndarray]

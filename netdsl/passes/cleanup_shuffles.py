@@ -93,4 +93,5 @@ def _post(graph: Graph) -> list[str]:
     return out
 
 
-PASS = node_pass(RULE, "cleanup", _cleanup, __doc__ or "", post=_post)
+PASS = node_pass(RULE, "cleanup", _cleanup, __doc__ or "", post=_post,
+                 matches=("identity", "reshape", "transpose", "slice", "concat", "split"), repeat=True)

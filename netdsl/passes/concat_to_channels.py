@@ -66,4 +66,4 @@ def _post(graph: Graph) -> list[str]:
     return [f"concat {n.outputs[0]} is not along channels" for n in graph.nodes if _off_channels(graph, n)]
 
 
-PASS = node_pass(RULE, "lower", _to_channels, __doc__ or "", post=_post)
+PASS = node_pass(RULE, "lower", _to_channels, __doc__ or "", post=_post, matches=("concat",))

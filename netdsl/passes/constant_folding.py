@@ -20,7 +20,7 @@ import numpy as np
 
 from netdsl.interp import eval_node
 from netdsl.ir import Graph, Node
-from netdsl.passes.base import Pass, WeightedPass, Weights
+from netdsl.passes.base import EVERY_OP, Pass, WeightedPass, Weights
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "constant_folding"
@@ -66,7 +66,7 @@ def make_constant_folding(weights: Weights | None = None, max_elements: int = MA
         return [f"{n.op} node {n.outputs[0]} has only constant inputs" for n in graph.nodes
                 if foldable(graph, n, const_of) is not None]
 
-    return node_pass(rule, "optimize", fold, __doc__ or "", post=post)
+    return node_pass(rule, "optimize", fold, __doc__ or "", post=post, matches=EVERY_OP)
 
 
 PASS = make_constant_folding()

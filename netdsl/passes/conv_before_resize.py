@@ -50,7 +50,7 @@ def worth_moving(em: Emitter, conv: Node, resize: Node) -> bool:
 
 
 def _move(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "conv" or not is_pointwise(em, node):
+    if not is_pointwise(em, node):
         return None
     resize = em.producer(node.inputs[0])
     if resize is None or resize.op != "resize" or not em.used_once(node.inputs[0]):
@@ -62,4 +62,4 @@ def _move(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("resize", [mixed], **resize.attrs)]
 
 
-PASS = node_pass(RULE, "optimize", _move, __doc__ or "")
+PASS = node_pass(RULE, "optimize", _move, __doc__ or "", matches=("conv",))

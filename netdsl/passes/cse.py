@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from netdsl.ir import Graph, Node
-from netdsl.passes.base import Pass, RewriteLog
+from netdsl.passes.base import EVERY_OP, Pass, RewriteLog
 from netdsl.passes.rewriter import Emitter, rewrite_nodes
 
 RULE = "cse"
@@ -46,7 +46,7 @@ def _run(graph: Graph, log: RewriteLog) -> Graph:
         seen[key] = node.outputs
         return None
 
-    return rewrite_nodes(graph, RULE, log, merge)
+    return rewrite_nodes(graph, RULE, log, merge, EVERY_OP)
 
 
 def _post(graph: Graph) -> list[str]:
@@ -60,4 +60,4 @@ def _post(graph: Graph) -> list[str]:
     return out
 
 
-PASS = Pass(RULE, "optimize", _run, (__doc__ or "").strip(), post=_post)
+PASS = Pass(RULE, "optimize", _run, (__doc__ or "").strip(), post=_post, matches=EVERY_OP)

@@ -9,7 +9,7 @@ parameter of the spec so that checkpoints load by name.
 from __future__ import annotations
 
 from netdsl.ir import Graph, Node
-from netdsl.passes.base import Pass, RewriteLog
+from netdsl.passes.base import EVERY_OP, Pass, RewriteLog
 
 RULE = "dce"
 
@@ -54,4 +54,4 @@ def _post(graph: Graph) -> list[str]:
     return dead + [f"parameter {p} is unused" for p in unused_params(graph)]
 
 
-PASS = Pass(RULE, "cleanup", _run, (__doc__ or "").strip(), post=_post)
+PASS = Pass(RULE, "cleanup", _run, (__doc__ or "").strip(), post=_post, matches=EVERY_OP)

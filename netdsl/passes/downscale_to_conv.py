@@ -55,9 +55,7 @@ def axis_taps(k: int, mode: str) -> np.ndarray:
 
 
 def downscale_as_conv(node: Node, em: Emitter) -> list[str] | None:
-    """The depth-wise conv replacing ``node`` if it is a resize shrinking by whole factors, else None."""
-    if node.op != "resize":
-        return None
+    """The depth-wise conv replacing resize ``node`` if it shrinks by whole factors, else None."""
     x = em.graph.type_of(node.inputs[0])
     _, channels, h, w = x.shape
     (ho, wo), (sh, sw) = node.attrs["sizes"], node.attrs["scales"]
@@ -71,4 +69,4 @@ def downscale_as_conv(node: Node, em: Emitter) -> list[str] | None:
                   groups=channels)]
 
 
-PASS = node_pass(RULE, "optimize", downscale_as_conv, __doc__ or "")
+PASS = node_pass(RULE, "optimize", downscale_as_conv, __doc__ or "", matches=("resize",))

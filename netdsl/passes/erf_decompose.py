@@ -80,13 +80,12 @@ def _decompose(node: Node, em: Emitter) -> list[str] | None:
         _, lanes = _lanes(em, x, 1.0)
         q = scaled_erfc(em, lanes, 1.0)
         return [restore(em, em.op("sub", [lane(em, q, 1), lane(em, q, 0)]), x)]
-    if node.op == "gelu":
-        x = node.inputs[0]
-        view, lanes = _lanes(em, x, 1.0 / math.sqrt(2.0))
-        q = scaled_erfc(em, lanes, 0.5)
-        phi = em.op("add", [em.op("sub", [lane(em, q, 1), lane(em, q, 0)]), em.scalar(0.5, view)], "phi")
-        return [restore(em, em.op("mul", [view, phi]), x)]
-    return None
+    x = node.inputs[0]  # a gelu
+    view, lanes = _lanes(em, x, 1.0 / math.sqrt(2.0))
+    q = scaled_erfc(em, lanes, 0.5)
+    phi = em.op("add", [em.op("sub", [lane(em, q, 1), lane(em, q, 0)]), em.scalar(0.5, view)], "phi")
+    return [restore(em, em.op("mul", [view, phi]), x)]
 
 
-PASS = node_pass(RULE, "lower", _decompose, __doc__ or "", post=ops_absent("erf", "gelu"))
+PASS = node_pass(RULE, "lower", _decompose, __doc__ or "", post=ops_absent("erf", "gelu"),
+                 matches=("erf", "gelu"))

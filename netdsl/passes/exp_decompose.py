@@ -32,8 +32,6 @@ FINITE = float(np.finfo(np.float32).max)
 
 
 def _decompose_exp(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "exp":
-        return None
     x = node.inputs[0]
     view = lane_view(em, x)
     pair = em.op("mul", [view, lane_const(em, [0.25, -0.25], x)], **{INPUT_RANGE: ("exp", -FINITE, FINITE)})
@@ -41,4 +39,4 @@ def _decompose_exp(node: Node, em: Emitter) -> list[str] | None:
     return [restore(em, em.op("mul", [half, half]), x)]
 
 
-PASS = node_pass(RULE, "lower", _decompose_exp, __doc__ or "", post=ops_absent("exp"))
+PASS = node_pass(RULE, "lower", _decompose_exp, __doc__ or "", matches=("exp",), post=ops_absent("exp"))

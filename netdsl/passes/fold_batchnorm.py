@@ -99,8 +99,6 @@ def make_fold_batchnorm(weights: Weights) -> Pass:
     def fold(node: Node, em: Emitter) -> list[str] | None:
         if node.op == "conv":
             return fold_into_next(node, em)
-        if node.op != "batchnorm":
-            return None
         conv = em.producer(node.inputs[0])
         if not foldable_conv(em.graph, node, conv, em.used_once(node.inputs[0])):
             return None
@@ -145,7 +143,7 @@ def make_fold_batchnorm(weights: Weights) -> Pass:
                 + [f"batchnorm {n.inputs[0]} still precedes conv {n.outputs[0]}" for n in graph.nodes
                    if foldable_into_next(graph, n, producers.get(n.inputs[0]), single_use(n.inputs[0]))])
 
-    return node_pass(RULE, "optimize", fold, __doc__ or "", post=post)
+    return node_pass(RULE, "optimize", fold, __doc__ or "", post=post, matches=("batchnorm", "conv"))
 
 
 PASS = WeightedPass(RULE, "optimize", (__doc__ or "").strip(), make_fold_batchnorm)

@@ -67,8 +67,6 @@ def _left_alone(graph: Graph, node: Node) -> bool:
 
 
 def _lower_gather(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "gather":
-        return None
     table, index = node.inputs
     if _leaves(em, table, index):
         return None
@@ -93,5 +91,5 @@ def _lower_gather(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("reshape", [picked], shape=out)]
 
 
-PASS = node_pass(RULE, "lower", _lower_gather, __doc__ or "",
+PASS = node_pass(RULE, "lower", _lower_gather, __doc__ or "", matches=("gather",),
                  post=ops_absent("gather", when="its indices are constants", kept=_left_alone))

@@ -24,8 +24,6 @@ RULE = "groupnorm_decompose"
 
 
 def _decompose_groupnorm(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "groupnorm":
-        return None
     x, *params = node.inputs
     shape = em.graph.type_of(x).shape
     batch, channels, groups = shape[0], shape[1], node.attrs["groups"]
@@ -37,4 +35,5 @@ def _decompose_groupnorm(node: Node, em: Emitter) -> list[str] | None:
     return [view_as(em, affine(em, view_as(em, y, map_view), weight, bias), shape)]
 
 
-PASS = node_pass(RULE, "lower", _decompose_groupnorm, __doc__ or "", post=ops_absent("groupnorm"))
+PASS = node_pass(RULE, "lower", _decompose_groupnorm, __doc__ or "", matches=("groupnorm",),
+                 post=ops_absent("groupnorm"))

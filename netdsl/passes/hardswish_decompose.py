@@ -15,8 +15,6 @@ RULE = "hardswish_decompose"
 
 
 def _decompose_hardswish(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "hardswish":
-        return None
     x = node.inputs[0]
     three = em.scalar(3.0, x)
     upper = em.op("relu", [em.op("add", [x, three])])
@@ -25,4 +23,5 @@ def _decompose_hardswish(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("mul", [x, gate])]
 
 
-PASS = node_pass(RULE, "lower", _decompose_hardswish, __doc__ or "", post=ops_absent("hardswish"))
+PASS = node_pass(RULE, "lower", _decompose_hardswish, __doc__ or "", matches=("hardswish",),
+                 post=ops_absent("hardswish"))

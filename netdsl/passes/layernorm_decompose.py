@@ -90,8 +90,6 @@ def affine(em: Emitter, y: str, weight: str | None, bias: str | None) -> str:
 
 
 def _decompose_layernorm(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "layernorm":
-        return None
     x, *params = node.inputs
     axis = node.attrs["axis"] % em.graph.type_of(x).rank
     view, undo = channels_first(em, x, axis)
@@ -100,4 +98,5 @@ def _decompose_layernorm(node: Node, em: Emitter) -> list[str] | None:
     return [undo(affine(em, y, weight, bias))]
 
 
-PASS = node_pass(RULE, "lower", _decompose_layernorm, __doc__ or "", post=ops_absent("layernorm"))
+PASS = node_pass(RULE, "lower", _decompose_layernorm, __doc__ or "", matches=("layernorm",),
+                 post=ops_absent("layernorm"))

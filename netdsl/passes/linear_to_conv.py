@@ -22,8 +22,6 @@ RULE = "linear_to_conv"
 
 
 def _lower_linear(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "linear":
-        return None
     x, w, *bias = node.inputs
     shape = em.graph.type_of(x).shape
     rank = len(shape)
@@ -44,4 +42,4 @@ def _lower_linear(node: Node, em: Emitter) -> list[str] | None:
     return [y]
 
 
-PASS = node_pass(RULE, "lower", _lower_linear, __doc__ or "", post=ops_absent("linear"))
+PASS = node_pass(RULE, "lower", _lower_linear, __doc__ or "", matches=("linear",), post=ops_absent("linear"))

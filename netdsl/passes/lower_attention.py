@@ -34,8 +34,6 @@ SWAP = (0, 1, 3, 2)
 
 
 def _lower_attention(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "attention":
-        return None
     q, k, v, *bias = node.inputs
     b, h, lq, d = em.graph.type_of(q).shape
     lk, dv = em.graph.type_of(v).shape[2:]
@@ -51,4 +49,4 @@ def _lower_attention(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("reshape", [out], shape=(b, h, lq, dv))]
 
 
-PASS = node_pass(RULE, "lower", _lower_attention, __doc__ or "", post=ops_absent("attention"))
+PASS = node_pass(RULE, "lower", _lower_attention, __doc__ or "", matches=("attention",), post=ops_absent("attention"))

@@ -199,8 +199,6 @@ def _weighted_values(em: Emitter, attn: str, values: list[str], win: Window) -> 
 
 
 def _lower_local_attention(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "local_attention":
-        return None
     q, k, v, *pos = node.inputs
     a = node.attrs
     win = Window(*em.graph.type_of(q).shape, heads=a["heads"], kernel=a["kernel"], stride=a["stride"])
@@ -218,4 +216,5 @@ def _lower_local_attention(node: Node, em: Emitter) -> list[str] | None:
     return [_weighted_values(em, attn, _slot_maps(em, v, win), win)]
 
 
-PASS = node_pass(RULE, "lower", _lower_local_attention, __doc__ or "", post=ops_absent("local_attention"))
+PASS = node_pass(RULE, "lower", _lower_local_attention, __doc__ or "", matches=("local_attention",),
+                 post=ops_absent("local_attention"))

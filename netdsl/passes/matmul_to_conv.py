@@ -56,8 +56,6 @@ def _const_left(em: Emitter, a: str, b: str, out: tuple[int, ...]) -> str:
 
 
 def _lower_matmul(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "matmul":
-        return None
     a, b = node.inputs
     at, bt = em.graph.type_of(a), em.graph.type_of(b)
     out = em.graph.values[node.outputs[0]].shape
@@ -75,4 +73,4 @@ def _lower_matmul(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("reshape", [y], shape=out)]
 
 
-PASS = node_pass(RULE, "lower", _lower_matmul, __doc__ or "", post=ops_absent("matmul"))
+PASS = node_pass(RULE, "lower", _lower_matmul, __doc__ or "", matches=("matmul",), post=ops_absent("matmul"))

@@ -26,7 +26,7 @@ def _edge_padding_is_exact(node: Node) -> bool:
 
 
 def _lower_maxpool(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "maxpool" or not _edge_padding_is_exact(node):
+    if not _edge_padding_is_exact(node):
         return None
     x = node.inputs[0]
     if any(node.attrs["pads"]):
@@ -43,4 +43,5 @@ def _lower_maxpool(node: Node, em: Emitter) -> list[str] | None:
     return [result]
 
 
-PASS = node_pass(RULE, "lower", _lower_maxpool, __doc__ or "", post=ops_absent("maxpool"))
+PASS = node_pass(RULE, "lower", _lower_maxpool, __doc__ or "", post=ops_absent("maxpool"),
+                 matches=("maxpool",))

@@ -15,10 +15,8 @@ RULE = "neg_to_mul"
 
 
 def _neg_to_mul(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "neg":
-        return None
     x = node.inputs[0]
     return [em.op("mul", [x, em.scalar(-1.0, x)])]
 
 
-PASS = node_pass(RULE, "lower", _neg_to_mul, __doc__ or "", post=ops_absent("neg"))
+PASS = node_pass(RULE, "lower", _neg_to_mul, __doc__ or "", matches=("neg",), post=ops_absent("neg"))

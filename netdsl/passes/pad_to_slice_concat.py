@@ -64,7 +64,7 @@ def _zeros(em: Emitter, shape: tuple[int, ...], dtype: str, axis: int, length: i
 def _lower_pad(node: Node, em: Emitter) -> list[str] | None:
     if node.op == "conv":
         return _fold_into_conv(node, em)
-    if node.op != "pad" or _folds_into_conv(node, em):
+    if _folds_into_conv(node, em):
         return None
     top, left, bottom, right = node.attrs["pads"]
     mode = node.attrs["mode"]
@@ -81,4 +81,4 @@ def _fold_into_conv(conv: Node, em: Emitter) -> list[str] | None:
     return [em.op("conv", [pad.inputs[0], *conv.inputs[1:]], **{**conv.attrs, "pads": pads})]
 
 
-PASS = node_pass(RULE, "lower", _lower_pad, __doc__ or "", post=ops_absent("pad"))
+PASS = node_pass(RULE, "lower", _lower_pad, __doc__ or "", post=ops_absent("pad"), matches=("pad", "conv"))

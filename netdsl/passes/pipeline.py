@@ -12,10 +12,12 @@
   (``local_attention_to_matmul``: about 95 ONNX operators for an ACmix block instead of the ~510 of
   the restricted lowering, whose per-operator cost dominated with two threads), then
   constant folding, CSE, cleanup of data movement and DCE run;
+* every ONNX target (all but ``torch``) lowers ``roll`` to slices and concats
+  (``roll_to_slice_concat``): ONNX has no roll, and the emitter leaves that decomposition to the pass;
 * ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
   batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
   shuffle cleanup;
-* ``trt`` (standard TensorRT) folds batch norms into convolutions and moves average pools above
+* ``trt`` (standard TensorRT) lowers ``roll``, folds batch norms into convolutions and moves average pools above
   pointwise convs;
 * ``trt-restricted`` lowers everything it can to the restricted layer set (conv, elementwise,
   shuffle, concat, slice, softmax, resize by scales): attention, matrix products of two
@@ -64,11 +66,12 @@ _FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constan
 _MATH = ["pow_decompose", "sqrt_decompose", "exp_decompose", "erf_decompose"]
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": ["local_attention_to_matmul", "fold_batchnorm", "conv_before_resize", "pool_before_conv",
-             "downscale_to_conv", "reduce_to_matmul",
+    "onnx": ["local_attention_to_matmul", "roll_to_slice_concat", "fold_batchnorm", "conv_before_resize",
+             "pool_before_conv", "downscale_to_conv", "reduce_to_matmul",
              "constant_folding", "cse", "cleanup_shuffles", "dce"],
     "torch": ["cse", "cleanup_shuffles"],
-    "trt": ["fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "trt": ["roll_to_slice_concat", "fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles",
+            "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
     # concats, matmul_to_conv emits linear maps, and the maxpool lowering emits an edge pad, all
     # lowered by the passes after them.

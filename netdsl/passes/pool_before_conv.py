@@ -57,9 +57,7 @@ class _Pool:
 
 
 def _shrinking_pool(em: Emitter, node: Node) -> _Pool | None:
-    """``node`` as a :class:`_Pool` when it is an unpadded average pool or a mean that makes its input smaller."""
-    if node.op not in ("avgpool", "reduce_mean"):
-        return None
+    """``node`` (an average pool or a mean) as a :class:`_Pool` when it is unpadded and makes its input smaller."""
     x = em.graph.type_of(node.inputs[0])
     if node.op == "avgpool":
         y = em.graph.type_of(node.outputs[0])
@@ -152,4 +150,4 @@ def _move(node: Node, em: Emitter) -> list[str] | None:
     return [pooled]
 
 
-PASS = node_pass(RULE, "optimize", _move, __doc__ or "")
+PASS = node_pass(RULE, "optimize", _move, __doc__ or "", matches=("avgpool", "reduce_mean"))

@@ -47,8 +47,6 @@ def _integer_power(em: Emitter, x: str, n: int) -> str | None:
 
 
 def _decompose_pow(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "pow":
-        return None
     x = node.inputs[0]
     exponent = float(node.attrs["exponent"])
     scaled = abs(exponent) * 2**ROOT_BITS
@@ -79,4 +77,4 @@ def _decompose_pow(node: Node, em: Emitter) -> list[str] | None:
     return [result]
 
 
-PASS = node_pass(RULE, "lower", _decompose_pow, __doc__ or "", post=ops_absent("pow"))
+PASS = node_pass(RULE, "lower", _decompose_pow, __doc__ or "", matches=("pow",), post=ops_absent("pow"))

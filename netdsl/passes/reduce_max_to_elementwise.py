@@ -55,9 +55,7 @@ PICKS = {"reduce_max": maximum, "reduce_min": minimum}
 
 
 def _lower_reduce_max(node: Node, em: Emitter) -> list[str] | None:
-    pick = PICKS.get(node.op)
-    if pick is None:
-        return None
+    pick = PICKS[node.op]
     x = node.inputs[0]
     rank = em.graph.type_of(x).rank
     for axis in sorted({a % rank for a in node.attrs["axes"]}):
@@ -68,4 +66,4 @@ def _lower_reduce_max(node: Node, em: Emitter) -> list[str] | None:
     return [x]
 
 
-PASS = node_pass(RULE, "lower", _lower_reduce_max, __doc__ or "", post=ops_absent(*PICKS))
+PASS = node_pass(RULE, "lower", _lower_reduce_max, __doc__ or "", post=ops_absent(*PICKS), matches=PICKS)

@@ -29,8 +29,6 @@ def _reduced_view(shape: tuple[int, ...], axes: set[int]) -> tuple[tuple[int, ..
 
 
 def _lower_reduce_min(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "reduce_min":
-        return None
     x = node.inputs[0]
     t = em.graph.type_of(x)
     view = _reduced_view(t.shape, {a % t.rank for a in node.attrs["axes"]})
@@ -48,4 +46,4 @@ def _lower_reduce_min(node: Node, em: Emitter) -> list[str] | None:
     return [y if em.graph.type_of(y).shape == out_shape else em.op("reshape", [y], shape=out_shape)]
 
 
-PASS = node_pass(RULE, "lower", _lower_reduce_min, __doc__ or "")
+PASS = node_pass(RULE, "lower", _lower_reduce_min, __doc__ or "", matches=("reduce_min",))

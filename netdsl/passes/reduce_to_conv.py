@@ -163,8 +163,6 @@ def _apply(em: Emitter, x: str, step: Step, mean: bool) -> str:
 
 
 def _lower_reduce(node: Node, em: Emitter) -> list[str] | None:
-    if node.op not in REDUCTIONS:
-        return None
     x = node.inputs[0]
     t = em.graph.type_of(x)
     steps = plan(t.shape, {a % t.rank for a in node.attrs["axes"]})
@@ -179,4 +177,5 @@ def _lower_reduce(node: Node, em: Emitter) -> list[str] | None:
     return [y]
 
 
-PASS = node_pass(RULE, "lower", _lower_reduce, __doc__ or "", post=ops_absent(*REDUCTIONS))
+PASS = node_pass(RULE, "lower", _lower_reduce, __doc__ or "", post=ops_absent(*REDUCTIONS),
+                 matches=REDUCTIONS)

@@ -38,7 +38,7 @@ def _leading_run(graph: Graph, node: Node) -> tuple[int, int, int] | None:
 
 
 def _as_matmul(node: Node, em: Emitter) -> list[str] | None:
-    run = _leading_run(em.graph, node) if node.op in REDUCTIONS else None
+    run = _leading_run(em.graph, node)
     if run is None:
         return None
     p, r, after = run
@@ -54,4 +54,4 @@ def _post(graph: Graph) -> list[str]:
             for node in graph.nodes if node.op in REDUCTIONS and _leading_run(graph, node) is not None]
 
 
-PASS = node_pass(RULE, "optimize", _as_matmul, __doc__ or "", post=_post)
+PASS = node_pass(RULE, "optimize", _as_matmul, __doc__ or "", post=_post, matches=REDUCTIONS)

@@ -46,7 +46,7 @@ def _interpolate_axis(em: Emitter, x: str, axis: int, n_out: int, scale: float, 
 
 
 def _rewrite(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "resize" or all(_whole_upsampling(s) for s in node.attrs["scales"]):
+    if all(_whole_upsampling(s) for s in node.attrs["scales"]):
         return None
     shrunk = downscale_as_conv(node, em)  # by whole factors: one depth-wise conv does it
     if shrunk is not None:
@@ -70,4 +70,4 @@ def only_whole_upsampling(graph: Graph) -> list[str]:
             if n.op == "resize" and not all(_whole_upsampling(s) for s in n.attrs["scales"])]
 
 
-PASS = node_pass(RULE, "lower", _rewrite, __doc__ or "", post=only_whole_upsampling)
+PASS = node_pass(RULE, "lower", _rewrite, __doc__ or "", post=only_whole_upsampling, matches=("resize",))

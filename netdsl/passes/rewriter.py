@@ -2,7 +2,9 @@
 
 A pass describes a local rewrite as a function ``(node, em) -> replacement``: it returns None to
 keep ``node``, or one value name per output of ``node`` after building the new nodes with the
-:class:`Emitter` ``em``. :func:`rewrite_nodes` applies it to every node in order and
+:class:`Emitter` ``em``. :func:`node_pass` makes it a :class:`Pass` that declares the ops it
+matches: the walker calls the function on nodes of those ops only, so rewrites need no guard of
+their own. :func:`rewrite_nodes` applies it to every matching node in order and
 
 * gives every new node the replaced node's provenance plus the rule name (:func:`derived`);
 * keeps the replaced node's output names on the new nodes that compute them, so consumers,
@@ -10,20 +12,29 @@ keep ``node``, or one value name per output of ``node`` after building the new n
 * redirects consumers when a replacement is an existing value (e.g. an identity's input);
 * drops upstream nodes a rewrite absorbed (:meth:`Emitter.absorb`) once nothing reads them;
 * records each rewrite in the :class:`RewriteLog`.
+
+One sweep in graph order suffices for most rewrites, since each sees its inputs already
+rewritten. A rewrite whose result can match it again (e.g. two transposes merged into one that
+only moves axes of length 1, which is a reshape) declares ``repeat``: :func:`rewrite_until_settled`
+sweeps until a sweep changes nothing, and a pass still rewriting after its cap of sweeps is an
+internal error naming the nodes it kept rewriting, never a silent stop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
+from netdsl.builder import typed_node
 from netdsl.initializers import NP_DTYPES
-from netdsl.ir import Graph, Node, Parameter
+from netdsl.ir import Graph, Node, Parameter, Provenance
 from netdsl.memory import nbytes
-from netdsl.opdefs import infer_types
-from netdsl.passes.base import Check, Pass, RewriteLog, RewriteSize, derived
+from netdsl.passes.base import EVERY_OP, Check, Matches, Pass, RewriteLog, RewriteSize, derived
+
+MAX_SWEEPS = 8
+"""Default cap on the sweeps of a repeating pass (a pass that needs more says so)."""
 
 
 class Emitter:
@@ -60,15 +71,14 @@ class Emitter:
     def op_multi(self, op: str, inputs: Sequence[str], hints: Sequence[str] | None = None,
                  **attrs: Any) -> list[str]:
         """Append ``op(inputs) {attrs}``; return its output names (types inferred by :mod:`netdsl.opdefs`)."""
-        out_types = infer_types(op, [self.graph.type_of(i) for i in inputs], attrs)
-        outs = []
-        for k, t in enumerate(out_types):
-            hint = hints[k] if hints and k < len(hints) else op
-            name = self.graph.fresh_name(f"{self.origin.outputs[0]}.{hint}")
-            self.graph.values[name] = t
-            outs.append(name)
-        self.nodes.append(Node(op, list(inputs), outs, dict(attrs), derived(self.source, self.rule)))
-        return outs
+        node = typed_node(self.graph, op, inputs, attrs, self._provenance(), hints, f"{self.origin.outputs[0]}.")
+        self.nodes.append(node)
+        return node.outputs
+
+    def _provenance(self) -> Provenance:
+        """``source``'s provenance plus this rule, which a repeating rule rewriting its own result records once."""
+        rules = self.source.provenance.rules
+        return self.source.provenance if rules and rules[-1] == self.rule else derived(self.source, self.rule)
 
     def op(self, op: str, inputs: Sequence[str], hint: str | None = None, **attrs: Any) -> str:
         """:meth:`op_multi` for a single-output op."""
@@ -99,25 +109,58 @@ class Emitter:
 Replacement = Callable[[Node, Emitter], "list[str] | None"]
 
 
-def rewrite_nodes(graph: Graph, rule: str, log: RewriteLog, fn: Replacement) -> Graph:
-    """Apply ``fn`` to every node of ``graph`` in order (see the module docstring); returns ``graph``."""
+class RewriteDidNotSettle(RuntimeError):
+    """A repeating pass still rewrote nodes after its cap of sweeps (an internal error: the rule does not converge)."""
+
+
+def rewrite_nodes(graph: Graph, rule: str, log: RewriteLog, fn: Replacement, matches: Matches = None) -> Graph:
+    """Apply ``fn`` to every node of ``graph`` whose op ``matches`` (all nodes for None or
+    :data:`EVERY_OP`), in order (see the module docstring); returns ``graph``."""
+    _sweep(graph, rule, log, fn, matches)
+    return graph
+
+
+def rewrite_until_settled(graph: Graph, rule: str, log: RewriteLog, fn: Replacement, matches: Matches = None,
+                          max_sweeps: int = MAX_SWEEPS) -> Graph:
+    """:func:`rewrite_nodes` repeated until a sweep rewrites nothing; returns ``graph``.
+
+    At most ``max_sweeps`` sweeps may rewrite: when the one after them still does,
+    :class:`RewriteDidNotSettle` names the rule and where the nodes it rewrote come from.
+    """
+    for _ in range(max_sweeps):
+        if not _sweep(graph, rule, log, fn, matches):
+            return graph
+    again = _sweep(graph, rule, log, fn, matches)
+    if not again:
+        return graph
+    where = ", ".join(f"{n.op} at {n.provenance.span or '<generated>'}" for n in again[:5])
+    more = f" and {len(again) - 5} more" if len(again) > 5 else ""
+    raise RewriteDidNotSettle(f"rule {rule} still rewrote {len(again)} node(s) after {max_sweeps} sweeps: "
+                              f"{where}{more}")
+
+
+def _sweep(graph: Graph, rule: str, log: RewriteLog, fn: Replacement, matches: Matches) -> list[Node]:
+    """One pass of ``fn`` over the matching nodes of ``graph``; returns the nodes it replaced."""
+    wanted = matches if isinstance(matches, frozenset) else None
     consumers = graph.consumers()
     producers: dict[str, Node] = {}
     aliases: dict[str, str] = {}
     alias_origin: dict[str, Node] = {}
     absorbed: list[Node] = []
     kept: list[Node] = []
+    replaced: list[Node] = []
     for node in list(graph.nodes):
         node.inputs = [_resolve(aliases, i) for i in node.inputs]
-        em = Emitter(graph, node, rule, producers, consumers)
-        result = fn(node, em)
-        if result is None:
+        em = Emitter(graph, node, rule, producers, consumers) if wanted is None or node.op in wanted else None
+        result = fn(node, em) if em is not None else None
+        if em is None or result is None:
             new_nodes = [node]
         else:
             for old_name in _bind_outputs(graph, node, em.nodes, result, aliases):
                 alias_origin[old_name] = node
             new_nodes = em.nodes
             absorbed.extend(em.absorbed)
+            replaced.append(node)
             log.record(rule, node, [n.op for n in em.nodes])
             log.sizes.append(_rewrite_size(graph, rule, node, em.nodes))
         for n in new_nodes:
@@ -126,7 +169,7 @@ def rewrite_nodes(graph: Graph, rule: str, log: RewriteLog, fn: Replacement) -> 
     graph.nodes = kept
     _bind_graph_outputs(graph, rule, aliases, alias_origin)
     drop_unused(graph, absorbed)
-    return graph
+    return replaced
 
 
 def _rewrite_size(graph: Graph, rule: str, old: Node, new_nodes: list[Node]) -> RewriteSize:
@@ -215,10 +258,19 @@ def drop_unused(graph: Graph, candidates: list[Node]) -> None:
 
 
 def node_pass(rule: str, phase: str, fn: Replacement, doc: str, post: Check | None = None,
-              pre: Check | None = None) -> Pass:
-    """A :class:`Pass` named ``rule`` that applies the local rewrite ``fn`` with :func:`rewrite_nodes`."""
+              pre: Check | None = None, *, matches: Iterable[str] | Literal["every op"] | None = None,
+              repeat: bool = False, max_sweeps: int = MAX_SWEEPS) -> Pass:
+    """A :class:`Pass` named ``rule`` that applies the local rewrite ``fn`` to the nodes whose op it ``matches``.
+
+    ``matches`` lists the IR ops ``fn`` rewrites (or is :data:`EVERY_OP`); None, the form of passes
+    written before declarations, calls ``fn`` on every node. With ``repeat``, the pass sweeps
+    until nothing changes (:func:`rewrite_until_settled`, at most ``max_sweeps`` rewriting sweeps).
+    """
+    declared: Matches = matches if matches is None or matches == EVERY_OP else frozenset(matches)
 
     def run(graph: Graph, log: RewriteLog) -> Graph:
-        return rewrite_nodes(graph, rule, log, fn)
+        if repeat:
+            return rewrite_until_settled(graph, rule, log, fn, declared, max_sweeps)
+        return rewrite_nodes(graph, rule, log, fn, declared)
 
-    return Pass(rule, phase, run, doc.strip(), pre, post)
+    return Pass(rule, phase, run, doc.strip(), pre, post, declared)

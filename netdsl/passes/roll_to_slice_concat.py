@@ -25,8 +25,6 @@ def roll_moves(shape: tuple[int, ...], shifts: object, axes: object) -> list[tup
 
 
 def _lower_roll(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "roll":
-        return None
     x = node.inputs[0]
     shape = em.graph.type_of(x).shape
     for axis, k in roll_moves(shape, node.attrs["shifts"], node.attrs["axes"]):
@@ -37,4 +35,4 @@ def _lower_roll(node: Node, em: Emitter) -> list[str] | None:
     return [x]
 
 
-PASS = node_pass(RULE, "lower", _lower_roll, __doc__ or "", post=ops_absent("roll"))
+PASS = node_pass(RULE, "lower", _lower_roll, __doc__ or "", matches=("roll",), post=ops_absent("roll"))

@@ -34,8 +34,6 @@ def shift_kernel(channels: int, height: int, width: int, offsets: list[tuple[int
 
 
 def _lower_shift(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "shift":
-        return None
     x = em.graph.type_of(node.inputs[0])
     _, c, h, w = x.shape
     offsets = [(int(dy), int(dx)) for dy, dx in node.attrs["offsets"]]
@@ -46,4 +44,4 @@ def _lower_shift(node: Node, em: Emitter) -> list[str] | None:
                   groups=c)]
 
 
-PASS = node_pass(RULE, "lower", _lower_shift, __doc__ or "", post=ops_absent("shift"))
+PASS = node_pass(RULE, "lower", _lower_shift, __doc__ or "", matches=("shift",), post=ops_absent("shift"))

@@ -20,8 +20,6 @@ RULE = "softmax_decompose"
 
 
 def _decompose_softmax(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "softmax":
-        return None
     x = node.inputs[0]
     axes = (node.attrs["axis"] % em.graph.type_of(x).rank,)
     peak = em.op("reduce_max", [x], "max", axes=axes, keepdims=True)
@@ -30,4 +28,4 @@ def _decompose_softmax(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("div", [e, total])]
 
 
-PASS = node_pass(RULE, "lower", _decompose_softmax, __doc__ or "", post=ops_absent("softmax"))
+PASS = node_pass(RULE, "lower", _decompose_softmax, __doc__ or "", matches=("softmax",), post=ops_absent("softmax"))

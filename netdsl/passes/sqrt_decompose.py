@@ -106,11 +106,9 @@ def emit_sqrt(em: Emitter, a: str, lo: float, hi: float, op: str) -> str:
 
 
 def _decompose_sqrt(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "sqrt":
-        return None
     lo, hi = input_range(node)
     check_constant(em, node, lo, hi)
     return [emit_sqrt(em, node.inputs[0], lo, hi, "sqrt")]
 
 
-PASS = node_pass(RULE, "lower", _decompose_sqrt, __doc__ or "", post=ops_absent("sqrt"))
+PASS = node_pass(RULE, "lower", _decompose_sqrt, __doc__ or "", matches=("sqrt",), post=ops_absent("sqrt"))

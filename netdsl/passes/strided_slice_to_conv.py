@@ -70,4 +70,4 @@ def _rewrite(node: Node, em: Emitter) -> list[str] | None:
                   groups=t.shape[1])]
 
 
-PASS = node_pass(RULE, "lower", _rewrite, __doc__ or "")
+PASS = node_pass(RULE, "lower", _rewrite, __doc__ or "", matches=("slice",))

@@ -19,12 +19,10 @@ RULE = "tanh_decompose"
 
 
 def _decompose_tanh(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "tanh":
-        return None
     x = node.inputs[0]
     two = em.scalar(2.0, x)
     gate = em.op("sigmoid", [em.op("mul", [x, two])])
     return [em.op("sub", [em.op("mul", [gate, two]), em.scalar(1.0, x)])]
 
 
-PASS = node_pass(RULE, "lower", _decompose_tanh, __doc__ or "", post=ops_absent("tanh"))
+PASS = node_pass(RULE, "lower", _decompose_tanh, __doc__ or "", matches=("tanh",), post=ops_absent("tanh"))

@@ -25,8 +25,6 @@ def unfold_kernel(channels: int, kh: int, kw: int) -> np.ndarray:
 
 
 def _lower_unfold(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "unfold":
-        return None
     x = em.graph.type_of(node.inputs[0])
     kh, kw = node.attrs["kernel"]
     weight = em.const(unfold_kernel(x.shape[1], kh, kw), x.dtype, "unfold_kernel")
@@ -35,4 +33,4 @@ def _lower_unfold(node: Node, em: Emitter) -> list[str] | None:
                   groups=x.shape[1])]
 
 
-PASS = node_pass(RULE, "lower", _lower_unfold, __doc__ or "", post=ops_absent("unfold"))
+PASS = node_pass(RULE, "lower", _lower_unfold, __doc__ or "", matches=("unfold",), post=ops_absent("unfold"))

@@ -33,8 +33,6 @@ def _broadcast(em: Emitter, x: str, shape: tuple[int, ...]) -> str:
 
 
 def _blend(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "where":
-        return None
     cond, a, b = node.inputs
     mask = known_array(em, cond)
     if mask is None:
@@ -55,5 +53,5 @@ def _mask_unknown(graph: Graph, node: Node) -> bool:
     return producer is None or producer.op != "const"
 
 
-PASS = node_pass(RULE, "lower", _blend, __doc__ or "",
+PASS = node_pass(RULE, "lower", _blend, __doc__ or "", matches=("where",),
                  post=ops_absent("where", when="its mask is a constant", kept=_mask_unknown))
