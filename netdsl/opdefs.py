@@ -13,6 +13,10 @@ attributes with defaults and constraints). :func:`infer_types` checks a node's a
 against them before inferring, so the elaborator and the verifier check the same declaration.
 An op declared ``surface=True`` is also a spec op whose call only passes its arguments through
 (:mod:`netdsl.surface_ops` binds it from the declaration); the other spec ops live there.
+
+The module is long because it has one job, the whole catalogue: one declaration and one
+inference function per op, each short, kept together so the semantics of every op are read in
+one place.
 """
 
 from __future__ import annotations

@@ -77,18 +77,18 @@ PIPELINES: dict[str, list[str]] = {
     # lowered by the passes after them.
     "trt-restricted": [
         "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
-        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat", "pool_padding_explicit",
         "maxpool_to_elementwise", "pad_to_slice_concat", "layernorm_decompose", "groupnorm_decompose",
-        "reduce_to_conv", "reduce_max_to_elementwise", "linear_to_conv", "hardswish_decompose",
-        "tanh_decompose", "neg_to_mul", *_MATH, *_FOLD_AND_CLEAN,
+        "reduce_to_conv", "reduce_max_to_elementwise", "linear_to_conv", "hardswish_decompose", "clip_to_relu",
+        "minmax_to_relu", "tanh_decompose", "neg_to_mul", *_MATH, *_FOLD_AND_CLEAN,
     ],
     "trt-dla": [
         "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
-        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat",
+        "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat", "pool_padding_explicit",
         "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "pool_windows", "layernorm_decompose",
-        "groupnorm_decompose",
-        "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "hardswish_decompose", "tanh_decompose", "neg_to_mul",
-        *_MATH, "elementwise_rank4", "slice_concat_rank4", "concat_to_channels", *_FOLD_AND_CLEAN,
+        "groupnorm_decompose", "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "hardswish_decompose",
+        "clip_to_relu", "minmax_to_relu", "tanh_decompose", "neg_to_mul", *_MATH, "elementwise_rank4",
+        "slice_concat_rank4", "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
 
