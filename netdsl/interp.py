@@ -120,17 +120,38 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 # Dense algebra and normalisation
 
 
+CONV_SCRATCH_BYTES = 8 << 20
+"""Byte budget of the conv kernel's im2col matrix: larger ones are built a band of output rows at a time.
+
+A 7x7 depthwise conv over 96 channels at 56x56 would otherwise materialise 59 MB of columns for a
+1.2 MB output, more than the model's weights of a small network (the range checks run this
+interpreter while the weights are held)."""
+
+
+def _conv_band(win: np.ndarray, mats: np.ndarray, g: int, cig: int) -> np.ndarray:
+    """One band of conv output, [B, Co, rows, Wo], from its windows [B, Ci, rows, Wo, kh, kw]."""
+    b, _, rows, wo, kh, kw = win.shape
+    # im2col per group, then one batched matrix product: [B, g, rows*Wo, Ci/g*kh*kw] @ [g, Ci/g*kh*kw, Co/g].
+    cols = win.reshape(b, g, cig, rows, wo, kh, kw).transpose(0, 1, 3, 4, 2, 5, 6).reshape(b, g, rows * wo, -1)
+    return (cols @ mats).transpose(0, 1, 3, 2).reshape(b, -1, rows, wo)
+
+
 @_kernel("conv")
 def _conv(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     x, w = args[0], args[1]
     co, cig, kh, kw = w.shape
     g = attrs["groups"]
-    win = _windows(x, attrs, (kh, kw))  # B, Ci, Ho, Wo, kh, kw
-    b, _, ho, wo = win.shape[:4]
-    # im2col per group, then one batched matrix product: [B, g, Ho*Wo, Ci/g*kh*kw] @ [g, Ci/g*kh*kw, Co/g].
-    cols = win.reshape(b, g, cig, ho, wo, kh, kw).transpose(0, 1, 3, 4, 2, 5, 6).reshape(b, g, ho * wo, -1)
+    win = _windows(x, attrs, (kh, kw))  # B, Ci, Ho, Wo, kh, kw (a strided view: nothing copied yet)
+    b, ci, ho, wo = win.shape[:4]
     mats = w.reshape(g, co // g, cig * kh * kw).transpose(0, 2, 1)
-    y = (cols @ mats).transpose(0, 1, 3, 2).reshape(b, co, ho, wo)
+    row_bytes = b * ci * wo * kh * kw * np.result_type(x, w).itemsize
+    band = max(1, CONV_SCRATCH_BYTES // max(row_bytes, 1))
+    if band >= ho:
+        y = _conv_band(win, mats, g, cig)
+    else:
+        y = np.empty((b, co, ho, wo), dtype=np.result_type(x, w))
+        for top in range(0, ho, band):
+            y[:, :, top:top + band] = _conv_band(win[:, :, top:top + band], mats, g, cig)
     if len(args) == 3:
         y = y + _along(args[2], 1, 4)
     return y
