@@ -126,9 +126,11 @@ class _OnnxNode:
 class _Emitter:
     """Lowers IR nodes one by one into a list of ONNX nodes with deterministic names."""
 
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_last_resize: bool):
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_last_resize: bool,
+                 held_float16: bool = False):
         self.graph = graph
         self.weights = weights
+        self.held_float16 = held_float16
         self.opset = opset
         self.tensors: dict[str, _Tensor] = {}
         self.layout = _ChannelsLastPlan.of(graph) if channels_last_resize else _ChannelsLastPlan()
@@ -170,7 +172,9 @@ class _Emitter:
             param = self.graph.params[name]
             if name not in self.weights:
                 raise ValueError(f"no weight given for parameter {name} {param.type}")
-            data = np.asarray(self.weights[name], dtype=NP_DTYPES[param.type.dtype], order="C")
+            data = np.asarray(self.weights[name], order="C")
+            if not (self.held_float16 and data.dtype == np.float16):
+                data = data.astype(NP_DTYPES[param.type.dtype], copy=False)
             if data.shape != param.type.shape:
                 raise ValueError(f"weight {name} has shape {list(data.shape)}, the graph declares {param.type}")
             self.tensors[name] = _Tensor(name, data)
@@ -914,31 +918,34 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
     Raises ValueError for an unsupported opset, a missing or mis-shaped weight, or an op with no
     lowering.
     """
-    return _emit(graph, weights, opset, channels_last_resize, None)
+    return _emit(graph, weights, opset, channels_last_resize, None, False)
 
 
-def to_onnx_parts(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
-                  channels_last_resize: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def to_onnx_parts(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17, channels_last_resize: bool = False,
+                  held_float16: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """:func:`to_onnx`'s model with its large initializers left empty, and their arrays by name.
 
     The arrays are the given weights themselves (not copies), so a model written with
     :func:`netdsl.backends.onnx_stream.write_onnx_parts` holds each weight once in memory.
     Initializers of at most :data:`PAYLOAD_MIN_BYTES` (shapes, axes, scales) keep their data,
     so the model's constants can still be read (the TensorRT coverage check does).
+    With ``held_float16`` (weights held for a float16 model, :mod:`netdsl.float16_weights`), float16 arrays
+    of float32 parameters become float16 initializers as they are, for
+    :func:`netdsl.backends.onnx_float16.to_float16` to take over unconverted.
     """
     payloads: dict[str, np.ndarray] = {}
-    return _emit(graph, weights, opset, channels_last_resize, payloads), payloads
+    return _emit(graph, weights, opset, channels_last_resize, payloads, held_float16), payloads
 
 
 def _emit(graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_last_resize: bool,
-          payloads: dict[str, np.ndarray] | None) -> onnx.ModelProto:
+          payloads: dict[str, np.ndarray] | None, held_float16: bool) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported (use {MIN_OPSET}..{MAX_OPSET})")
     unknown = sorted({n.op for n in graph.nodes} - set(_LOWERINGS))
     if unknown:
         raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
     with _gc_paused():
-        em = _Emitter(graph, weights, opset, channels_last_resize)
+        em = _Emitter(graph, weights, opset, channels_last_resize, held_float16)
         for index, node in enumerate(graph.nodes):
             em.lower(index, node)
         model = _assemble(em, graph, opset, payloads)

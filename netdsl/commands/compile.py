@@ -78,10 +78,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def load_weights_or_init(graph: Graph, path: Path | None, seed: int) -> dict:
-    """Weights from ``path`` (matched by name, checked) or the seeded default initialisation."""
+def load_weights_or_init(graph: Graph, path: Path | None, seed: int, dtype: str = "float32") -> dict:
+    """Weights from ``path`` (matched by name, checked) or the seeded default initialisation; for a float16
+    model, held in float16 as they are drawn or loaded (:mod:`netdsl.float16_weights`)."""
     from netdsl import api
 
+    if dtype == "float16":
+        from netdsl.float16_weights import Float16Weights, held
+        from netdsl.initializers import initial_weights
+
+        if path is None:
+            return Float16Weights.taking(initial_weights(graph, seed, hold=held))
+        return Float16Weights.taking(api.read_weights(path, graph))
     return api.initial_weights(graph, seed) if path is None else api.read_weights(path, graph)
 
 
@@ -91,7 +99,8 @@ def lower(args: argparse.Namespace, target: str, graph: Graph | None = None) -> 
     from netdsl import api
 
     graph = graph_from_args(args) if graph is None else graph
-    weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0))
+    weights = load_weights_or_init(graph, getattr(args, "weights", None), getattr(args, "seed", 0),
+                                   getattr(args, "dtype", "float32"))
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if getattr(args, "passes", None) else None
     # Handed over: a weight a pass replaces is freed at once (peak memory stays near one copy of the model).
     return api.lower(graph, target, weights, passes=passes, print_after=getattr(args, "print_after", None),
@@ -273,7 +282,7 @@ def emit_onnx_parts(result: PipelineResult, target: str, args: argparse.Namespac
     from netdsl.backends.onnx_backend import to_onnx_parts
 
     model, payloads = to_onnx_parts(result.graph, result.weights, opset=args.opset,
-                                    channels_last_resize=target == "onnx")
+                                    channels_last_resize=target == "onnx", held_float16=args.dtype == "float16")
     if args.dtype == "float32":
         return model, payloads
     from netdsl.backends.onnx_float16 import Float16Error, to_float16
