@@ -460,6 +460,12 @@ def eval_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
     return outs
 
 
+MOVES_VALUES = frozenset({"reshape", "transpose", "slice", "split", "concat", "pad", "roll", "rotate", "shift",
+                          "identity"})
+"""Ops whose outputs are some of their input elements (or zeros) moved: run on stored values as they are,
+so that a slice stays a view and nothing is converted to the compute dtype and back."""
+
+
 def _as_type(name: str, value: np.ndarray, type_: TensorType, dtype: npt.DTypeLike | None) -> np.ndarray:
     """``value`` checked against ``type_``'s shape and cast to its dtype (or to ``dtype`` if floating)."""
     arr = np.asarray(value)
@@ -494,31 +500,44 @@ def run_graph(
     dtypes. With ``dtype`` (e.g. ``np.float64``), every floating value, including constants and
     grids, is computed in that dtype instead. Extra entries in ``weights`` are ignored.
     With ``storage`` (e.g. ``np.float16``), every floating weight, input and node output is
-    rounded to that dtype and kept in the compute dtype: a runtime that stores tensors in float16
-    and computes each op in float32 (overflow becomes Inf, as there). ``observe(node, outputs)``
-    is called after each node with its (stored) outputs.
+    stored in that dtype and converted to the compute dtype when an op reads them: a runtime that
+    stores tensors in float16 and computes each op in float32 (overflow becomes Inf, as there).
+    ``observe(node, outputs)`` is called after each node with its stored outputs (in ``storage``).
     Raises ValueError for a missing or misshapen input or weight, and RuntimeError if a node's
     result disagrees with its inferred shape (an op whose kernel and type rule differ).
     """
     env: dict[str, np.ndarray] = {}
+
+    def stored(value: np.ndarray) -> np.ndarray:
+        """A floating value as the run keeps it: in the ``storage`` dtype itself (half the bytes of float32)."""
+        if storage is None or not np.issubdtype(value.dtype, np.floating):
+            return value
+        with np.errstate(over="ignore"):  # beyond the storage range is Inf, as in a runtime storing that dtype
+            return value.astype(storage, copy=False)
+
     for kind, names, given in (("weight", list(graph.params), weights), ("input", graph.inputs, inputs)):
         for name in names:
             if name not in given:
                 raise ValueError(f"missing {kind} {name!r} of graph {graph.name!r}")
             if kind == "input":
-                env[name] = round_to_storage(_as_type(name, given[name], graph.type_of(name), dtype), storage)
+                env[name] = stored(_as_type(name, given[name], graph.type_of(name), dtype))
     # Weights are converted when a node reads them and values dropped after their last reader, so a
     # run holds the caller's weights once and only the live activations besides.
     last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
     kept = set(graph.outputs)
 
-    def read(name: str) -> np.ndarray:
-        if name in env:
-            return env[name]
-        return round_to_storage(_as_type(name, weights[name], graph.type_of(name), dtype), storage)
+    def read(name: str, moved: bool = False) -> np.ndarray:
+        """``name``'s value in its compute dtype; a stored one as it is for ops that only move values."""
+        if name not in env:
+            return round_to_storage(_as_type(name, weights[name], graph.type_of(name), dtype), storage)
+        value = env[name]
+        if storage is None or moved or value.dtype != np.dtype(storage):
+            return value
+        return _as_type(name, value, graph.type_of(name), dtype)
 
     for index, node in enumerate(graph.nodes):
-        outs = [round_to_storage(o, storage) for o in eval_node(node, [read(i) for i in node.inputs])]
+        moved = node.op in MOVES_VALUES
+        outs = [stored(o) for o in eval_node(node, [read(i, moved) for i in node.inputs])]
         if observe is not None:
             observe(node, outs)
         for name, value in zip(node.outputs, outs, strict=True):
@@ -528,7 +547,7 @@ def run_graph(
                     f"{node.op} ({node.provenance}) computed {name!r} with shape {list(value.shape)}, "
                     f"but its type is {declared}"
                 )
-            if dtype is not None and np.issubdtype(value.dtype, np.floating):
+            if storage is None and dtype is not None and np.issubdtype(value.dtype, np.floating):
                 value = value.astype(dtype, copy=False)
             env[name] = value
         for name in node.inputs:

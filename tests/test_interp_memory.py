@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netdsl import interp
+from netdsl import api, interp
 
 ATTRS = {"stride": (1, 1), "pads": (3, 3, 3, 3), "dilation": (1, 1)}
 
@@ -56,3 +57,22 @@ def test_banded_conv_equals_the_whole(rows: int, stride: int, groups: int, budge
     finally:
         interp.CONV_SCRATCH_BYTES = saved
     np.testing.assert_array_equal(banded, whole)
+
+
+def test_float16_storage_run_rounds_every_value_once(repo_root: Path) -> None:
+    # Reference: every input, weight and node output rounded to float16, each op computed in float32.
+    graph = api.load(repo_root / "specs" / "models" / "small.net")
+    weights = api.initial_weights(graph)
+    x = np.random.default_rng(1).standard_normal(graph.type_of(graph.inputs[0]).shape).astype(np.float32)
+    env = {name: interp.round_to_storage(value, np.float16) for name, value in weights.items()}
+    env[graph.inputs[0]] = interp.round_to_storage(x, np.float16)
+    for node in graph.nodes:
+        outs = interp.eval_node(node, [env[i] for i in node.inputs])
+        env.update(zip(node.outputs, (interp.round_to_storage(o, np.float16) for o in outs), strict=True))
+    stored_outputs: list[np.dtype] = []
+    got = interp.run_graph(graph, weights, {graph.inputs[0]: x}, storage=np.float16,
+                           observe=lambda node, outs: stored_outputs.extend(o.dtype for o in outs))
+    for name in graph.outputs:
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], env[name])
+    assert set(stored_outputs) == {np.dtype(np.float16)}  # held at half the bytes
