@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 from pathlib import Path
 
@@ -76,3 +77,12 @@ def test_float16_storage_run_rounds_every_value_once(repo_root: Path) -> None:
         assert got[name].dtype == np.float32
         np.testing.assert_array_equal(got[name], env[name])
     assert set(stored_outputs) == {np.dtype(np.float16)}  # held at half the bytes
+
+
+def test_erf_in_blocks_equals_math_erf(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(2).standard_normal((3, 5, 7)).astype(np.float32)
+    monkeypatch.setattr(interp, "ERF_BLOCK", 8)  # 105 elements: 13 full blocks and a partial one
+    got = interp._erf(x)
+    assert got.shape == x.shape and got.dtype == np.float64
+    np.testing.assert_array_equal(got.ravel(), [math.erf(v) for v in x.ravel().tolist()])
+    assert interp._erf(np.float32(0.5)) == math.erf(0.5)
