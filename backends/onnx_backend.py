@@ -162,20 +162,23 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
     Raises ValueError for an unsupported opset, a missing or mis-shaped weight, or an op with no
     lowering.
     """
-    return _emit(graph, weights, opset, channels_last_resize, None)
+    return _emit(graph, weights, opset, channels_last_resize, None, False)
 
 
-def to_onnx_parts(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
-                  channels_last_resize: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def to_onnx_parts(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17, channels_last_resize: bool = False,
+                  held_float16: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """:func:`to_onnx`'s model with its large initializers left empty, and their arrays by name.
 
     The arrays are the given weights themselves (not copies), so a model written with
     :func:`netdsl.backends.onnx_stream.write_onnx_parts` holds each weight once in memory.
     Initializers of at most :data:`PAYLOAD_MIN_BYTES` (shapes, axes, scales) keep their data,
     so the model's constants can still be read (the TensorRT coverage check does).
+    With ``held_float16`` (weights held for a float16 model, :mod:`netdsl.float16_weights`), float16 arrays
+    of float32 parameters become float16 initializers as they are, for
+    :func:`netdsl.backends.onnx_float16.to_float16` to take over unconverted.
     """
     payloads: dict[str, np.ndarray] = {}
-    return _emit(graph, weights, opset, channels_last_resize, payloads), payloads
+    return _emit(graph, weights, opset, channels_last_resize, payloads, held_float16), payloads
 
 
 def _check_lowered(graph: Graph) -> None:
@@ -193,13 +196,13 @@ def _check_lowered(graph: Graph) -> None:
 
 
 def _emit(graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_last_resize: bool,
-          payloads: dict[str, np.ndarray] | None) -> onnx.ModelProto:
+          payloads: dict[str, np.ndarray] | None, held_float16: bool) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported (use {MIN_OPSET}..{MAX_OPSET})")
     _check_lowered(graph)
     layout = ChannelsLastPlan.of(graph) if channels_last_resize else ChannelsLastPlan()
     with _gc_paused():
-        em = OnnxGraphBuilder(graph, weights, opset)
+        em = OnnxGraphBuilder(graph, weights, opset, held_float16)
         for index, node in enumerate(graph.nodes):
             em.lower(index, node, layout.lower if node.outputs[0] in layout.values else LOWERINGS[node.op])
         model = _assemble(em, graph, opset, payloads)

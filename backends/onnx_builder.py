@@ -64,9 +64,10 @@ class OnnxGraphBuilder:
     """Builds the ONNX nodes of an IR graph, one IR node at a time, with deterministic names; the lowering
     of each IR op (:mod:`netdsl.backends.onnx_ops`) calls its building blocks."""
 
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int):
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], opset: int, held_float16: bool = False):
         self.graph = graph
         self.weights = weights
+        self.held_float16 = held_float16
         self.opset = opset
         self.tensors: dict[str, OnnxTensor] = {}
         # IR value -> its channels-last (NHWC) tensor (see netdsl.backends.onnx_layout)
@@ -107,7 +108,9 @@ class OnnxGraphBuilder:
             param = self.graph.params[name]
             if name not in self.weights:
                 raise ValueError(f"no weight given for parameter {name} {param.type}")
-            data = np.asarray(self.weights[name], dtype=NP_DTYPES[param.type.dtype], order="C")
+            data = np.asarray(self.weights[name], order="C")
+            if not (self.held_float16 and data.dtype == np.float16):
+                data = data.astype(NP_DTYPES[param.type.dtype], copy=False)
             if data.shape != param.type.shape:
                 raise ValueError(f"weight {name} has shape {list(data.shape)}, the graph declares {param.type}")
             self.tensors[name] = OnnxTensor(name, data)

@@ -112,14 +112,16 @@ def compile_spec(spec: str | os.PathLike[str], target: str = "onnx", *, entry: s
     return lower(graph, target, weights, seed, passes, print_after)
 
 
-def emit_onnx_parts(result: PipelineResult, target: str = "onnx",
-                    opset: int = 17) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def emit_onnx_parts(result: PipelineResult, target: str = "onnx", opset: int = 17,
+                    held_float16: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The ONNX model of a lowered graph with its large initializers left empty, and their arrays by name
     (see :func:`netdsl.backends.onnx_backend.to_onnx_parts`): each weight is held once. The ``onnx``
-    target lays resizes out channels-last for ONNX Runtime; the TensorRT targets keep single Resize layers."""
+    target lays resizes out channels-last for ONNX Runtime; the TensorRT targets keep single Resize layers.
+    ``held_float16``: the weights are held for a float16 model (:mod:`netdsl.float16_weights`)."""
     from netdsl.backends.onnx_backend import to_onnx_parts
 
-    return to_onnx_parts(result.graph, result.weights, opset=opset, channels_last_resize=_channels_last(target))
+    return to_onnx_parts(result.graph, result.weights, opset=opset, channels_last_resize=_channels_last(target),
+                         held_float16=held_float16)
 
 
 def emit_onnx(result: PipelineResult, target: str = "onnx", opset: int = 17) -> onnx.ModelProto:

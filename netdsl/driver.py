@@ -93,7 +93,10 @@ def lower_from_args(args: argparse.Namespace, target: str, graph: Graph | None =
 
     graph = graph_from_args(args) if graph is None else graph
     passes = getattr(args, "passes", None)
-    return api.lower(graph, target, getattr(args, "weights", None), getattr(args, "seed", 0),
+    weights = getattr(args, "weights", None)
+    if getattr(args, "dtype", "float32") == "float16":
+        weights = float16_held_weights(graph, weights, getattr(args, "seed", 0))
+    return api.lower(graph, target, weights, getattr(args, "seed", 0), consume_weights=True,
                      passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
                      print_after=getattr(args, "print_after", None))
 
@@ -104,3 +107,15 @@ def onnx_from_args(args: argparse.Namespace, target: str) -> onnx.ModelProto:
     from netdsl import api
 
     return api.emit_onnx(lower_from_args(args, target), target, getattr(args, "opset", 17))
+
+
+def float16_held_weights(graph: Graph, path: Path | None, seed: int) -> dict:
+    """Weights from ``path`` or the seeded initialisation, held in float16 as they are drawn or loaded
+    (:mod:`netdsl.float16_weights`): a float16 model's compile never holds them in float32 all at once."""
+    from netdsl import api
+    from netdsl.float16_weights import Float16Weights, held
+    from netdsl.initializers import initial_weights
+
+    if path is None:
+        return Float16Weights.taking(initial_weights(graph, seed, hold=held))
+    return Float16Weights.taking(api.read_weights(path, graph))

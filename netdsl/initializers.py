@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -89,20 +90,28 @@ def initial_value(p: Parameter, seed: int = 0) -> np.ndarray:
     return np.asarray(data, dtype=NP_DTYPES[p.type.dtype], order="C")
 
 
-def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+def initial_weights(graph: Graph, seed: int = 0,
+                    hold: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Values of every parameter and buffer of ``graph``, in declaration order.
 
     Each parameter has its own random stream, so drawing the large ones on worker threads gives
-    the same values as drawing everything in turn.
+    the same values as drawing everything in turn. ``hold`` maps each value to the array kept,
+    as soon as it is drawn (e.g. :func:`netdsl.float16_weights.held`): the drawn arrays are never
+    all alive at once.
     """
     params = list(graph.params.values())
+
+    def draw(p: Parameter) -> np.ndarray:
+        value = initial_value(p, seed)
+        return value if hold is None else hold(value)
+
     large = sorted((p for p in params if math.prod(p.type.shape) >= PARALLEL_MIN_ELEMENTS),
                    key=lambda p: -math.prod(p.type.shape))  # largest first, for an even split
     workers = min(len(large), os.cpu_count() or 1)
     if workers < 2:
-        return {p.name: initial_value(p, seed) for p in params}
+        return {p.name: draw(p) for p in params}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        drawing = {p.name: pool.submit(initial_value, p, seed) for p in large}
-        values = {p.name: initial_value(p, seed) for p in params if p.name not in drawing}
+        drawing = {p.name: pool.submit(draw, p) for p in large}
+        values = {p.name: draw(p) for p in params if p.name not in drawing}
         values.update((name, future.result()) for name, future in drawing.items())
     return {p.name: values[p.name] for p in params}

@@ -108,7 +108,19 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-x))
 
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erf_elements = np.vectorize(math.erf, otypes=[np.float64])
+ERF_BLOCK = 1 << 16
+"""Elements per call of the element-by-element erf: each call holds a Python float per element (about
+32 bytes), so a whole activation at once (1.2 M elements in ConvNeXt-T's first GELU) took ~40 MB."""
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """``math.erf`` of every element, in float64, a block of :data:`ERF_BLOCK` elements at a time."""
+    flat = np.asarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.float64)
+    for start in range(0, flat.size, ERF_BLOCK):
+        out[start:start + ERF_BLOCK] = _erf_elements(flat[start:start + ERF_BLOCK])
+    return out.reshape(np.shape(x))
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -120,17 +132,38 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 # Dense algebra and normalisation
 
 
+CONV_SCRATCH_BYTES = 8 << 20
+"""Byte budget of the conv kernel's im2col matrix: larger ones are built a band of output rows at a time.
+
+A 7x7 depthwise conv over 96 channels at 56x56 would otherwise materialise 59 MB of columns for a
+1.2 MB output, more than the model's weights of a small network (the range checks run this
+interpreter while the weights are held)."""
+
+
+def _conv_band(win: np.ndarray, mats: np.ndarray, g: int, cig: int) -> np.ndarray:
+    """One band of conv output, [B, Co, rows, Wo], from its windows [B, Ci, rows, Wo, kh, kw]."""
+    b, _, rows, wo, kh, kw = win.shape
+    # im2col per group, then one batched matrix product: [B, g, rows*Wo, Ci/g*kh*kw] @ [g, Ci/g*kh*kw, Co/g].
+    cols = win.reshape(b, g, cig, rows, wo, kh, kw).transpose(0, 1, 3, 4, 2, 5, 6).reshape(b, g, rows * wo, -1)
+    return (cols @ mats).transpose(0, 1, 3, 2).reshape(b, -1, rows, wo)
+
+
 @_kernel("conv")
 def _conv(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     x, w = args[0], args[1]
     co, cig, kh, kw = w.shape
     g = attrs["groups"]
-    win = _windows(x, attrs, (kh, kw))  # B, Ci, Ho, Wo, kh, kw
-    b, _, ho, wo = win.shape[:4]
-    # im2col per group, then one batched matrix product: [B, g, Ho*Wo, Ci/g*kh*kw] @ [g, Ci/g*kh*kw, Co/g].
-    cols = win.reshape(b, g, cig, ho, wo, kh, kw).transpose(0, 1, 3, 4, 2, 5, 6).reshape(b, g, ho * wo, -1)
+    win = _windows(x, attrs, (kh, kw))  # B, Ci, Ho, Wo, kh, kw (a strided view: nothing copied yet)
+    b, ci, ho, wo = win.shape[:4]
     mats = w.reshape(g, co // g, cig * kh * kw).transpose(0, 2, 1)
-    y = (cols @ mats).transpose(0, 1, 3, 2).reshape(b, co, ho, wo)
+    row_bytes = b * ci * wo * kh * kw * np.result_type(x, w).itemsize
+    band = max(1, CONV_SCRATCH_BYTES // max(row_bytes, 1))
+    if band >= ho:
+        y = _conv_band(win, mats, g, cig)
+    else:
+        y = np.empty((b, co, ho, wo), dtype=np.result_type(x, w))
+        for top in range(0, ho, band):
+            y[:, :, top:top + band] = _conv_band(win[:, :, top:top + band], mats, g, cig)
     if len(args) == 3:
         y = y + _along(args[2], 1, 4)
     return y
@@ -466,6 +499,12 @@ def eval_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
     return outs
 
 
+MOVES_VALUES = frozenset({"reshape", "transpose", "slice", "split", "concat", "pad", "roll", "rotate", "shift",
+                          "identity"})
+"""Ops whose outputs are some of their input elements (or zeros) moved: run on stored values as they are,
+so that a slice stays a view and nothing is converted to the compute dtype and back."""
+
+
 def _as_type(name: str, value: np.ndarray, type_: TensorType, dtype: npt.DTypeLike | None) -> np.ndarray:
     """``value`` checked against ``type_``'s shape and cast to its dtype (or to ``dtype`` if floating)."""
     arr = np.asarray(value)
@@ -500,31 +539,44 @@ def run_graph(
     dtypes. With ``dtype`` (e.g. ``np.float64``), every floating value, including constants and
     grids, is computed in that dtype instead. Extra entries in ``weights`` are ignored.
     With ``storage`` (e.g. ``np.float16``), every floating weight, input and node output is
-    rounded to that dtype and kept in the compute dtype: a runtime that stores tensors in float16
-    and computes each op in float32 (overflow becomes Inf, as there). ``observe(node, outputs)``
-    is called after each node with its (stored) outputs.
+    stored in that dtype and converted to the compute dtype when an op reads them: a runtime that
+    stores tensors in float16 and computes each op in float32 (overflow becomes Inf, as there).
+    ``observe(node, outputs)`` is called after each node with its stored outputs (in ``storage``).
     Raises ValueError for a missing or misshapen input or weight, and RuntimeError if a node's
     result disagrees with its inferred shape (an op whose kernel and type rule differ).
     """
     env: dict[str, np.ndarray] = {}
+
+    def stored(value: np.ndarray) -> np.ndarray:
+        """A floating value as the run keeps it: in the ``storage`` dtype itself (half the bytes of float32)."""
+        if storage is None or not np.issubdtype(value.dtype, np.floating):
+            return value
+        with np.errstate(over="ignore"):  # beyond the storage range is Inf, as in a runtime storing that dtype
+            return value.astype(storage, copy=False)
+
     for kind, names, given in (("weight", list(graph.params), weights), ("input", graph.inputs, inputs)):
         for name in names:
             if name not in given:
                 raise ValueError(f"missing {kind} {name!r} of graph {graph.name!r}")
             if kind == "input":
-                env[name] = round_to_storage(_as_type(name, given[name], graph.type_of(name), dtype), storage)
+                env[name] = stored(_as_type(name, given[name], graph.type_of(name), dtype))
     # Weights are converted when a node reads them and values dropped after their last reader, so a
     # run holds the caller's weights once and only the live activations besides.
     last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
     kept = set(graph.outputs)
 
-    def read(name: str) -> np.ndarray:
-        if name in env:
-            return env[name]
-        return round_to_storage(_as_type(name, weights[name], graph.type_of(name), dtype), storage)
+    def read(name: str, moved: bool = False) -> np.ndarray:
+        """``name``'s value in its compute dtype; a stored one as it is for ops that only move values."""
+        if name not in env:
+            return round_to_storage(_as_type(name, weights[name], graph.type_of(name), dtype), storage)
+        value = env[name]
+        if storage is None or moved or value.dtype != np.dtype(storage):
+            return value
+        return _as_type(name, value, graph.type_of(name), dtype)
 
     for index, node in enumerate(graph.nodes):
-        outs = [round_to_storage(o, storage) for o in eval_node(node, [read(i) for i in node.inputs])]
+        moved = node.op in MOVES_VALUES
+        outs = [stored(o) for o in eval_node(node, [read(i, moved) for i in node.inputs])]
         if observe is not None:
             observe(node, outs)
         for name, value in zip(node.outputs, outs, strict=True):
@@ -534,7 +586,7 @@ def run_graph(
                     f"{node.op} ({node.provenance}) computed {name!r} with shape {list(value.shape)}, "
                     f"but its type is {declared}"
                 )
-            if dtype is not None and np.issubdtype(value.dtype, np.floating):
+            if storage is None and dtype is not None and np.issubdtype(value.dtype, np.floating):
                 value = value.astype(dtype, copy=False)
             env[name] = value
         for name in node.inputs:

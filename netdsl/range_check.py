@@ -113,7 +113,9 @@ class RangeReport:
         needed = inner_value_operands(self.graph)
 
         def observe(node: Node, outputs: list[np.ndarray]) -> None:
-            env.update((name, array) for name, array in zip(node.outputs, outputs, strict=True) if name in needed)
+            # The float16 run's values are stored in float16; inner values are computed in float32 like the op.
+            env.update((name, array.astype(np.float32) if array.dtype == np.float16 else array)
+                       for name, array in zip(node.outputs, outputs, strict=True) if name in needed)
             if node.op in _INNER_VALUES:
                 what, compute = _INNER_VALUES[node.op]
                 with np.errstate(over="ignore", invalid="ignore"):

@@ -239,7 +239,7 @@ def emit_onnx_parts(result: PipelineResult, target: str, args: argparse.Namespac
     """
     from netdsl import api
 
-    model, payloads = api.emit_onnx_parts(result, target, args.opset)
+    model, payloads = api.emit_onnx_parts(result, target, args.opset, held_float16=args.dtype == "float16")
     if args.dtype == "float32":
         return model, payloads
     from netdsl.backends.onnx_float16 import Float16Error, to_float16

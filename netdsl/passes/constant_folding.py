@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from netdsl.initializers import NP_DTYPES
 from netdsl.interp import eval_node
 from netdsl.ir import Graph, Node
 from netdsl.passes.base import EVERY_OP, Pass, WeightedPass, Weights
@@ -36,7 +37,8 @@ def make_constant_folding(weights: Weights | None = None, max_elements: int = MA
         if value in const_of:
             return const_of[value]
         if weights is not None and value in graph.params:
-            return weights[value]
+            # In the parameter's dtype: a weight held in float16 for a float16 model is folded in float32.
+            return np.asarray(weights[value], dtype=NP_DTYPES[graph.params[value].type.dtype])
         return None
 
     def foldable(graph: Graph, node: Node, const_of: dict[str, np.ndarray]) -> list[np.ndarray] | None:

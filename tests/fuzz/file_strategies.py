@@ -260,4 +260,4 @@ def run_onnx_file(file: FileInput, workdir: Path, deadline_s: float = DEFAULT_DE
     """``netdsl coverage`` of the file against the ``trt`` profile, judged."""
     path = file.write(workdir / "onnx")
     return run_cli([*debug_flag(debug), "coverage", str(path), "--profile", "trt"], deadline_s, memory_bytes,
-                   Contract(ok_prefix="", names_file=str(path), verdict="nodes covered by"))
+                   Contract(ok_prefix="", names_file=str(path), verdict=" nodes covered: "))
