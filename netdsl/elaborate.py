@@ -438,6 +438,10 @@ class Elaborator:
     def reuse_param(self, scope: Scope, name: str, t: TensorType, kind: str, shared: bool, span: Span) -> bool:
         """Whether parameter ``name`` exists already and is reused (``as shared``); a located error when it
         exists but is not shared, or is shared with another type or kind."""
+        if name in self.builder.graph.values:
+            # Parameters and values share one namespace in the IR (and in ONNX, as initializers and tensors).
+            raise self.error(scope, f"parameter '{name}' has the name of a value already defined (an input or "
+                             "an op's result)", span, help="give the parameter a name of its own")
         first = self.builder.graph.params.get(name)
         if first is None:
             return False

@@ -712,6 +712,19 @@ def test_duplicate_parameter_name(check_fails, write_spec) -> None:
     assert r.underlined == "c1"
 
 
+def test_parameter_named_like_an_input(check_fails, write_spec) -> None:
+    r = check_fails(write_spec("""
+        model M() {
+            input x: f32[1, 4, 8, 8]
+            param x: f32[4] = 0.0
+            output y = x
+        }
+        """))
+    assert r.message == ("parameter 'x' has the name of a value already defined (an input or an op's result)")
+    assert r.location == "t.net:3:5"
+    assert r.underlined == "param x: f32[4] = 0.0"
+
+
 def test_error_three_blocks_deep_shows_the_instantiation_chain(check_fails, write_spec) -> None:
     r = check_fails(write_spec("""
         block Inner(c: int) {
