@@ -79,6 +79,27 @@ def _fold_params(b: GraphBuilder, x: str) -> str:
     return b.op("add", [x, b.op("reshape", [_param(b, "pe", 4, 36)], at(4), shape=X)], at(5))
 
 
+def _minimum(b: GraphBuilder, x: str) -> str:
+    return b.op("minimum", [x, b.op("transpose", [x], at(4), perm=(0, 1, 3, 2))], at(5))
+
+
+def _large_maxpool(b: GraphBuilder, x: str) -> str:
+    # A 9 x 9 window (SPP-style, stride 1, same padding) is above DLA's 8 x 8: two pools, 8 then 2.
+    one_map = b.op("reshape", [x], at(4), shape=(1, 1, 12, 12))
+    return b.op("maxpool", [one_map], at(5), kernel=(9, 9), stride=(1, 1), pads=(4, 4, 4, 4))
+
+
+def _broadcast_add_rank2(b: GraphBuilder, x: str) -> str:
+    rows = b.op("reshape", [x], at(4), shape=(4, 36))
+    return b.op("add", [rows, b.op("slice", [rows], at(5), axis=0, start=0, end=1, step=1)], at(6))
+
+
+def _token_slice_concat(b: GraphBuilder, x: str) -> str:
+    tokens = b.op("reshape", [x], at(4), shape=(1, 36, 4))
+    half = b.op("slice", [tokens], at(5), axis=2, start=0, end=2, step=1)
+    return b.op("concat", [half, tokens], at(6), axis=2)
+
+
 def _dead_code(b: GraphBuilder, x: str) -> str:
     b.op("sigmoid", [x], at(4))
     return b.op("relu", [x], at(5))
@@ -88,12 +109,16 @@ EXAMPLES: dict[str, Example] = {
     "lower_attention": _attention,
     "lower_local_attention": lambda b, x: b.op("local_attention", [x, x, x], at(4), heads=2, kernel=3, stride=1,
                                                scale=0.5),
+    "local_attention_to_matmul": lambda b, x: b.op("local_attention", [x, x, x], at(4), heads=2, kernel=3,
+                                                   stride=1, scale=0.5),
     "matmul_to_conv": lambda b, x: b.op("matmul", [x, b.op("transpose", [x], at(4), perm=(0, 1, 3, 2))], at(5)),
     "gather_to_slice": _gather,
     "where_to_blend": _where,
     "shift_to_conv": _unary("shift", offsets=((0, 1), (1, 0), (0, -1), (-1, 0))),
     "unfold_to_conv": _unary("unfold", kernel=(3, 3), stride=(1, 1), pads=(1, 1, 1, 1), dilation=(1, 1)),
     "roll_to_slice_concat": _unary("roll", shifts=(1, 2), axes=(2, 3)),
+    "pool_padding_explicit": _unary("avgpool", kernel=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), ceil_mode=True,
+                                    count_include_pad=False),
     "maxpool_to_elementwise": _unary("maxpool", kernel=(2, 2), stride=(2, 2), pads=(0, 0, 0, 0)),
     "pad_to_slice_concat": _unary("pad", pads=(1, 2, 1, 0), mode="reflect"),
     "softmax_decompose": _unary("softmax", axis=1),
@@ -102,9 +127,14 @@ EXAMPLES: dict[str, Example] = {
     "reduce_max_to_elementwise": _unary("reduce_max", axes=(1,), keepdims=True),
     "reduce_min_to_max": _unary("reduce_min", axes=(1,), keepdims=True),
     "reduce_to_conv": _unary("reduce_mean", axes=(1,), keepdims=True),
+    "pool_windows": _large_maxpool,
+    "elementwise_rank4": _broadcast_add_rank2,
+    "slice_concat_rank4": _token_slice_concat,
     "concat_to_channels": lambda b, x: b.op("concat", [x, x], at(4), axis=2),
     "linear_to_conv": lambda b, x: b.op("linear", [x, _param(b, "fc.weight", 5, 6), _param(b, "fc.bias", 5)], at(4)),
     "hardswish_decompose": _unary("hardswish"),
+    "clip_to_relu": _unary("clamp", min=0.75, max=1.5),
+    "minmax_to_relu": _minimum,
     "tanh_decompose": _unary("tanh"),
     "neg_to_mul": _unary("neg"),
     "pow_decompose": _unary("pow", exponent=3.0),

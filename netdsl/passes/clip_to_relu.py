@@ -32,8 +32,6 @@ def clamp_with_relu(em: Emitter, x: str, lo: float | None, hi: float | None) -> 
 
 
 def _lower_clip(node: Node, em: Emitter) -> list[str] | None:
-    if node.op not in ("relu6", "hardsigmoid", "clamp"):
-        return None
     x = node.inputs[0]
     if node.op == "relu6":
         return [clamp_with_relu(em, x, 0.0, 6.0)]
@@ -43,4 +41,6 @@ def _lower_clip(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("mul", [clipped, em.scalar(1.0 / 6.0, x)])]
 
 
-PASS = node_pass(RULE, "lower", _lower_clip, __doc__ or "", post=ops_absent("relu6", "hardsigmoid", "clamp"))
+CLIPS = ("relu6", "hardsigmoid", "clamp")
+
+PASS = node_pass(RULE, "lower", _lower_clip, __doc__ or "", matches=CLIPS, post=ops_absent(*CLIPS))

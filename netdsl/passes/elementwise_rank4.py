@@ -44,7 +44,7 @@ def _runs(out: tuple[int, ...], inputs: list[tuple[int, ...]]) -> list[Run] | No
 
 def _plan(graph: Graph, node: Node) -> tuple[list[Run], list[tuple[int, ...]]] | None:
     """For a DLA element-wise op off rank 4 that has a rank-4 view: its runs and the view axes of each run."""
-    if node.op not in OPS or all(graph.type_of(v).rank == 4 for v in [*node.inputs, *node.outputs]):
+    if all(graph.type_of(v).rank == 4 for v in [*node.inputs, *node.outputs]):
         return None
     runs = _runs(graph.type_of(node.outputs[0]).shape, [graph.type_of(x).shape for x in node.inputs])
     axes = None if runs is None else layout4([e for e, _ in runs], limit=DLA_DIM_LIMIT)
@@ -65,7 +65,8 @@ def _to_rank4(node: Node, em: Emitter) -> list[str] | None:
 
 
 def _post(graph: Graph) -> list[str]:
-    return [f"{n.op} {n.outputs[0]} is not on rank-4 tensors" for n in graph.nodes if _plan(graph, n) is not None]
+    return [f"{n.op} {n.outputs[0]} is not on rank-4 tensors" for n in graph.nodes
+            if n.op in OPS and _plan(graph, n) is not None]
 
 
-PASS = node_pass(RULE, "lower", _to_rank4, __doc__ or "", post=_post)
+PASS = node_pass(RULE, "lower", _to_rank4, __doc__ or "", post=_post, matches=OPS)

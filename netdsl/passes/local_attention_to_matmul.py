@@ -135,8 +135,6 @@ def _attend(em: Emitter, queries: str, keys: str, values: str, tiles: _Tiles) ->
 
 
 def _to_matmul(node: Node, em: Emitter) -> list[str] | None:
-    if node.op != "local_attention":
-        return None
     q, k, v, *pos = node.inputs
     a = node.attrs
     win = Window(*em.graph.type_of(q).shape, heads=a["heads"], kernel=a["kernel"], stride=a["stride"])
@@ -159,4 +157,5 @@ def _to_matmul(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("reshape", [channels_first], shape=(b, win.channels, win.out_h, win.out_w))]
 
 
-PASS = node_pass(RULE, "lower", _to_matmul, __doc__ or "", post=ops_absent("local_attention"))
+PASS = node_pass(RULE, "lower", _to_matmul, __doc__ or "", matches=("local_attention",),
+                 post=ops_absent("local_attention"))

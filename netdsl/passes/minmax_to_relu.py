@@ -20,12 +20,11 @@ RULE = "minmax_to_relu"
 
 
 def _lower_minmax(node: Node, em: Emitter) -> list[str] | None:
-    if node.op not in ("minimum", "maximum"):
-        return None
     a, b = node.inputs
     if node.op == "minimum":
         return [em.op("sub", [a, em.op("relu", [em.op("sub", [a, b])], "excess")])]
     return [em.op("add", [a, em.op("relu", [em.op("sub", [b, a])], "excess")])]
 
 
-PASS = node_pass(RULE, "lower", _lower_minmax, __doc__ or "", post=ops_absent("minimum", "maximum"))
+PASS = node_pass(RULE, "lower", _lower_minmax, __doc__ or "", matches=("minimum", "maximum"),
+                 post=ops_absent("minimum", "maximum"))

@@ -31,7 +31,7 @@ def _has_options(graph_node: Node) -> bool:
 
 
 def _lower_pool(node: Node, em: Emitter) -> list[str] | None:
-    if node.op not in ("avgpool", "maxpool") or not _has_options(node):
+    if not _has_options(node):
         return None
     x = node.inputs[0]
     _, _, h, w = em.graph.type_of(x).shape
@@ -50,6 +50,6 @@ def _lower_pool(node: Node, em: Emitter) -> list[str] | None:
     return [em.op("mul", [pooled, em.const(scale[None, None], dtype, "divisor")])]
 
 
-PASS = node_pass(RULE, "lower", _lower_pool, __doc__ or "", post=ops_absent(
+PASS = node_pass(RULE, "lower", _lower_pool, __doc__ or "", matches=("avgpool", "maxpool"), post=ops_absent(
     "avgpool", "maxpool", when="with ceil_mode or count_include_pad=false",
     kept=lambda graph, node: not _has_options(node)))

@@ -103,7 +103,7 @@ def _mean_conv(node: Node, em: Emitter) -> str | None:
 
 
 def _split_pool(node: Node, em: Emitter) -> list[str] | None:
-    if node.op not in ("avgpool", "maxpool") or node.attrs.get("ceil_mode", False):
+    if node.attrs.get("ceil_mode", False):
         return None
     if any(node.attrs["pads"]) and not node.attrs.get("count_include_pad", True):
         return None  # the steps would count padding the original leaves out
@@ -122,4 +122,4 @@ def _split_pool(node: Node, em: Emitter) -> list[str] | None:
     return [y]
 
 
-PASS = node_pass(RULE, "lower", _split_pool, __doc__ or "")
+PASS = node_pass(RULE, "lower", _split_pool, __doc__ or "", matches=("avgpool", "maxpool"))

@@ -20,11 +20,12 @@ from netdsl.passes.rank4_view import axis_view, view_as
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "slice_concat_rank4"
+OPS = ("slice", "split", "concat")
 
 
 def _refused(graph: Graph, node: Node) -> bool:
     """A slice (unit step), split or concat DLA does not take as it is."""
-    if node.op not in ("slice", "split", "concat") or (node.op == "slice" and node.attrs["step"] != 1):
+    if node.op == "slice" and node.attrs["step"] != 1:
         return False
     shape = graph.type_of(node.inputs[0]).shape
     axis = node.attrs["axis"] % len(shape)
@@ -64,7 +65,7 @@ def _to_axis1(node: Node, em: Emitter) -> list[str] | None:
 
 def _post(graph: Graph) -> list[str]:
     return [f"{n.op} {n.outputs[0]} is not along axis 1 of a rank-4 view" for n in graph.nodes
-            if _views(graph, n) is not None]
+            if n.op in OPS and _views(graph, n) is not None]
 
 
-PASS = node_pass(RULE, "lower", _to_axis1, __doc__ or "", post=_post)
+PASS = node_pass(RULE, "lower", _to_axis1, __doc__ or "", post=_post, matches=OPS)
