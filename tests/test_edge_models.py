@@ -150,22 +150,9 @@ def test_timm_state_dict_has_the_specs_names_and_shapes(timm: Any, model: EdgeMo
 # ----------------------------------------------------------------------------------------------------------
 # Restricted targets
 
-# relu6 (ONNX Clip) has no lowering for trt-restricted, whose profile does not cover Clip (trt-dla's
-# does), and hardsigmoid none for either target: until they have, these cases are expected to fail
-# (strictly, so that the mark goes once the lowerings land).
-UNLOWERED = {("mobilenetv2_100", "trt-restricted"): "relu6",
-             ("mobilenetv3_large_100", "trt-restricted"): "hardsigmoid",
-             ("mobilenetv3_large_100", "trt-dla"): "hardsigmoid"}
-
-
-def restricted_case(model: EdgeModel, target: str) -> Any:
-    """``(model, target)`` as a test parameter, marked when the model needs an op without a lowering."""
-    op = UNLOWERED.get((model.name, target))
-    marks = [pytest.mark.xfail(strict=True, reason=f"{op}: no {target} lowering yet")] if op else []
-    return pytest.param(model, target, marks=marks, id=f"{model.name}-{target}")
-
-
-RESTRICTED = [restricted_case(m, target) for m in EDGE for target in ("trt-restricted", "trt-dla")]
+# relu6 and hardsigmoid reach both targets through clip_to_relu (ReLU, Sub, Mul only).
+RESTRICTED = [pytest.param(m, target, id=f"{m.name}-{target}")
+              for m in EDGE for target in ("trt-restricted", "trt-dla")]
 
 
 @pytest.mark.parametrize(("model", "target"), RESTRICTED)
