@@ -3,6 +3,9 @@ bind symbolic dims from input shapes, infer every value's type, and build the ty
 
 Errors are :class:`~netdsl.diagnostics.NetdslError` located in the spec, carrying the chain of
 block instantiations that led to them.
+
+One job, one file: statements and expressions are evaluated by one recursive walk over the
+syntax tree, sharing its scopes; the ops themselves live in surface_ops.py and opdefs.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The IR op catalogue: exact semantics and type inference of every op.
 
+One job, one file: the catalogue is long because it lists every op, each a short declaration.
+
 Each op is an :class:`OpDef` whose ``infer`` function takes the input types and the
 attributes and returns the output types, or raises :class:`OpTypeError` naming the
 offending input (by index) or attribute, so diagnostics can point at the argument.
