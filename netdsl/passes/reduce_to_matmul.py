@@ -1,12 +1,12 @@
 """Mean or sum over leading axes as a matrix product: ``reduce_mean(x, axes)`` -> ``ones/R @ x``.
 
 ONNX Runtime's CPU reductions are fast over the innermost axes (the mean over H and W of an NCHW
-map: 21 us for 3072 x 7 x 7) but slow over axes that have a large kept block after them, and
-slowest at batch 1: the mean over H and W of ConvNeXt's channels-last 1 x 7 x 7 x 3072 map takes
-0.43 ms, over the 3136 positions of a 1 x 3136 x 96 token map 0.26 ms, over the channels of a
-1 x 96 x 56 x 56 map 0.19 ms. The same reduction as a matrix product with a constant row,
-``[1, R] @ x.reshape(P, R, T)``, takes 15, 28 and 26 us (single thread, ONNX Runtime 1.32; no case
-measured was slower). So, for the ``onnx`` target, a ``reduce_mean`` or ``reduce_sum`` whose
+map) but slow over axes that have a large kept block after them, and slowest at batch 1: the mean
+over H and W of ConvNeXt's channels-last 1 x 7 x 7 x 3072 map, over the 3136 positions of a
+1 x 3136 x 96 token map and over the channels of a 1 x 96 x 56 x 56 map each took 7-29x as long as
+the same reduction as a matrix product with a constant row, ``[1, R] @ x.reshape(P, R, T)``
+(single thread, ONNX Runtime 1.32, side by side; no case measured was slower).
+So, for the ``onnx`` target, a ``reduce_mean`` or ``reduce_sum`` whose
 reduced axes are one contiguous run followed by kept axes of more than one element becomes a
 reshape to ``[P, R, T]`` (P kept elements before the run, R reduced, T after it), a ``matmul``
 with the row ``1/R`` (mean) or ``1`` (sum), and a reshape to the result's shape. Only rounding
