@@ -87,9 +87,16 @@ def local_attention(
 
     def bands(t: torch.Tensor) -> torch.Tensor:
         """The padded pixels under each tile's windows: (X, d, H, W) -> (X, row tiles, col tiles, d, band)."""
-        padded = F.pad(t, (p, p, p, p), mode="reflect")
+        # Reflect padding as a gather with constant indices: the same values as F.pad(mode="reflect"),
+        # but a result whose size the TorchScript ONNX exporter can see (its unfold needs it).
+        padded = t.index_select(2, reflected(t.shape[2])).index_select(3, reflected(t.shape[3]))
         cut = padded.unfold(2, span_r, stride * rows)[:, :, :n_r].unfold(3, span_c, stride * cols)[:, :, :, :n_c]
         return cut.reshape(b * heads, d, n_r, n_c, span_r * span_c).permute(0, 2, 3, 1, 4)
+
+    def reflected(size: int) -> torch.Tensor:
+        """Source index of each position of an axis reflect-padded by p on both sides."""
+        index = torch.arange(-p, size + p, device=q.device).abs()
+        return torch.where(index >= size, 2 * (size - 1) - index, index)
 
     def inside(size: int, span: int) -> torch.Tensor:
         """(size, span): output index i's window covers padded stride*i .. stride*i + kernel - 1."""

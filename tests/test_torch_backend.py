@@ -824,3 +824,20 @@ def test_distributed_data_parallel_keeps_replicas_in_sync():
     for name in ("gamma", "mlp.weight", "q.weight"):
         assert not np.allclose(states[0][name].numpy(), start[name]), name
 
+
+
+def test_generated_acmix_module_exports_with_torchscript_onnx_exporter(tmp_path):
+    # Users export trained modules with torch.onnx.export; the legacy (TorchScript) exporter needs every
+    # size that local_attention's unfold reads to be known while tracing.
+    import onnxruntime as ort
+
+    graph = acmix_like_graph(size=6, batch=1)
+    module = build_module(graph, initial_weights(graph, seed=3)).eval()
+    x = torch.randn(1, 8, 6, 6, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "acmix.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module, (x,), str(path), opset_version=17, dynamo=False)
+        expected = module(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
