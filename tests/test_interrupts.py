@@ -42,8 +42,11 @@ runpy.run_path(program, run_name="__main__")
 def _stop_while_staged(argv: list[str], program: str, out: Path, signum: signal.Signals,
                        tmp_path: Path) -> subprocess.CompletedProcess[str]:
     marker = tmp_path / "staged"
+    # SIGINT as at a terminal: a shell starts background jobs with SIGINT ignored, and a child keeps that, so a
+    # test run launched in the background would otherwise send Ctrl-C to a process told to ignore it.
     proc = subprocess.Popen([sys.executable, "-c", STAGED_THEN_WAIT, str(marker), program, *argv], cwd=out,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = time.monotonic()
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() - started > 600:
