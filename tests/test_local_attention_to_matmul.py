@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_pass_attention import SPAN, assert_same_outputs, local_attention_graph, op_types, random_feeds, rewritten
+from test_pass_attention import (
+    LOCAL_CASES,
+    SPAN,
+    assert_same_outputs,
+    local_attention_graph,
+    op_types,
+    random_feeds,
+    rewritten,
+)
 
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
@@ -20,19 +28,9 @@ from netdsl.passes import local_attention_to_matmul
 from netdsl.passes.pipeline import run_pipeline
 
 EMITTED = {"mul", "add", "const", "reshape", "transpose", "pad", "slice", "concat", "matmul", "softmax"}
-CASES = [
-    # batch, channels, (H, W), heads, kernel, stride, pos
-    (2, 8, (6, 7), 1, 3, 1, "none"),
-    (1, 8, (8, 6), 2, 5, 2, "none"),
-    (2, 16, (9, 11), 4, 7, 1, "grid"),
-    (1, 16, (10, 8), 4, 3, 2, "grid"),
-    (2, 8, (8, 10), 2, 7, 2, "grid"),
-    (2, 8, (7, 5), 2, 3, 1, "input"),
-    (1, 16, (8, 12), 4, 5, 2, "input"),
-]
 
 
-@pytest.mark.parametrize(("batch", "channels", "size", "heads", "kernel", "stride", "pos"), CASES)
+@pytest.mark.parametrize(("batch", "channels", "size", "heads", "kernel", "stride", "pos"), LOCAL_CASES)
 def test_matmul_form_matches(batch: int, channels: int, size: tuple[int, int], heads: int, kernel: int, stride: int,
                              pos: str) -> None:
     before = local_attention_graph(batch, channels, size, heads, kernel, stride, pos)
