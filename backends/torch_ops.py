@@ -25,6 +25,7 @@ from netdsl.backends.torch_literals import (
 from netdsl.backends.torch_module_tree import attr, build_tree, conv_options, find_layers
 from netdsl.backends.torch_runtime import local_attention, positional_grid, resize, rotate, shift
 from netdsl.ir import Graph, Node, TensorType
+from netdsl.opdefs import ceil_extra, window_counts
 from netdsl.passes.local_attention_to_matmul import tile_size
 
 
@@ -269,29 +270,60 @@ def _window_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, in
     return options, None
 
 
-def _pool_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, int] | None]:
-    """:func:`_window_options` of a pool, with its ceil_mode and count_include_pad when they are not the default.
+def _pool_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, int] | None, bool]:
+    """:func:`_window_options` of a pool, with its ceil_mode and count_include_pad when they are not the default,
+    and whether the pool needs :func:`_explicit_pool` instead.
 
-    Both depend on where the padding is, so they need PyTorch's own (even) padding, not a pad applied first."""
+    Both flags depend on where the padding is, so PyTorch's own (even) padding carries them; a pool with a flag
+    and uneven padding has no single PyTorch call."""
     options, pads = _window_options(node)
     flags = {k: lit(bool(node.attrs[k])) for k, default in (("ceil_mode", False), ("count_include_pad", True))
              if k in node.attrs and bool(node.attrs[k]) != default}
-    if flags and pads is not None:
-        raise ValueError(f"{node.op} with {', '.join(flags)} and uneven padding {list(node.attrs['pads'])} has no "
-                         "PyTorch equivalent")
-    return {**options, **flags}, pads
+    return {**options, **flags}, pads, bool(flags) and pads is not None
+
+
+def _explicit_pads(node: Node, in_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """F.pad's (left, right, top, bottom) for a floor-mode pool giving ``node``'s output: ceil mode's last
+    windows reach into extra trailing padding (:func:`~netdsl.opdefs.ceil_extra`)."""
+    (kh, kw), (sh, sw), (t, l, b, r) = node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"]
+    if node.attrs.get("ceil_mode"):
+        b += ceil_extra(in_hw[0], kh, sh, t, b)
+        r += ceil_extra(in_hw[1], kw, sw, l, r)
+    return l, r, t, b
+
+
+def _explicit_pool(src: ModuleSource, node: Node) -> str:
+    """A pool with ceil_mode or count_include_pad=false and uneven padding: padded explicitly, pooled in floor
+    mode, and for an average the window sums divided by each window's true divisor
+    (:func:`~netdsl.opdefs.window_counts`, the same rule as PyTorch's ``avg_pool2d``)."""
+    _, _, h, w = src.type_in(node, 0).shape
+    kernel, stride = pair_lit(node.attrs["kernel"]), pair_lit(node.attrs["stride"])
+    pads = lit(_explicit_pads(node, (h, w)))
+    x = src.arg(node, 0)
+    if node.op == "maxpool":
+        return call_expr("F.max_pool2d", call_expr("F.pad", x, pads, value='float("-inf")'), kernel, stride)
+    (kh, kw), (sh, sw), (t, l, b, r) = node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"]
+    ceil, include = bool(node.attrs.get("ceil_mode")), bool(node.attrs.get("count_include_pad", True))
+    rows = lit(tuple(window_counts(h, kh, sh, t, b, ceil, include)))
+    cols = lit(tuple(window_counts(w, kw, sw, l, r, ceil, include)))
+    sums = call_expr("F.avg_pool2d", call_expr("F.pad", x, pads), kernel, stride, divisor_override="1")
+    return f"{sums} / ({x}.new_tensor({rows})[:, None] * {x}.new_tensor({cols}))"
 
 
 @_emits("avgpool")
 def _avgpool(src: ModuleSource, node: Node) -> str:
-    options, pads = _pool_options(node)
+    options, pads, explicit = _pool_options(node)
+    if explicit:
+        return _explicit_pool(src, node)
     # Explicit zero padding counts in the mean exactly like count_include_pad=True padding.
     return call_expr("F.avg_pool2d", _pad_call(src.arg(node, 0), pads), **options)
 
 
 @_emits("maxpool")
 def _maxpool(src: ModuleSource, node: Node) -> str:
-    options, pads = _pool_options(node)
+    options, pads, explicit = _pool_options(node)
+    if explicit:
+        return _explicit_pool(src, node)
     x = _pad_call(src.arg(node, 0), pads, value='float("-inf")')
     return call_expr("F.max_pool2d", x, **options)
 

@@ -111,3 +111,27 @@ def test_ceil_mode_must_be_a_bool(write_spec) -> None:
 def test_maxpool_has_no_count_include_pad(write_spec) -> None:
     message, line, col = _error(write_spec, "maxpool(x, 3, count_include_pad=false)")
     assert (message, line, col) == ("maxpool() has no argument 'count_include_pad'", 3, 30)
+
+
+@settings(max_examples=30, deadline=None)
+@given(op=st.sampled_from(["avgpool", "maxpool"]), h=st.integers(3, 9), w=st.integers(3, 9), k=st.integers(2, 4),
+       s=st.integers(1, 3), pads=st.tuples(*[st.integers(0, 2)] * 4), ceil=st.booleans(), include=st.booleans())
+def test_pools_with_options_and_uneven_padding_in_the_generated_module(op: str, h: int, w: int, k: int, s: int,
+                                                                      pads: tuple[int, int, int, int], ceil: bool,
+                                                                      include: bool) -> None:
+    """No single PyTorch call pools with ceil_mode or count_include_pad=false over uneven padding: the generated
+    module pads explicitly and divides by each window's divisor; the interpreter is the oracle."""
+    pads = tuple(min(p, k // 2) for p in pads)
+    include = include or op == "maxpool"
+    if pads[0] == pads[2] and pads[1] == pads[3] or not (ceil or not include):
+        return
+    b = GraphBuilder(op)
+    x = b.input("x", TensorType("f32", (2, 3, h, w)))
+    flags = {"ceil_mode": ceil, **({} if include else {"count_include_pad": False})}
+    b.output(b.op(op, [x], kernel=(k, k), stride=(s, s), pads=pads, **flags))
+    graph = b.graph
+    feed = np.random.default_rng(h * 10 + w).standard_normal((2, 3, h, w)).astype(np.float32)
+    expected = run_graph(graph, {}, {"x": feed})[graph.outputs[0]]
+    with torch.no_grad():
+        out = api.build_module(graph)(torch.from_numpy(feed)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
