@@ -4,10 +4,12 @@ This module assembles the model; :mod:`netdsl.backends.onnx_builder` holds the g
 construction, :mod:`netdsl.backends.onnx_ops` the lowering of each IR op and
 :mod:`netdsl.backends.onnx_layout` the channels-last layout planning.
 
-Every IR op (see :mod:`netdsl.opdefs`) is lowered to standard ONNX ops with exactly the semantics
-of its docstring, except the ops a rewrite pass decomposes into other IR ops for every ONNX target
-(``roll``: ``roll_to_slice_concat``), so that each op has one decomposition; meeting one of those
-here is a located error naming the pass. The model is built with onnx's own helpers; names are deterministic:
+Every IR op (see :mod:`netdsl.opdefs`) that has an ONNX counterpart is lowered to that one ONNX op
+(plus layout adapters), with exactly the semantics of its docstring. Each decomposition into several
+ops is a rewrite pass on the IR, written once and run by the targets that need it (e.g. ``roll``:
+``roll_to_slice_concat``, ``attention``: ``attention_to_matmul``; docs/architecture.md lists them);
+meeting an op here that only a pass lowers is a located error naming the pass. The model is built with
+onnx's own helpers; names are deterministic:
 
 * graph inputs and outputs, and every IR value, keep their IR names;
 * each parameter becomes an initializer named by its IR parameter name (``stages.0.1.v.weight``);
@@ -44,13 +46,22 @@ from netdsl import __version__
 from netdsl.atomic_write import atomic_paths, atomic_write_bytes
 from netdsl.backends.onnx_builder import META_BLOCK, META_RULES, META_SPAN, OnnxGraphBuilder, OnnxTensor
 from netdsl.backends.onnx_layout import ChannelsLastPlan
-from netdsl.backends.onnx_ops import LOWERINGS, emitted_ops, exact_resize_scale, grid_values, supported_ops
+from netdsl.backends.onnx_ops import (
+    LOWERINGS,
+    emitted_ops,
+    exact_resize_scale,
+    grid_values,
+    not_covered,
+    partly_covered_ops,
+    supported_ops,
+)
 from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.ir import Graph
 from netdsl.passes.pipeline import lowering_targets
 
 __all__ = ["META_BLOCK", "META_RULES", "META_SPAN", "MAX_OPSET", "MIN_OPSET", "PAYLOAD_MIN_BYTES", "emitted_ops",
-           "exact_resize_scale", "grid_values", "save_onnx", "supported_ops", "to_onnx", "to_onnx_parts"]
+           "exact_resize_scale", "grid_values", "partly_covered_ops", "save_onnx", "supported_ops", "to_onnx",
+           "to_onnx_parts"]
 
 MIN_OPSET = 17  # LayerNormalization
 MAX_OPSET = 21
@@ -181,25 +192,27 @@ def to_onnx_parts(graph: Graph, weights: dict[str, np.ndarray], opset: int = 17,
     return _emit(graph, weights, opset, channels_last_resize, payloads, held_float16), payloads
 
 
-def _check_lowered(graph: Graph) -> None:
-    """Every op of ``graph`` has a lowering: a located error for an op a pass decomposes before emission."""
-    unknown = sorted({n.op for n in graph.nodes} - set(LOWERINGS))
-    for op in unknown:
-        passes = lowering_targets(op)
-        if passes:
-            node = next(n for n in graph.nodes if n.op == op)
-            raise NetdslError(Diagnostic(f"{op} has no ONNX form of its own: a pass decomposes it before emission",
-                                         node.provenance.span, help="run " + ", ".join(f"'{p}'" for p in passes),
-                                         chain=node.provenance.chain))
-    if unknown:
-        raise ValueError(f"no ONNX lowering for op(s): {', '.join(unknown)}")
+def _check_lowered(graph: Graph, opset: int) -> None:
+    """Every node of ``graph`` has a one-op ONNX form at ``opset``: a located error naming the pass for a node
+    a pass decomposes before emission, a ValueError for an op nothing lowers."""
+    for node in graph.nodes:
+        others = not_covered(graph, node, opset)
+        if others is None:
+            continue
+        passes = lowering_targets(node.op)
+        if not passes:
+            raise ValueError(f"no ONNX lowering for op {node.op}" + (f" {others}" if others else ""))
+        raise NetdslError(Diagnostic(f"{node.op} has no ONNX form of its own{' ' + others if others else ''}: "
+                                     "a pass decomposes it before emission", node.provenance.span,
+                                     help="run " + ", ".join(f"'{p}'" for p in passes),
+                                     chain=node.provenance.chain))
 
 
 def _emit(graph: Graph, weights: dict[str, np.ndarray], opset: int, channels_last_resize: bool,
           payloads: dict[str, np.ndarray] | None, held_float16: bool) -> onnx.ModelProto:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported (use {MIN_OPSET}..{MAX_OPSET})")
-    _check_lowered(graph)
+    _check_lowered(graph, opset)
     layout = ChannelsLastPlan.of(graph) if channels_last_resize else ChannelsLastPlan()
     with _gc_paused():
         em = OnnxGraphBuilder(graph, weights, opset, held_float16)

@@ -1,14 +1,20 @@
 """The ONNX lowering of every IR op, one function per op (or family of ops), and their registry.
 
-Each lowering emits standard ONNX ops with exactly the semantics of the op's docstring in
-:mod:`netdsl.opdefs`, and declares (``emits=``) the ONNX op types it may emit, which the coverage
-report reads backwards to tell which IR op an ONNX node came from. Adding an op's ONNX form means
-adding one ``@_lowers`` function here.
+The emitter is one-to-one: each lowering emits the op as one ONNX compute op with exactly the
+semantics of the op's docstring in :mod:`netdsl.opdefs`, plus at most layout and type adapters
+(:data:`ADAPTERS`: Reshape, Transpose, Cast) and constant operands. A decomposition into several
+compute ops is a rewrite pass on the IR, run by the targets that need it
+(:mod:`netdsl.passes.pipeline`), never a lowering here: an op with no ONNX counterpart has no
+lowering, and one whose counterpart covers only some of its nodes declares which (``only=``,
+:class:`Covers`); the backend refuses the others, naming the pass. Each lowering declares
+(``emits=``) the ONNX op types it may emit, which the coverage report reads backwards to tell
+which IR op an ONNX node came from. Adding an op's ONNX form means adding one ``@_lowers`` function here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +22,8 @@ import onnx
 
 from netdsl.backends.onnx_builder import EMPTY, Lowering, OnnxGraphBuilder, OnnxTensor
 from netdsl.initializers import NP_DTYPES
-from netdsl.ir import Node
+from netdsl.ir import Graph, Node
+from netdsl.passes.groupnorm_to_instancenorm import instance_form
 
 UNARY = {
     "relu": "Relu",
@@ -56,23 +63,51 @@ def exact_resize_scale(l_in: int, l_out: int, scale: float) -> np.float32:
     return f
 
 
+ADAPTERS = frozenset({"Reshape", "Transpose", "Cast"})
+"""ONNX ops a lowering may emit around its one compute op: they move or retype values, computing nothing."""
+
+
+@dataclass(frozen=True)
+class Covers:
+    """The nodes of an op whose ONNX counterpart is one op: ``holds(graph, node, opset)``; ``others`` says
+    which nodes it does not cover, in words ("below opset 20"), for the error naming the pass."""
+
+    holds: Callable[[Graph, Node, int], bool]
+    others: str
+
+
 LOWERINGS: dict[str, Lowering] = {}
 """IR op -> its lowering (outside channels-last regions, see :mod:`netdsl.backends.onnx_layout`)."""
 # IR op -> the ONNX op types its lowering may emit (outside channels-last regions), declared beside
 # each lowering; the coverage report reads it backwards to tell which IR op an ONNX node came from.
 _EMITS: dict[str, frozenset[str]] = {}
+# IR op -> the nodes its lowering covers, for ops whose ONNX counterpart does not cover all of them.
+_COVERS: dict[str, Covers] = {}
 
 
-def _lowers(*ops: str, emits: Sequence[str] | Mapping[str, str] = ()) -> Callable[[Lowering], Lowering]:
-    """Register a lowering of ``ops``; ``emits`` lists the ONNX op types it may emit (per op for a mapping)."""
+def _lowers(*ops: str, emits: Sequence[str] | Mapping[str, str] = (),
+            only: Covers | None = None) -> Callable[[Lowering], Lowering]:
+    """Register a lowering of ``ops``; ``emits`` lists the ONNX op types it may emit (per op for a mapping);
+    ``only`` limits it to the nodes it covers."""
 
     def register(fn: Lowering) -> Lowering:
         for op in ops:
             LOWERINGS[op] = fn
             _EMITS[op] = frozenset([emits[op]] if isinstance(emits, Mapping) else emits)
+            if only is not None:
+                _COVERS[op] = only
         return fn
 
     return register
+
+
+def not_covered(graph: Graph, node: Node, opset: int) -> str | None:
+    """None when the emitter lowers ``node`` at ``opset``; else which nodes of its op it does not lower, in
+    words ("" for all of them), so that a pass must decompose it first."""
+    if node.op not in LOWERINGS:
+        return ""
+    covers = _COVERS.get(node.op)
+    return None if covers is None or covers.holds(graph, node, opset) else covers.others
 
 
 # ---- dense ops ---------------------------------------------------------------------------------
@@ -91,15 +126,16 @@ def _conv(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
     }, out=ys[0])
 
 
-@_lowers("linear", emits=["Gemm", "MatMul", "Transpose", "Add"])
+@_lowers("linear", emits=["Reshape", "Gemm"])
 def _linear(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
+    # Gemm is linear itself (x @ weight^T + bias) on a matrix: the leading axes are viewed as its rows.
     x, w, *bias = em.inputs(node)
-    if em.type_of(node.inputs[0]).rank == 2:
+    xt, yt = em.type_of(node.inputs[0]), em.type_of(node.outputs[0])
+    if xt.rank == 2:
         em.emit("Gemm", [x, w, *bias], {"transB": 1}, out=ys[0])
         return
-    y = em.emit("MatMul", [x, em.transpose(w, (1, 0))], out=None if bias else ys[0])
-    if bias:
-        em.emit("Add", [y, bias[0]], out=ys[0])
+    rows = em.reshape(x, (xt.numel // xt.shape[-1], xt.shape[-1]))
+    em.reshape(em.emit("Gemm", [rows, w, *bias], {"transB": 1}), yt.shape, out=ys[0])
 
 
 @_lowers("matmul", emits=["MatMul"])
@@ -132,23 +168,14 @@ def _layernorm(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
     em.transpose(normed, list(np.argsort(perm)), out=ys[0])
 
 
-@_lowers("groupnorm", emits=["Reshape", "InstanceNormalization", "Mul", "Add"])
+@_lowers("groupnorm", emits=["InstanceNormalization"],
+         only=Covers(lambda graph, node, opset: instance_form(graph, node), "with fewer groups than channels"))
 def _groupnorm(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
     x, *affine = em.inputs(node)
-    xt = em.type_of(node.inputs[0])
-    groups = node.attrs["groups"]
-    dtype = em.np_dtype(node.inputs[0])
-    # Normalise each (batch, group) slice as one instance; then the per-channel affine map.
-    grouped = em.reshape(x, (xt.shape[0], groups, xt.numel // (xt.shape[0] * groups)))
-    normed = em.emit("InstanceNormalization", [grouped, em.const(np.ones(groups), dtype),
-                                               em.const(np.zeros(groups), dtype)],
-                     {"epsilon": float(node.attrs.get("eps", 1e-5))})
-    if not affine:
-        em.reshape(normed, xt.shape, out=ys[0])
-        return
-    per_channel = (xt.shape[1],) + (1,) * (xt.rank - 2)
-    scaled = em.emit("Mul", [em.reshape(normed, xt.shape), em.reshape(affine[0], per_channel)])
-    em.emit("Add", [scaled, em.reshape(affine[1], per_channel)], out=ys[0])
+    if not affine:  # InstanceNormalization requires a scale and a bias
+        dtype, channels = em.np_dtype(node.inputs[0]), em.type_of(node.inputs[0]).shape[1]
+        affine = [em.const(np.ones(channels), dtype), em.const(np.zeros(channels), dtype)]
+    em.emit("InstanceNormalization", [x, *affine], {"epsilon": float(node.attrs.get("eps", 1e-5))}, out=ys[0])
 
 
 # ---- element-wise ------------------------------------------------------------------------------
@@ -185,23 +212,9 @@ def _clamp(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
         em.emit("Clip", [x, em.scalar(lo, like), em.scalar(hi, like)], out=ys[0])
 
 
-@_lowers("silu", emits=["Mul", "Sigmoid"])
-def _silu(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    (x,) = em.inputs(node)
-    em.emit("Mul", [x, em.emit("Sigmoid", [x])], out=ys[0])
-
-
-@_lowers("gelu", emits=["Gelu", "Div", "Erf", "Mul", "Add"])
+@_lowers("gelu", emits=["Gelu"], only=Covers(lambda graph, node, opset: opset >= 20, "below opset 20"))
 def _gelu(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    (x,) = em.inputs(node)
-    if em.opset >= 20:
-        em.emit("Gelu", [x], {"approximate": "none"}, out=ys[0])
-        return
-    like = node.inputs[0]
-    # x / sqrt(2) as a Div: ONNX Runtime fuses Div-Erf-Add-Mul-Mul into one Gelu kernel, not a Mul by 1/sqrt(2)
-    erf = em.emit("Erf", [em.emit("Div", [x, em.scalar(np.sqrt(2.0), like)])])
-    half_x = em.emit("Mul", [x, em.scalar(0.5, like)])
-    em.emit("Mul", [half_x, em.emit("Add", [erf, em.scalar(1.0, like)])], out=ys[0])
+    em.emit("Gelu", em.inputs(node), {"approximate": "none"}, out=ys[0])
 
 
 @_lowers("pow", emits=["Pow"])
@@ -264,101 +277,6 @@ def _rotate(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
     heads = node.attrs["heads"]
     per_head = em.reshape(em.inputs(node)[0], (b, heads, c // heads, h * w))
     em.reshape(em.transpose(per_head, (0, 1, 3, 2)), (b, c, h, w), out=ys[0])
-
-
-@_lowers("shift", emits=["Pad", "Slice", "Concat"])
-def _shift(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    # Pad once by the largest shift in each direction, then cut each channel group's window:
-    # y[i] = x[i - dy] = xpad[i - dy + top].
-    b, c, h, w = em.type_of(node.inputs[0]).shape
-    offsets = [(int(dy), int(dx)) for dy, dx in node.attrs["offsets"]]
-    top = max(0, *(dy for dy, _ in offsets))
-    left = max(0, *(dx for _, dx in offsets))
-    bottom = max(0, *(-dy for dy, _ in offsets))
-    right = max(0, *(-dx for _, dx in offsets))
-    padded = em.pad(em.inputs(node)[0], (top, left, bottom, right), "constant")
-    size = c // len(offsets)
-    parts = [
-        em.slice(padded, (g * size, top - dy, left - dx), ((g + 1) * size, top - dy + h, left - dx + w), (1, 2, 3))
-        for g, (dy, dx) in enumerate(offsets)
-    ]
-    em.concat(parts, 1, out=ys[0])
-
-
-def _window_slices(em: OnnxGraphBuilder, x: OnnxTensor, kernel: tuple[int, int], stride: tuple[int, int],
-                   dilation: tuple[int, int], out_hw: tuple[int, int], axes: tuple[int, int]) -> list[OnnxTensor]:
-    """One strided Slice per kernel offset (row-major): slot (u, v) holds x[.., i*sh + u*dh, j*sw + v*dw]."""
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_hw
-    return [
-        em.slice(x, (u * dh, v * dw), (u * dh + (ho - 1) * sh + 1, v * dw + (wo - 1) * sw + 1), axes, (sh, sw))
-        for u in range(kh)
-        for v in range(kw)
-    ]
-
-
-@_lowers("unfold", emits=["Pad", "Slice", "Concat", "Reshape", "Transpose"])
-def _unfold(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    a = node.attrs
-    b, c, _, _ = em.type_of(node.inputs[0]).shape
-    _, _, ho, wo = em.type_of(node.outputs[0]).shape
-    kh, kw = a["kernel"]
-    padded = em.pad(em.inputs(node)[0], a["pads"], "constant")
-    windows = _window_slices(em, padded, (kh, kw), a["stride"], a.get("dilation", (1, 1)), (ho, wo), (2, 3))
-    # Concat gives slot-major channels (n*C + c); the IR wants channel-major (c*K + n).
-    slot_major = em.reshape(em.concat(windows, 1), (b, kh * kw, c, ho * wo))
-    em.reshape(em.transpose(slot_major, (0, 2, 1, 3)), (b, c * kh * kw, ho, wo), out=ys[0])
-
-
-# ---- attention ---------------------------------------------------------------------------------
-
-
-@_lowers("attention", emits=["MatMul", "Transpose", "Mul", "Add", "Softmax"])
-def _attention(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    q, k, v, *bias = em.inputs(node)
-    logits = em.emit("Mul", [em.emit("MatMul", [q, em.transpose(k, (0, 1, 3, 2))]),
-                             em.scalar(node.attrs["scale"], node.inputs[0])])
-    if bias:
-        logits = em.emit("Add", [logits, bias[0]])
-    em.emit("MatMul", [em.emit("Softmax", [logits], {"axis": -1}), v], out=ys[0])
-
-
-@_lowers("local_attention", emits=["Slice", "Pad", "Reshape", "Mul", "Add", "Sub", "ReduceSum", "Softmax",
-                                    "Concat"])
-def _local_attention(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
-    """ACmix attention without materialising unfolded windows.
-
-    Heads live on axis 1 and the in-head dim on axis 2 of [B, heads, d, H, W] views. Keys,
-    values and positions are reflect-padded once; window slot n = (a, b) is then one strided
-    Slice. logit_n = sum_e (scale*q_s) * (K_n + (pos_s - R_n)), a ReduceSum over d; softmax over
-    the slot axis; y = sum_n A_n * V_n.
-    """
-    q, k, v, *pos = em.inputs(node)
-    b, c, h, w = em.type_of(node.inputs[0]).shape
-    heads, kern, s = node.attrs["heads"], node.attrs["kernel"], node.attrs["stride"]
-    d, p, ho, wo = c // heads, (kern - 1) // 2, h // s, w // s
-    pads = (p, p, p, p)
-
-    def at_outputs(t: OnnxTensor) -> OnnxTensor:
-        return t if s == 1 else em.slice(t, (0, 0), (h, w), (2, 3), (s, s))
-
-    def windows(t: OnnxTensor, lead: tuple[int, int]) -> list[OnnxTensor]:
-        padded = em.reshape(em.pad(t, pads, "reflect"), (*lead, d, h + 2 * p, w + 2 * p))
-        return _window_slices(em, padded, (kern, kern), (s, s), (1, 1), (ho, wo), (3, 4))
-
-    query = em.reshape(em.emit("Mul", [at_outputs(q), em.scalar(node.attrs["scale"], node.inputs[0])]),
-                       (b, heads, d, ho, wo))
-    keys = windows(k, (b, heads))
-    if pos:
-        pos_at_query = em.reshape(at_outputs(pos[0]), (1, 1, d, ho, wo))
-        keys = [em.emit("Add", [key, em.emit("Sub", [pos_at_query, pos_n])])
-                for key, pos_n in zip(keys, windows(pos[0], (1, 1)), strict=True)]
-    logits = [em.reduce("ReduceSum", em.emit("Mul", [query, key]), (2,), True) for key in keys]
-    attn = em.emit("Softmax", [em.concat(logits, 2)], {"axis": 2})
-    out = None
-    for n, value in enumerate(windows(v, (b, heads))):
-        term = em.emit("Mul", [em.slice(attn, (n,), (n + 1,), (2,)), value])
-        out = term if out is None else em.emit("Add", [out, term])
-    em.reshape(out, (b, c, ho, wo), out=ys[0])
 
 
 # ---- pooling and reductions --------------------------------------------------------------------
@@ -467,6 +385,11 @@ def _where(em: OnnxGraphBuilder, node: Node, ys: list[OnnxTensor]) -> None:
 def supported_ops() -> frozenset[str]:
     """The IR ops this backend can lower."""
     return frozenset(LOWERINGS)
+
+
+def partly_covered_ops() -> frozenset[str]:
+    """The IR ops whose lowering covers only some of their nodes (``only=``); a pass decomposes the others."""
+    return frozenset(_COVERS)
 
 
 def emitted_ops(op: str) -> frozenset[str]:

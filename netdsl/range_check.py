@@ -20,8 +20,9 @@ of its first input outside [lo, hi] is an error located at the spec line of the 
 the op, the pass and the range.
 
 The float16 check sees values at IR-node granularity: a quantity that exists only inside one op's
-runtime implementation is not observed, except the unscaled ``q @ kᵀ`` of ``attention``, which
-the ONNX form materialises before the scale (see :data:`_INNER_VALUES`).
+runtime implementation is not observed. The ONNX emitter writes each op as one ONNX op, so an
+intermediate the ONNX model stores is an IR value (e.g. ``attention``'s unscaled ``q @ kᵀ`` is the
+output of the ``matmul`` that ``attention_to_matmul`` creates).
 """
 
 from __future__ import annotations
@@ -29,13 +30,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from netdsl.diagnostics import Diagnostic, NetdslError
 from netdsl.initializers import NP_DTYPES
-from netdsl.interp import round_to_storage, run_graph
+from netdsl.interp import run_graph
 from netdsl.ir import Graph, Node
 
 FLOAT16_MAX = 65504.0
@@ -52,29 +52,19 @@ _ADVICE = {
     "reduce_sum": "use reduce_mean, or scale the input down before summing",
     "div": "keep the divisor away from 0 (add an epsilon) or scale the operands",
     "attention": "scale q or k down (a smaller scale, or a normalisation before the projections)",
+    "matmul": "scale the operands down (for attention logits q @ kᵀ: q or k, by a normalisation before the "
+              "projections)",
 }
 _FALLBACK_ADVICE = "scale the values down before this node (a normalisation, or smaller weights)"
 _KEEP_FLOAT32 = "or compile this model in float32 (--dtype float32)"
 
 
-def _attention_logits(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-    """``q @ kᵀ`` before the scale: the ONNX form of ``attention`` stores it as a MatMul output."""
-    return np.matmul(args[0], args[1].swapaxes(-1, -2))
-
-
-_INNER_VALUES: dict[str, tuple[str, Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]]] = {
-    "attention": ("q @ kᵀ before the scale", _attention_logits),
-}
-"""Per op: a value inside its runtime form that can leave the float16 range while the op's output does not."""
-
-
 @dataclass
 class ValueStats:
-    """What the calibration runs saw of one node output (or one value inside a node)."""
+    """What the calibration runs saw of one node output."""
 
     node: Node
     value: str
-    what: str = ""  # "" for the output itself, else the inner value's description
     max_abs: float = 0.0  # float32 run, over all batches (Inf if float32 overflows too)
     finite_fp32: bool = True
     finite_fp16: bool = True
@@ -91,12 +81,12 @@ class RangeReport:
 
     graph: Graph
     samples: int
-    stats: dict[tuple[str, str], ValueStats] = field(default_factory=dict)
+    stats: dict[str, ValueStats] = field(default_factory=dict)
 
-    def _record(self, node: Node, value: str, what: str, array: np.ndarray, fp16: bool) -> None:
+    def _record(self, node: Node, value: str, array: np.ndarray, fp16: bool) -> None:
         if not np.issubdtype(array.dtype, np.floating):
             return
-        entry = self.stats.setdefault((value, what), ValueStats(node, value, what))
+        entry = self.stats.setdefault(value, ValueStats(node, value))
         finite = bool(np.isfinite(array).all())
         if fp16:
             entry.finite_fp16 &= finite
@@ -107,24 +97,12 @@ class RangeReport:
                 peak = float(np.max(np.abs(array)))
             entry.max_abs = max(entry.max_abs, peak if not math.isnan(peak) else math.inf)
 
-    def observer(self, env: dict[str, np.ndarray], fp16: bool) -> Callable[[Node, list[np.ndarray]], None]:
-        """The ``observe`` callback of one interpreter run; ``env`` collects the values inner values are
-        computed from (only those: the run itself drops every value after its last use)."""
-        needed = inner_value_operands(self.graph)
+    def observer(self, fp16: bool) -> Callable[[Node, list[np.ndarray]], None]:
+        """The ``observe`` callback of one interpreter run (float16 storage when ``fp16``)."""
 
         def observe(node: Node, outputs: list[np.ndarray]) -> None:
-            # The float16 run's values are stored in float16; inner values are computed in float32 like the op.
-            env.update((name, array.astype(np.float32) if array.dtype == np.float16 else array)
-                       for name, array in zip(node.outputs, outputs, strict=True) if name in needed)
-            if node.op in _INNER_VALUES:
-                what, compute = _INNER_VALUES[node.op]
-                with np.errstate(over="ignore", invalid="ignore"):
-                    inner = compute([env[i] for i in node.inputs], node.attrs)
-                if fp16:
-                    inner = inner.astype(np.float16)
-                self._record(node, node.outputs[0], what, inner, fp16)
             for name, array in zip(node.outputs, outputs, strict=True):
-                self._record(node, name, "", array, fp16)
+                self._record(node, name, array, fp16)
 
         return observe
 
@@ -137,11 +115,6 @@ class RangeReport:
         return max(self.stats.values(), key=lambda s: s.max_abs, default=None)
 
 
-def inner_value_operands(graph: Graph) -> set[str]:
-    """The values the inner values of :data:`_INNER_VALUES` are computed from."""
-    return {name for node in graph.nodes if node.op in _INNER_VALUES for name in node.inputs}
-
-
 def sample_count(graph: Graph, batches: list[Batch]) -> int:
     """How many samples ``batches`` hold (the first input's leading axis, one per batch for scalars)."""
     first = graph.inputs[0] if graph.inputs else None
@@ -152,16 +125,11 @@ def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterab
     """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached."""
     batches = list(batches)
     report = RangeReport(graph, sample_count(graph, batches))
-    # The float16 view of the weights inner values are computed from: rounded once, not per batch.
-    weights16 = {k: round_to_storage(np.asarray(weights[k]), np.float16)
-                 for k in inner_value_operands(graph) if k in weights}
     for batch in batches:
-        batch16 = {k: round_to_storage(np.asarray(v), np.float16) for k, v in batch.items()}
         for fp16 in (False, True):
-            env = {**weights16, **batch16} if fp16 else {**weights, **batch}
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 run_graph(graph, weights, batch, storage=np.float16 if fp16 else None,
-                          observe=report.observer(env, fp16))
+                          observe=report.observer(fp16))
     return report
 
 
@@ -226,7 +194,7 @@ def range_diagnostic(report: RangeReport) -> Diagnostic | None:
         return None
     first = bad[0]
     node = first.node
-    label = f"{node.op} '{first.value}'" + (f" ({first.what})" if first.what else "")
+    label = f"{node.op} '{first.value}'"
     samples = f"{report.samples} calibration sample{'s' if report.samples != 1 else ''}"
     if first.max_abs > FLOAT16_MAX:
         message = (f"{label} overflows float16: max |x| = {_fmt(first.max_abs)} on {samples}, "

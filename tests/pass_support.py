@@ -19,6 +19,7 @@ from netdsl.initializers import NP_DTYPES
 from netdsl.interp import run_graph
 from netdsl.ir import Graph, Init, Provenance, Span, TensorType
 from netdsl.passes.base import Pass, RewriteLog
+from netdsl.passes.pipeline import ONNX_FORMS, run_pipeline
 from netdsl.verifier import verify
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -49,7 +50,9 @@ def random_feeds(graph: Graph, seed: int = 0, scale: float = 1.0) -> dict[str, n
 
 
 def run_ort(graph: Graph, weights: dict[str, np.ndarray], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Emit ``graph`` to ONNX and run it in ONNX Runtime on the CPU."""
+    """Emit ``graph`` to ONNX, after the passes every ONNX target runs for the ops the emitter has no one-op
+    form of (:data:`~netdsl.passes.pipeline.ONNX_FORMS`), and run it in ONNX Runtime on the CPU."""
+    graph = run_pipeline(graph, "onnx", passes=ONNX_FORMS).graph
     model = to_onnx(graph, {k: v for k, v in weights.items() if k in graph.params})
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)

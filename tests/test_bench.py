@@ -339,9 +339,10 @@ def test_coverage_summary_groups_refused_nodes_with_their_spec_location(write_sp
     from netdsl.coverage.checker import check_coverage
     from netdsl.coverage.profile import load_profile
     from netdsl.initializers import initial_weights
+    from netdsl.passes.pipeline import run_pipeline
 
     graph_path = write_spec(GELU_SPEC, "gelu.net")
-    graph = spec_graph(graph_path)
+    graph = run_pipeline(spec_graph(graph_path), "onnx", passes=["gelu_to_erf"]).graph
     report = check_coverage(to_onnx(graph, initial_weights(graph, 0)), load_profile("trt-restricted"))
     summary = summarize_coverage(report)
     refused = report.violations()

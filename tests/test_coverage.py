@@ -153,7 +153,7 @@ def test_attention_export_lists_every_disallowed_node(attention_onnx: Path) -> N
     assert {"MatMul", "LayerNormalization", "Erf"} <= uncovered
     matmuls = by_op(report, "MatMul")
     assert len(matmuls) == 4 and not any(n.covered for n in matmuls)
-    assert all("lower_attention" in n.rewrite and "not supported in safety" in n.reasons[0] for n in matmuls)
+    assert all("matmul_to_conv" in n.rewrite and "not supported in safety" in n.reasons[0] for n in matmuls)
     (norm,) = by_op(report, "LayerNormalization")
     assert norm.layer == "INormalizationLayer" and "INormalizationLayer" in norm.reasons[0] and norm.rewrite
     (erf,) = by_op(report, "Erf")

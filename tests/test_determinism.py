@@ -28,13 +28,15 @@ def entry_specs(folder: Path) -> list[Path]:
 DEMO_SPECS = entry_specs(REPO / "specs")
 MODEL_SPECS = entry_specs(REPO / "specs" / "models")
 
-# Builds a spec's graph with the default weights and writes its ONNX serialisation to argv[2].
+# Builds a spec's graph with the default weights, runs the passes of the ONNX forms and writes its ONNX
+# serialisation to argv[2].
 ONNX_SCRIPT = """
 import sys
 from netdsl.backends.onnx_backend import to_onnx
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
-graph = load_graph(sys.argv[1])
+from netdsl.passes.pipeline import ONNX_FORMS, run_pipeline
+graph = run_pipeline(load_graph(sys.argv[1]), "onnx", passes=ONNX_FORMS).graph
 with open(sys.argv[2], "wb") as f:
     f.write(to_onnx(graph, initial_weights(graph), opset=17).SerializeToString())
 """

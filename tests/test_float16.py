@@ -29,7 +29,7 @@ from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
 from netdsl.interp import run_graph
 from netdsl.ir import Graph
-from netdsl.passes.pipeline import PipelineResult, run_pipeline
+from netdsl.passes.pipeline import ONNX_FORMS, PipelineResult, run_pipeline
 from netdsl.range_check import FLOAT16_MAX, calibration_batches
 
 ONNX_TARGETS = ("onnx", "trt", "trt-restricted", "trt-dla")
@@ -194,9 +194,8 @@ model zoo(c: int = 8) {
 """
 
 
-# The last case emits the ops as they are, but for roll, which ONNX has no op for.
-@pytest.mark.parametrize(("target", "passes"),
-                         [(t, None) for t in ONNX_TARGETS] + [("onnx", ["roll_to_slice_concat"])])
+# The last case emits the ops as they are, but for those the emitter has no one-op form of.
+@pytest.mark.parametrize(("target", "passes"), [(t, None) for t in ONNX_TARGETS] + [("onnx", ONNX_FORMS)])
 def test_every_emitted_op_converts_and_runs(write_spec, target: str, passes: list[str] | None) -> None:
     result = lowered(write_spec(OP_ZOO), target, passes)
     model = to_onnx(result.graph, result.weights)
@@ -296,15 +295,16 @@ model scaled_attention(gain: float = 300.0) {
 
 
 def test_attention_logits_before_the_scale_are_checked(write_spec, run_cli, tmp_path: Path) -> None:
-    # The scaled logits are small, but q @ k^T, which the ONNX form stores before the scale, is not.
+    # The scaled logits are small, but q @ kᵀ, the product attention_to_matmul computes before the scale, is not.
     spec = write_spec(SCALED_ATTENTION)
     code, _, err = run_cli(["compile", spec, "--dtype", "float16", "-o", tmp_path / "a.onnx"])
     lines = error_lines(err)
     assert code == 2
-    assert re.fullmatch(r"error: attention 'y' \(q @ kᵀ before the scale\) overflows float16: max \|x\| = "
+    assert re.fullmatch(r"error: matmul 'y\.matmul' overflows float16: max \|x\| = "
                         r"[0-9.e+]+ on 8 calibration samples, above 65504", lines[0])
     assert lines[1] == f"  --> {spec}:5:16"
-    assert lines[-1].startswith("   = help: scale q or k down")
+    assert "   = note: created by pass attention_to_matmul from the op written here" in lines
+    assert lines[-1].startswith("   = help: scale the operands down (for attention logits q @ kᵀ: q or k")
 
 
 def test_node_created_by_a_pass_names_the_pass(write_spec, run_cli, tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def _dead_code(b: GraphBuilder, x: str) -> str:
 
 EXAMPLES: dict[str, Example] = {
     "lower_attention": _attention,
+    "attention_to_matmul": _attention,
     "lower_local_attention": lambda b, x: b.op("local_attention", [x, x, x], at(4), heads=2, kernel=3, stride=1,
                                                scale=0.5),
     "local_attention_to_matmul": lambda b, x: b.op("local_attention", [x, x, x], at(4), heads=2, kernel=3,
@@ -124,6 +125,9 @@ EXAMPLES: dict[str, Example] = {
     "softmax_decompose": _unary("softmax", axis=1),
     "layernorm_decompose": _layernorm,
     "groupnorm_decompose": _groupnorm,
+    "groupnorm_to_instancenorm": _groupnorm,
+    "gelu_to_erf": _unary("gelu"),
+    "silu_to_sigmoid": _unary("silu"),
     "reduce_max_to_elementwise": _unary("reduce_max", axes=(1,), keepdims=True),
     "reduce_min_to_max": _unary("reduce_min", axes=(1,), keepdims=True),
     "reduce_to_conv": _unary("reduce_mean", axes=(1,), keepdims=True),

@@ -12,13 +12,17 @@
   (``local_attention_to_matmul``: about 95 ONNX operators for an ACmix block instead of the ~510 of
   the restricted lowering, whose per-operator cost dominated with two threads), then
   constant folding, CSE, cleanup of data movement and DCE run;
-* every ONNX target (all but ``torch``) lowers ``roll`` to slices and concats
-  (``roll_to_slice_concat``): ONNX has no roll, and the emitter leaves that decomposition to the pass;
+* the ONNX emitter writes each IR op as one ONNX op, so every decomposition is a pass: ``onnx`` and
+  ``trt`` run :data:`ONNX_FORMS` (attention and sliding-window attention as matrix products, shift and
+  unfold as one-hot convs, which ONNX Runtime runs as fast as or faster than pads, slices and concats,
+  roll as slices and concats, group norms as instance norms, exact gelu in its erf form at every opset,
+  silu as sigmoid and mul); the restricted targets have their own forms of these ops, and also run
+  ``silu_to_sigmoid``, ``shift_to_conv``, ``unfold_to_conv`` and ``roll_to_slice_concat``;
 * ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
   batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
   shuffle cleanup;
-* ``trt`` (standard TensorRT) lowers ``roll``, folds batch norms into convolutions and moves average pools above
-  pointwise convs;
+* ``trt`` (standard TensorRT) runs the ONNX forms, folds batch norms into convolutions and moves average pools
+  above pointwise convs;
 * ``trt-restricted`` lowers everything it can to the restricted layer set (conv, elementwise,
   shuffle, concat, slice, softmax, resize by scales): attention, matrix products of two
   activations (both in chunks no larger than about the attention matrix), gathers by constant
@@ -65,13 +69,16 @@ _FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constan
 # Element-wise math without an allowed layer; pow emits the sqrt that sqrt_decompose lowers, so it goes first.
 _MATH = ["pow_decompose", "sqrt_decompose", "exp_decompose", "erf_decompose"]
 
+ONNX_FORMS = ["attention_to_matmul", "local_attention_to_matmul", "shift_to_conv", "unfold_to_conv",
+              "roll_to_slice_concat", "groupnorm_to_instancenorm", "gelu_to_erf", "silu_to_sigmoid"]
+"""The decompositions the ONNX emitter leaves to passes, in the forms of runtimes with MatMul, Erf and
+InstanceNormalization: after them every op has a one-op ONNX form, at any opset."""
+
 PIPELINES: dict[str, list[str]] = {
-    "onnx": ["local_attention_to_matmul", "roll_to_slice_concat", "fold_batchnorm", "conv_before_resize",
-             "pool_before_conv", "downscale_to_conv", "reduce_to_matmul",
-             "constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "onnx": [*ONNX_FORMS, "fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv",
+             "reduce_to_matmul", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     "torch": ["cse", "cleanup_shuffles"],
-    "trt": ["roll_to_slice_concat", "fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles",
-            "dce"],
+    "trt": [*ONNX_FORMS, "fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
     # concats, matmul_to_conv emits linear maps, and the maxpool lowering emits an edge pad, all
     # lowered by the passes after them.
@@ -79,16 +86,16 @@ PIPELINES: dict[str, list[str]] = {
         "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
         "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat", "pool_padding_explicit",
         "maxpool_to_elementwise", "pad_to_slice_concat", "layernorm_decompose", "groupnorm_decompose",
-        "reduce_to_conv", "reduce_max_to_elementwise", "linear_to_conv", "hardswish_decompose", "clip_to_relu",
-        "minmax_to_relu", "tanh_decompose", "neg_to_mul", *_MATH, *_FOLD_AND_CLEAN,
+        "reduce_to_conv", "reduce_max_to_elementwise", "linear_to_conv", "silu_to_sigmoid", "hardswish_decompose",
+        "clip_to_relu", "minmax_to_relu", "tanh_decompose", "neg_to_mul", *_MATH, *_FOLD_AND_CLEAN,
     ],
     "trt-dla": [
         "lower_attention", "lower_local_attention", "matmul_to_conv", "gather_to_slice", "where_to_blend",
         "shift_to_conv", "unfold_to_conv", "roll_to_slice_concat", "pool_padding_explicit",
         "pad_to_slice_concat", "strided_slice_to_conv", "resize_to_conv", "pool_windows", "layernorm_decompose",
-        "groupnorm_decompose", "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "hardswish_decompose",
-        "clip_to_relu", "minmax_to_relu", "tanh_decompose", "neg_to_mul", *_MATH, "elementwise_rank4",
-        "slice_concat_rank4", "concat_to_channels", *_FOLD_AND_CLEAN,
+        "groupnorm_decompose", "reduce_to_conv", "reduce_min_to_max", "linear_to_conv", "silu_to_sigmoid",
+        "hardswish_decompose", "clip_to_relu", "minmax_to_relu", "tanh_decompose", "neg_to_mul", *_MATH,
+        "elementwise_rank4", "slice_concat_rank4", "concat_to_channels", *_FOLD_AND_CLEAN,
     ],
 }
 

@@ -16,6 +16,7 @@ from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
 from netdsl.passes.base import Pass, WeightedPass, Weights
 
 PASS_MODULES = (
+    "attention_to_matmul",
     "lower_attention",
     "lower_local_attention",
     "local_attention_to_matmul",
@@ -25,6 +26,9 @@ PASS_MODULES = (
     "shift_to_conv",
     "unfold_to_conv",
     "roll_to_slice_concat",
+    "silu_to_sigmoid",
+    "gelu_to_erf",
+    "groupnorm_to_instancenorm",
     "pool_padding_explicit",
     "maxpool_to_elementwise",
     "pad_to_slice_concat",

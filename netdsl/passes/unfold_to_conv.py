@@ -5,6 +5,11 @@ Concat. A group convolution with ``groups = C`` and ``kh*kw`` output maps per in
 where output map ``c*kh*kw + u*kw + v`` has a single 1 at tap ``(u, v)``, computes exactly
 ``y[b, c*kh*kw + u*kw + v, i, j] = xpad[b, c, i*sh + u*dh, j*sw + v*dw]`` (the unfold layout of
 :mod:`netdsl.opdefs`) with one Conv that keeps the unfold's stride, padding and dilation.
+
+It is the form of every target (ONNX has no unfold op either): ONNX Runtime runs the one Conv faster
+than one strided Slice per tap, a Concat and the Reshape/Transpose to the unfold layout (3x3 windows,
+64 channels 56x56: 1.2 ms against 40 ms; 256 channels 14x14: 0.78x the time; batch 1, two threads,
+interleaved runs).
 """
 
 from __future__ import annotations
