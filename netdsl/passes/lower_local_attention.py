@@ -38,13 +38,16 @@ column ``s·j + b``:
    (channel-major, ``[B, C, kernel, frame]``), a grouped 1x1 conv with a ones kernel sums the
    ``kernel`` columns of each channel, and the frame is cut to the row's ``Ho`` rows and added up.
 
-Why this form: the runtime cost of the per-slot form (about ten operators per slot, ~510 for a 7x7
-window) was per-operator. In ONNX Runtime (CPU) one ACmix block (64 channels, 56x56, batch 1) runs
-in ~180 operators instead of ~510, and its products and convs split well over two threads (the
-per-slot 0.8 MB operators did not). The stacked products are ``kernel`` times a map; when they
-would exceed :data:`STACK_BUDGET` elements the batch is cut into chunks that keep them within it
-(at batch 8 whole-batch stacks of 50 MB ran about 1.5x slower than the per-slot form). Every form
-is exact up to float32 summation order.
+Why this form: the earlier form cut a copy of k and v per slot and spent about ten operators per
+slot (507 ONNX operators for one ACmix block, 64 channels, 56x56, 7x7 window), each on a 0.8 MB
+tensor; here the block has 181, moves 706 MB op by op instead of 851, and its products are large
+enough for ONNX Runtime (CPU) to share out over two threads. Side by side in ONNX Runtime under a
+load average of ~10 the old form took 0.9-1.5x the new one's median time (above 1 in 7 of the 8
+configurations of batch 1 and 8, stride 1 and 2, 1 and 2 threads; docs/benchmarks.md, "Stacked
+column blocks"). The stacked products are ``kernel``
+times a map; over :data:`STACK_BUDGET` elements the batch is cut into chunks that keep them within
+it: whole-batch stacks at batch 8 (50 MB) took 1.4-1.8x the per-slot form's summed kernel time.
+Every form is exact up to float32 summation order.
 """
 
 from __future__ import annotations

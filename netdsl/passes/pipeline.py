@@ -9,8 +9,8 @@
   (``pool_before_conv``: CSA's last MLP conv and ConvNeXt's last MLP linear run on the pooled pixel),
   means and sums over leading axes become matrix products (``reduce_to_matmul``: ONNX Runtime's
   reductions are slow there), sliding-window attention becomes batched matrix products over 2-D tiles
-  (``local_attention_to_matmul``: about 95 ONNX operators for an ACmix block instead of the ~510 of
-  the restricted lowering, whose per-operator cost dominated with two threads), then
+  (``local_attention_to_matmul``: about 95 ONNX operators for an ACmix block against the ~180 of
+  the restricted lowering, which has no product of two activations as MatMul), then
   constant folding, CSE, cleanup of data movement and DCE run;
 * every ONNX target (all but ``torch``) lowers ``roll`` to slices and concats
   (``roll_to_slice_concat``): ONNX has no roll, and the emitter leaves that decomposition to the pass;
