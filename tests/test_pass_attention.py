@@ -26,9 +26,10 @@ from netdsl.passes.pipeline import run_pipeline
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 SPAN = Span("t.net", 3, 5, 3, 40)
-RESTRICTED_ONNX_OPS = {"Conv", "Add", "Sub", "Mul", "Div", "Reshape", "Transpose", "Concat", "Slice", "Softmax"}
+RESTRICTED_ONNX_OPS = {"Conv", "Add", "Sub", "Mul", "Div", "Reshape", "Transpose", "Concat", "Slice", "Split",
+                       "Softmax"}
 # What the local-attention rewrite itself creates, per kind of positional term.
-LOCAL_OPS = {"slice", "concat", "mul", "add", "conv", "const", "reshape", "softmax"}
+LOCAL_OPS = {"slice", "concat", "mul", "add", "conv", "const", "reshape", "softmax", "split"}
 
 
 def rewritten(graph: Graph, pass_: Pass) -> Graph:
@@ -109,6 +110,17 @@ def test_local_attention_lowering_matches(batch: int, channels: int, size: tuple
         if not untouched & set(node.outputs):
             assert node.provenance.span == SPAN
             assert node.provenance.rules == (lower_local_attention.RULE,)
+
+
+@pytest.mark.parametrize("pos", ["grid", "input"])
+def test_local_attention_in_batch_chunks_matches(monkeypatch: pytest.MonkeyPatch, pos: str) -> None:
+    """Stacked products over the budget: the batch is lowered in chunks (here one image each) and stays exact."""
+    monkeypatch.setattr(lower_local_attention, "STACK_BUDGET", 1)
+    before = local_attention_graph(3, 8, (7, 6), 2, 3, 1, pos)
+    after = rewritten(before, lower_local_attention.PASS)
+    batch_slices = [n for n in after.nodes if n.op == "slice" and n.attrs["axis"] == 0]
+    assert len(batch_slices) == 3 * 3  # q, k and v of each of the three images
+    assert_same_outputs(before, after, initial_weights(before, seed=4), random_feeds(before, seed=5))
 
 
 def test_local_attention_with_an_unfactorable_positional_conv() -> None:

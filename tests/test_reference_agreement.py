@@ -26,9 +26,10 @@ from netdsl.cli import main
 from netdsl.driver import load_graph
 
 TOL = 1e-4
-# What a trt-restricted lowering may leave: no MatMul, Gather, Pad, Reduce or BatchNormalization.
+# What a trt-restricted lowering may leave: no MatMul, Gather, Pad, Reduce or BatchNormalization (Split is
+# Slice layers to TensorRT's parser).
 RESTRICTED_OPS = {"Conv", "Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "Clip", "Softmax", "Reshape",
-                  "Transpose", "Concat", "Slice", "Resize"}
+                  "Transpose", "Concat", "Slice", "Split", "Resize"}
 
 
 def _f32(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,45 +1,58 @@
 """``local_attention`` (ACmix / SASA sliding-window attention) -> conv, elementwise, shuffle, slice, concat, softmax.
 
 Restricted TensorRT has no Pad, Gather, MatMul, Einsum or Reduce layer, so the op is rebuilt from
-what it allows, without materialising ``kernel²``-times expanded key or value tensors. With
-``p = (kernel - 1) // 2``, ``N = kernel²`` window slots and ``d = C / heads``:
+what it allows. With ``p = (kernel - 1) // 2``, ``N = kernel²`` window slots ``n = (a, b)``, ``d = C / heads``
+and stride ``s``, slot (a, b) of output pixel (i, j) reads the reflection-padded map at row ``s·i + a``,
+column ``s·j + b``:
 
-1. ``k`` and ``v`` are reflection-padded by ``p`` once, as slices + concats (the ``pad`` op is not
-   allowed either). Slot ``n = (a, b)`` of every output pixel is then a slice of the padded map:
-   rows ``a, a+s, ...`` (cut once per ``a``), columns ``b, b+s, ...``; with a stride ``s``, unit-step
-   slices of the map's ``s x s`` phases.
-2. Content logits, per slot: ``q_s ⊙ K_n`` (``q_s`` = ``q`` at the output positions), summed over
-   the ``d`` channels of each head by a grouped 1x1 convolution whose constant kernel is filled
-   with ``scale`` (groups = heads), giving ``[B, heads, Ho, Wo]``; the ``N`` maps are concatenated to
-   ``[B, heads, N, Ho·Wo]``.
-3. Positional logits ``scale · Σ_e q_s[e] · (pos_q[e] − pos_n[e])``:
+1. ``k`` and ``v`` are reflection-padded by ``p`` once, as slices + concats (no ``pad`` op either).
+2. **Column blocks.** The padded map is cut into ``kernel`` column blocks per row phase ``r < s``: block
+   ``(r, b)`` holds rows ``r, r+s, ...`` and columns ``b, b+s, ...`` (Wo of them). Every slot ``(a, b)``
+   with ``a % s == r`` is a run of ``Ho`` consecutive rows of that block, from row ``t = a // s``.
+   The ``kernel`` blocks of a row phase are stacked on one axis: ``kernel·s`` copies of the map
+   instead of one per slot.
+3. **Frames.** Instead of cutting each slot's rows out of the (``C``-channel) block, the block is used
+   whole, as a frame of ``R = t_max + Ho`` rows: ``q`` is placed at row offset ``t`` of a zero frame
+   (once per window row ``a``), multiplied with the stacked blocks of its row phase (one broadcast
+   product for all ``kernel`` slots of the window row), and only the result -- summed over each
+   head's ``d`` channels by one grouped 1x1 conv whose constant kernel holds ``scale``, so
+   ``heads`` channels per slot -- is cut to the slot's rows. The frame costs ``R / Ho - 1`` more
+   elements per product (11% at 56x56 with a 7x7 window), far less than a copy per slot.
+4. Positional logits ``scale · Σ_e q_s[e] · (pos_q[e] − pos_n[e])``:
 
    * when ``pos`` is a 1x1 convolution ``Wp·grid + b`` of the positional grid (ACmix's ``conv_p``),
-     ``pos_q − pos_n = Wp·(G_q − G_n)`` — the bias cancels and reflection commutes with a per-pixel
-     affine map — where ``G_q − G_n`` is a constant ``[2, N, Ho·Wo]`` computed here from the
+     ``pos_q − pos_n = Wp·(G_q − G_n)`` -- the bias cancels and reflection commutes with a per-pixel
+     affine map -- where ``G_q − G_n`` is a constant ``[2, N, Ho·Wo]`` computed here from the
      grid. So ``Q' = Wpᵀ q_s`` (a grouped 1x1 conv of ``q_s`` whose kernel is ``Wpᵀ`` repeated per
      head, a parameter-only subgraph that constant folding folds), and the term for all slots is
-     ``Q'[x] · (scale·ΔG_x) + Q'[y] · (scale·ΔG_y)``: two broadcast products on ``[B, heads, N, Ho·Wo]``
-     instead of ``N`` extra passes over ``[B, C, Ho, Wo]``;
-   * any other ``pos`` is repeated per head, reflection-padded and sliced like ``k``, and
-     ``pos_q − pos_n`` is added to ``K_n`` before the product.
+     ``Q'[x] · (scale·ΔG_x) + Q'[y] · (scale·ΔG_y)``: two broadcast products on ``[B, heads, N, Ho·Wo]``;
+   * any other ``pos`` (repeated per head) is subtracted from ``k`` before padding, and
+     ``scale · Σ_e q_s[e] · pos_q[e]``, one map for all slots, is added to the logits:
+     ``q·(K_n + pos_q − pos_n) = q·(k − pos)_n + q·pos_q``.
 
-4. Softmax over the slot axis (axis 2 of ``[B, heads, N, Ho·Wo]``; kept 4-D because ONNX Runtime's
-   Softmax over a middle axis of a 5-D tensor was measured about ten times slower).
-5. ``y = Σ_n A_n ⊙ V_n``: ``A_n`` ``[B, heads, 1, Ho·Wo]`` broadcasts over the ``d`` channels of
-   ``V_n`` viewed as ``[B, heads, d, Ho·Wo]``; a running sum of ``N`` products.
+5. Softmax over the slot axis (axis 2 of ``[B, heads, N, Ho·Wo]``: ONNX Runtime moves a middle axis
+   last by a transpose, which for this shape is a fast two-axis one; the same softmax on a rank-4
+   ``[B·heads, N, Ho, Wo]`` ran about five times slower).
+6. ``y = Σ_n A_n ⊙ V_n`` by window rows: the weights of the ``kernel`` slots of row ``a``, placed
+   in a zero frame like ``q`` (``heads`` channels: cheap), multiply the stacked value blocks
+   (channel-major, ``[B, C, kernel, frame]``), a grouped 1x1 conv with a ones kernel sums the
+   ``kernel`` columns of each channel, and the frame is cut to the row's ``Ho`` rows and added up.
 
-Cost: about ``5·N`` elementwise passes over ``[B, C, Ho, Wo]``; the largest intermediate is the
-``[B, heads, N, Ho·Wo]`` logit tensor. In ONNX Runtime (CPU, one 64-channel ACmix block on a 56x56
-map) this was faster than the alternatives tried, with which the whole block took longer: a full
-1x1 conv with a block-ones kernel instead of the grouped one (about 20%), adding
-``pos_q − pos_n`` per slot instead of the grid factorisation (about 15%), and stacking the
-``kernel`` row offsets on an axis to batch the column slices (larger copies; about twice as long).
+Why this form: the earlier form cut a copy of k and v per slot and spent about ten operators per
+slot (507 ONNX operators for one ACmix block, 64 channels, 56x56, 7x7 window), each on a 0.8 MB
+tensor; here the block has 181, moves 706 MB op by op instead of 851, and its products are large
+enough for ONNX Runtime (CPU) to share out over two threads. Side by side in ONNX Runtime under a
+load average of ~10 the old form took 0.9-1.5x the new one's median time (above 1 in 7 of the 8
+configurations of batch 1 and 8, stride 1 and 2, 1 and 2 threads; docs/benchmarks.md, "Stacked
+column blocks"). The stacked products are ``kernel``
+times a map; over :data:`STACK_BUDGET` elements the batch is cut into chunks that keep them within
+it: whole-batch stacks at batch 8 (50 MB) took 1.4-1.8x the per-slot form's summed kernel time.
+Every form is exact up to float32 summation order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -50,6 +63,9 @@ from netdsl.passes.pad_to_slice_concat import pad_axis
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "lower_local_attention"
+# The largest stacked product, in elements, before the batch is cut into chunks. 2²¹ (8 MiB of
+# float32) keeps one 64-channel 56x56 image whole (1.6 M elements with a 7x7 window).
+STACK_BUDGET = 2**21
 
 
 @dataclass(frozen=True)
@@ -99,24 +115,58 @@ def at_outputs(em: Emitter, x: str, win: Window) -> str:
     return _strided(em, rows, 3, 0, win.out_w, win.stride)
 
 
-def _phases(em: Emitter, x: str, axis: int, stride: int) -> list[str]:
-    """``x[r::stride]`` along ``axis`` for r < stride (just ``[x]`` for stride 1)."""
-    n = em.graph.type_of(x).shape[axis]
-    return [_strided(em, x, axis, r, len(range(r, n, stride)), stride) for r in range(stride)]
+@dataclass(frozen=True)
+class Frames:
+    """The column blocks of a reflection-padded map, stacked per row phase (see the module docstring)."""
+
+    stacks: list[str]
+    rows: list[int]
 
 
-def _slot_maps(em: Emitter, x: str, win: Window) -> list[str]:
-    """Per slot (a, b): ``x`` reflection-padded by p, at rows ``s·i + a`` and columns ``s·j + b``.
+def _row_count(win: Window, r: int) -> int:
+    """The frame of row phase ``r``: rows ``t < (kernel - 1 - r) // s + 1`` offsets, plus ``Ho``."""
+    return (win.kernel - 1 - r) // win.stride + win.out_h
 
-    With a stride, the padded map is first split into its ``s x s`` phases (``[r::s, c::s]``), so
-    that each slot is a unit-step slice of one phase: strided slices are far slower than
-    contiguous ones in ONNX Runtime, and this way there are only ``s²`` of them per map.
-    """
+
+def _frames(em: Emitter, x: str, win: Window, heads_first: bool) -> Frames:
+    """``x`` reflection-padded by p, its column blocks (``[B, C, rows, Wo]`` each) stacked per row phase:
+    ``[B·heads, kernel, d·rows, Wo]`` (``heads_first``) or ``[B, C, kernel·rows, Wo]``."""
     s, p = win.stride, win.pad
     padded = pad_axis(em, pad_axis(em, x, 2, p, p, "reflect"), 3, p, p, "reflect")
-    phases = [_phases(em, rows, 3, s) for rows in _phases(em, padded, 2, s)]  # phases[r][c] = padded[r::s, c::s]
-    rows = [[_strided(em, phase, 2, a // s, win.out_h, 1) for phase in phases[a % s]] for a in range(win.kernel)]
-    return [_strided(em, rows[a][b % s], 3, b // s, win.out_w, 1) for a, b in win.slots]
+    phases = range(min(s, win.kernel))
+    rows = [_row_count(win, r) for r in phases]
+    stacks = []
+    for r in phases:
+        in_phase = _strided(em, padded, 2, r, rows[r], s)
+        # Column phases first: strided slices are far slower than contiguous ones in ONNX Runtime.
+        columns = [_strided(em, in_phase, 3, c, (win.kernel - 1 - c) // s + win.out_w, s) for c in phases]
+        blocks = [_strided(em, columns[b % s], 3, b // s, win.out_w, 1) for b in range(win.kernel)]
+        if heads_first:
+            view = (win.batch * win.heads, 1, win.head_dim * rows[r], win.out_w)
+            stacks.append(em.op("concat", [em.op("reshape", [block], shape=view) for block in blocks], axis=1))
+        else:
+            stacks.append(em.op("concat", blocks, axis=2))
+    return Frames(stacks, rows)
+
+
+def _framed(em: Emitter, x: str, win: Window, a: int, rows: int) -> str:
+    """``x`` [.., Ho, Wo] at row offset ``a // s`` of a ``rows``-row frame, zeros around it: [.., rows, Wo]."""
+    before = a // win.stride
+    return pad_axis(em, x, 2, before, rows - before - win.out_h, "zero")
+
+
+def _cut(em: Emitter, x: str, win: Window, a: int) -> str:
+    """The ``Ho`` rows of window row ``a`` from a frame [.., rows, Wo]: [.., Ho, Wo]."""
+    return _strided(em, x, 2, a // win.stride, win.out_h, 1)
+
+
+def _grouped_sum(em: Emitter, x: str, kernel: np.ndarray, hint: str) -> str:
+    """A grouped 1x1 conv of ``x`` with the constant ``kernel`` [groups, per group, 1, 1]: one sum per group.
+
+    Grouped, with one output per group: ONNX Runtime (1.32, CPU) runs an ungrouped conv over 8 or
+    more channels in its blocked layout, reordering the whole input first."""
+    weight = em.const(kernel, em.graph.type_of(x).dtype, hint)
+    return em.op("conv", [x, weight], hint, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=kernel.shape[0])
 
 
 def _grid_projection(em: Emitter, pos: str) -> tuple[Node, str] | None:
@@ -164,38 +214,69 @@ def _position_logits(em: Emitter, q_s: str, grid: Node, weight: str, win: Window
     return em.op("add", terms, "pos_logits")
 
 
-def _relative_keys(em: Emitter, keys: list[str], pos: str, win: Window) -> list[str]:
-    """``K_n + (pos_q − pos_n)`` per slot, for a positional encoding of any origin (repeated per head)."""
-    tiled = em.op("concat", [pos] * win.heads, axis=1) if win.heads > 1 else pos
-    at_q = at_outputs(em, tiled, win)
-    return [em.op("add", [key, em.op("sub", [at_q, pos_n])]) for key, pos_n in
-            zip(keys, _slot_maps(em, tiled, win), strict=True)]
-
-
-def _content_logits(em: Emitter, q_s: str, keys: list[str], win: Window, scale: float) -> str:
+def _content_logits(em: Emitter, q_s: str, k: str, win: Window, scale: float) -> str:
     """``scale · Σ_e q_s[e] · K_n[e]`` per head and slot: [B, heads, N, Ho·Wo]."""
-    flat = win.out_h * win.out_w
-    head_sum = em.const(np.full((win.heads, win.head_dim, 1, 1), scale), em.graph.type_of(q_s).dtype, "head_sum")
+    kk, h, d = win.kernel, win.heads, win.head_dim
+    frames = _frames(em, k, win, heads_first=True)
+    head_sum = np.full((h * kk, d, 1, 1), scale)
     logits = []
-    for key in keys:
-        summed = em.op("conv", [em.op("mul", [q_s, key]), head_sum], "logit", stride=(1, 1), pads=(0, 0, 0, 0),
-                       dilation=(1, 1), groups=win.heads)
-        logits.append(em.op("reshape", [summed], shape=(win.batch, win.heads, 1, flat)))
+    for a in range(kk):
+        rows = frames.rows[a % win.stride]
+        query = em.op("reshape", [_framed(em, q_s, win, a, rows)], shape=(win.batch * h, 1, d * rows, win.out_w))
+        # [B·heads, kernel, d·rows, Wo] viewed as [B, heads·kernel·d, rows, Wo]: groups of d channels.
+        product = em.op("reshape", [em.op("mul", [query, frames.stacks[a % win.stride]])],
+                        shape=(win.batch, h * kk * d, rows, win.out_w))
+        summed = _grouped_sum(em, product, head_sum, "logit")
+        logits.append(em.op("reshape", [_cut(em, summed, win, a)], shape=(win.batch, h, kk, win.out_h * win.out_w)))
     return em.op("concat", logits, "logits", axis=2)
 
 
-def _weighted_values(em: Emitter, attn: str, values: list[str], win: Window) -> str:
+def _query_position(em: Emitter, q_s: str, pos_q: str, win: Window, scale: float) -> str:
+    """``scale · Σ_e q_s[e] · pos_q[e]`` per head: [B, heads, 1, Ho·Wo] (the same for every slot)."""
+    summed = _grouped_sum(em, em.op("mul", [q_s, pos_q]), np.full((win.heads, win.head_dim, 1, 1), scale), "logit")
+    return em.op("reshape", [summed], shape=(win.batch, win.heads, 1, win.out_h * win.out_w))
+
+
+def _weighted_values(em: Emitter, attn: str, v: str, win: Window) -> str:
     """``Σ_n A_n ⊙ V_n`` for ``attn`` [B, heads, N, Ho·Wo]: [B, C, Ho, Wo]."""
-    view = (win.batch, win.heads, win.head_dim, win.out_h * win.out_w)
-    # A generator, so that each product is emitted just before it is added: a runtime that follows
-    # the node order then keeps one product alive at a time, not N.
-    terms = (em.op("mul", [em.op("slice", [attn], axis=2, start=n, end=n + 1, step=1),
-                           em.op("reshape", [value], shape=view)])
-             for n, value in enumerate(values))
-    out = next(terms)
-    for term in terms:
-        out = em.op("add", [out, term])
-    return em.op("reshape", [out], shape=(win.batch, win.channels, win.out_h, win.out_w))
+    kk, h, d = win.kernel, win.heads, win.head_dim
+    frames = _frames(em, v, win, heads_first=False)
+    column_sum = np.ones((win.channels, kk, 1, 1))
+    weights = em.op_multi("split", [attn], sizes=(kk,) * kk, axis=2)  # one [B, heads, kernel, Ho·Wo] per row a
+    out = None
+    for a in range(kk):
+        rows = frames.rows[a % win.stride]
+        weight = em.op("reshape", [weights[a]], shape=(win.batch * h, kk, win.out_h, win.out_w))
+        weight = em.op("reshape", [_framed(em, weight, win, a, rows)], shape=(win.batch * h, 1, kk * rows, win.out_w))
+        value = em.op("reshape", [frames.stacks[a % win.stride]], shape=(win.batch * h, d, kk * rows, win.out_w))
+        # [B·heads, d, kernel·rows, Wo] viewed as [B, C·kernel, rows, Wo]: groups of the kernel columns.
+        product = em.op("reshape", [em.op("mul", [weight, value])],
+                        shape=(win.batch, win.channels * kk, rows, win.out_w))
+        row = _cut(em, _grouped_sum(em, product, column_sum, "weighted"), win, a)
+        out = row if out is None else em.op("add", [out, row])
+    return out
+
+
+def _attend(em: Emitter, q: str, k: str, v: str, pos: str | None, projection: tuple[Node, str] | None, win: Window,
+            scale: float) -> str:
+    """The lowered attention of ``win.batch`` images: [B, C, Ho, Wo]."""
+    q_s = at_outputs(em, q, win)
+    if pos is not None and projection is None:
+        tiled = em.op("concat", [pos] * win.heads, axis=1) if win.heads > 1 else pos
+        scores = em.op("add", [_content_logits(em, q_s, em.op("sub", [k, tiled]), win, scale),
+                               _query_position(em, q_s, at_outputs(em, tiled, win), win, scale)])
+    else:
+        scores = _content_logits(em, q_s, k, win, scale)
+    if projection is not None:
+        scores = em.op("add", [scores, _position_logits(em, q_s, *projection, win, scale)])
+    attn = em.op("softmax", [scores], "attn", axis=2)
+    return _weighted_values(em, attn, v, win)
+
+
+def batch_chunk(win: Window) -> int:
+    """Images per chunk: as many as keep the largest stacked product within :data:`STACK_BUDGET` (at least 1)."""
+    per_image = win.channels * win.kernel * _row_count(win, 0) * win.out_w
+    return max(1, min(win.batch, STACK_BUDGET // per_image))
 
 
 def _lower_local_attention(node: Node, em: Emitter) -> list[str] | None:
@@ -203,17 +284,18 @@ def _lower_local_attention(node: Node, em: Emitter) -> list[str] | None:
     a = node.attrs
     win = Window(*em.graph.type_of(q).shape, heads=a["heads"], kernel=a["kernel"], stride=a["stride"])
     scale = float(a["scale"])
-
-    q_s = at_outputs(em, q, win)
-    keys = _slot_maps(em, k, win)
     projection = _grid_projection(em, pos[0]) if pos else None
-    if pos and projection is None:
-        keys = _relative_keys(em, keys, pos[0], win)
-    scores = _content_logits(em, q_s, keys, win, scale)
-    if projection is not None:
-        scores = em.op("add", [scores, _position_logits(em, q_s, *projection, win, scale)])
-    attn = em.op("softmax", [scores], "attn", axis=2)
-    return [_weighted_values(em, attn, _slot_maps(em, v, win), win)]
+    chunk = batch_chunk(win)
+    if chunk == win.batch:
+        return [_attend(em, q, k, v, pos[0] if pos else None, projection, win, scale)]
+    outs = []
+    for start in range(0, win.batch, chunk):
+        n = min(chunk, win.batch - start)
+        # pos has a batch of 1 (the op's type rule) and serves every chunk.
+        q_part, k_part, v_part = (_strided(em, x, 0, start, n, 1) for x in (q, k, v))
+        outs.append(_attend(em, q_part, k_part, v_part, pos[0] if pos else None, projection, replace(win, batch=n),
+                            scale))
+    return [em.op("concat", outs, axis=0)]
 
 
 PASS = node_pass(RULE, "lower", _lower_local_attention, __doc__ or "", matches=("local_attention",),

@@ -9,8 +9,8 @@
   (``pool_before_conv``: CSA's last MLP conv and ConvNeXt's last MLP linear run on the pooled pixel),
   means and sums over leading axes become matrix products (``reduce_to_matmul``: ONNX Runtime's
   reductions are slow there), sliding-window attention becomes batched matrix products over 2-D tiles
-  (``local_attention_to_matmul``: about 95 ONNX operators for an ACmix block instead of the ~510 of
-  the restricted lowering, whose per-operator cost dominated with two threads), then
+  (``local_attention_to_matmul``: about 95 ONNX operators for an ACmix block against the ~180 of
+  the restricted lowering, which has no product of two activations as MatMul), then
   constant folding, CSE, cleanup of data movement and DCE run;
 * the ONNX emitter writes each IR op as one ONNX op, so every decomposition is a pass: ``onnx`` and
   ``trt`` run :data:`ONNX_FORMS` (attention and sliding-window attention as matrix products, shift and
