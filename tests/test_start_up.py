@@ -50,3 +50,10 @@ def test_float_ranges_are_numpys(dtype: str) -> None:
 def test_integer_ranges_are_numpys(dtype: str) -> None:
     info = np.iinfo(NP_DTYPES[dtype])
     assert INT_RANGE[dtype] == (info.min, info.max)
+
+
+def test_a_tensorrt_compile_prints_its_table_without_rich(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    proc = run_without(("rich",), "compile", CSA, "--target", "trt-restricted", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "18/18 nodes covered: 5 confirmed, 13 evidenced, 0 assumed" in proc.stdout and out.exists()
