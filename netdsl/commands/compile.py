@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         check_ranges(args, result)
     model, payloads = emit_onnx_parts(result, target, args)
     if profile is not None:
-        from netdsl.backends.trt_engine import trtexec_command
+        from netdsl.backends.trtexec import trtexec_command
         from netdsl.coverage.checker import check_coverage
         from netdsl.coverage.report import render_coverage
 
