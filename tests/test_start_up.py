@@ -6,6 +6,7 @@ each case runs the command line in a fresh interpreter where importing the block
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from netdsl.cli import main
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import FLOAT_MAX, INT_RANGE
 
@@ -57,3 +59,15 @@ def test_a_tensorrt_compile_prints_its_table_without_rich(tmp_path: Path) -> Non
     proc = run_without(("rich",), "compile", CSA, "--target", "trt-restricted", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "18/18 nodes covered: 5 confirmed, 13 evidenced, 0 assumed" in proc.stdout and out.exists()
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_garbage_collection_is_as_the_caller_left_it(collecting: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    # The command line pauses cyclic collection during its start-up only.
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert main(["check", CSA]) == 0
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+    assert capsys.readouterr().out.startswith("ok: ")
