@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -87,6 +88,17 @@ def _nonnegative_perms(model: onnx.ModelProto) -> onnx.ModelProto:
                     rank = len(attr.ints)
                     attr.ints[:] = [axis % rank for axis in attr.ints]
     return model
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops the dynamo exporter's "torchvision is not installed. Skipping torchvision::nms" lines (one per
+    torchvision op, at every export): the benchmarks export no torchvision op. Other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed. Skipping torchvision::")
+
+
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_NoTorchvisionNotice())
 
 
 def export(module: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:

@@ -1,10 +1,11 @@
 """Command-line wall time: ``netdsl check`` and ``netdsl compile`` against ``python -c "import numpy"``.
 
 Each command runs as a fresh process, interleaved with the others run by run, and its median wall
-time is divided by the median of ``python -c "import numpy"`` (the least any netdsl command can
-cost: the core needs numpy). Targets: ``check`` at most 1.5x, ``compile --target trt-restricted``
-at most 3x. Then each command runs once more under ``python -X importtime``, which gives the time
-spent importing modules, the largest imports, and the share of the spec parser (``netdsl.parser``).
+time is divided by the median of ``python -c "import numpy"`` (what a Python tool built on numpy
+costs to start; ``netdsl check`` itself imports no numpy). Targets: ``check`` at most 1.5x,
+``compile --target trt-restricted`` at most 3x. Then each command runs once more under
+``python -X importtime``, which gives the time spent importing modules, the largest imports, and the
+share of the spec parser (``netdsl.parser``).
 Prints a table and, with ``--json OUT``, the same as JSON.
 
     python benchmarks/cli_speed.py [--runs 15] [--spec specs/csa.net] [--json OUT]

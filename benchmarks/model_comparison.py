@@ -20,8 +20,8 @@ Runtime (the two agree on an input first; the largest difference is printed). Bo
 tables; ``--json OUT`` writes ``{"comparison": ..., "profile": ...}``.
 
     python benchmarks/model_comparison.py [--batch 1,4,8,16] [--runs 50] [--profile] [--no-comparison]
-        [--onnx FILE ...] [--torch-export MODEL ...] [--json OUT] [--plot OUT.png]
-    python benchmarks/model_comparison.py --smoke    # CSA and ConvNeXt-T only, batch 1, one run
+        [--onnx FILE ...] [--torch-export MODEL ...] [--set KEY=VALUE ...] [--json OUT] [--plot OUT.png]
+    python benchmarks/model_comparison.py --smoke    # CSA and ConvNeXt-T, one block per stage, batch 1, one run
 """
 
 from __future__ import annotations
@@ -45,10 +45,14 @@ from netdsl import api
 from netdsl.analysis.timing import session_options
 from netdsl.atomic_write import atomic_write_text
 from netdsl.cli import main as netdsl_main
+from netdsl.driver import load_graph
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("convselfattn", "convnext_tiny", "swin_tiny", "cvt13")
 BASELINE = "convnext_tiny"
+SMOKE_SETS = ["depths=[1,1,1,1]", "dims=[16,32,64,128]"]
+"""Parameters of both smoke models (CSA and ConvNeXt-T share them): one narrow block per stage, so the smoke run
+goes through every step in seconds (the full models' weights alone take most of a minute to draw)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,12 +74,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-comparison", action="store_true", help="only the profile (with --profile)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="also save the latency-vs-batch plot")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="set a parameter of every spec model (as `netdsl compile --set`; repeatable)")
     p.add_argument("--smoke", action="store_true",
-                   help="smallest settings: the CSA model and its baseline, batch 1, one run, a short profile")
+                   help="smallest settings: the CSA model and its baseline with one narrow block per stage, batch 1, "
+                        "one run, a short profile")
     args = p.parse_args(argv)
     if args.smoke:
         vars(args).update(models=f"convselfattn,{BASELINE}", batch="1", warmup=0, runs=1, profile=True,
-                          profile_runs=2)
+                          profile_runs=2, sets=args.sets + SMOKE_SETS)
     return args
 
 
@@ -92,6 +99,8 @@ def run_comparison(args: argparse.Namespace, models: list[str]) -> dict[str, Any
                 "--warmup", str(args.warmup), "--runs", str(args.runs), "--json", str(out)]
         if args.threads:
             argv += ["--threads", str(args.threads)]
+        for assignment in args.sets:
+            argv += ["--set", assignment]
         if args.plot:
             argv += ["--plot", str(args.plot)]
         code = netdsl_main(argv)
@@ -126,14 +135,15 @@ def _op_times(profile_file: str) -> tuple[dict[str, dict[str, float]], int]:
     return {op: {"ms": ms / timed, "nodes": len(nodes[op])} for op, ms in per_op.items()}, timed
 
 
-def compile_spec(model: str) -> onnx.ModelProto:
-    """Spec ``model`` compiled for ``onnx`` as ``bench`` compiles it (default batch of 1, seed-0 weights)."""
-    return api.to_onnx(api.load(spec_path(model)), "onnx")
+def compile_spec(model: str, sets: list[str]) -> onnx.ModelProto:
+    """Spec ``model`` with parameters ``sets`` compiled for ``onnx`` as ``bench`` compiles it (default batch of 1,
+    seed-0 weights)."""
+    return api.to_onnx(load_graph(spec_path(model), sets=sets), "onnx")
 
 
-def compiled_models(models: list[str], onnx_files: list[Path]) -> dict[str, onnx.ModelProto]:
+def compiled_models(models: list[str], onnx_files: list[Path], sets: list[str]) -> dict[str, onnx.ModelProto]:
     """The specs compiled for ``onnx`` (with their default batch of 1), then the ONNX files, by name."""
-    compiled = {model: compile_spec(model) for model in models}
+    compiled = {model: compile_spec(model, sets) for model in models}
     for path in onnx_files:
         compiled[path.stem] = onnx.load(str(path))
     return compiled
@@ -194,21 +204,20 @@ def ratio_lines(comparison: dict[str, Any]) -> list[str]:
     return lines
 
 
-def torch_export(model: str, folder: Path) -> Path:
+def torch_export(model: str, folder: Path, sets: list[str]) -> Path:
     """``torch.onnx.export`` of the module generated for spec ``model`` (seed-0 weights, as ``bench`` compiles it),
     written to ``folder``; prints how far its output is from netdsl's emission on a random input."""
     import torch
     from acmix_speed import export_reference, run_once
 
     from netdsl.backends.torch_backend import build_module
-    from netdsl.driver import load_graph
     from netdsl.initializers import initial_weights
 
-    graph = load_graph(spec_path(model))
+    graph = load_graph(spec_path(model), sets=sets)
     module = build_module(graph, initial_weights(graph, seed=0)).eval()
     x = np.random.default_rng(0).standard_normal(graph.values[graph.inputs[0]].shape).astype(np.float32)
     exported, how = export_reference(module, torch.from_numpy(x))
-    ours = compile_spec(model)
+    ours = compile_spec(model, sets)
     outputs = [run_once(m, x) for m in (exported, ours)]  # the exporters name the input differently
     print(f"{model}: {how} vs netdsl, largest output difference {np.abs(outputs[0] - outputs[1]).max():.2e}")
     path = folder / f"{model}_torch_export.onnx"
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     console = Console(width=160)
     with tempfile.TemporaryDirectory() as exports:
-        args.onnx += [torch_export(model, Path(exports)) for model in args.torch_export]
+        args.onnx += [torch_export(model, Path(exports), args.sets) for model in args.torch_export]
         return compare_and_profile(args, models, console)
 
 
@@ -240,7 +249,8 @@ def compare_and_profile(args: argparse.Namespace, models: list[str], console: Co
         for line in ratio_lines(results["comparison"]):
             console.print(line)
     if args.profile:
-        results["profile"] = profile_models(compiled_models(models, args.onnx), args.profile_runs, args.threads)
+        compiled = compiled_models(models, args.onnx, args.sets)
+        results["profile"] = profile_models(compiled, args.profile_runs, args.threads)
         render_profile(results["profile"], args.top, console)
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")

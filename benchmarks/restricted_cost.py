@@ -16,7 +16,7 @@
 Prints a table; ``--json OUT`` writes the rows. Small settings smoke-run in well under a minute:
 
     python benchmarks/restricted_cost.py [--models convselfattn,convnext_tiny,swin_tiny,cvt13] [--batch 1,8]
-        [--runs 20] [--warmup 3] [--size 224] [--threads N] [--json OUT]
+        [--runs 20] [--warmup 3] [--size 224] [--threads N] [--set KEY=VALUE ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -39,11 +39,15 @@ from netdsl.analysis.timing import PerBatchModel, bench_many, ratio_interval, se
 from netdsl.atomic_write import atomic_write_text
 from netdsl.coverage.checker import check_coverage
 from netdsl.coverage.profile import load_profile
+from netdsl.driver import load_graph
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("convselfattn", "convnext_tiny", "swin_tiny", "cvt13")
 TARGETS = ("onnx", "trt-restricted")
 MIB = 1 << 20
+SMOKE_SETS = ["depths=[1,1,1]", "dims=[16,48,96]"]
+"""CvT-13's parameters in the smoke run: one narrow block per stage (drawing the full model's weights for each of
+its four compiles would take most of the run)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,18 +58,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per model, target and batch (default 3)")
     p.add_argument("--size", type=int, default=224, help="input side (default 224)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="sets",
+                   help="set a parameter of every model (as `netdsl compile --set`; repeatable)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the rows as JSON")
-    p.add_argument("--smoke", action="store_true", help="smallest settings: CvT-13 at 64x64, batch 1, one run")
+    p.add_argument("--smoke", action="store_true",
+                   help="smallest settings: CvT-13 with one narrow block per stage at 64x64, batch 1, one run")
     args = p.parse_args(argv)
     if args.smoke:
-        vars(args).update(models="cvt13", size=64, batch="1", runs=1, warmup=0, threads=1)
+        vars(args).update(models="cvt13", size=64, batch="1", runs=1, warmup=0, threads=1,
+                          sets=args.sets + SMOKE_SETS)
     return args
 
 
-def compiled(model: str, target: str, batch: int, size: int) -> onnx.ModelProto:
-    """Spec ``model`` compiled for ``target`` with its input bound to ``batch`` x 3 x ``size`` x ``size``."""
-    return api.to_onnx(api.load(REPO / "specs" / "models" / f"{model}.net", inputs={"x": (batch, 3, size, size)}),
-                       target)
+def compiled(model: str, target: str, batch: int, args: argparse.Namespace) -> onnx.ModelProto:
+    """Spec ``model`` with the ``--set`` parameters compiled for ``target``, its input bound to ``batch`` x 3 x
+    ``--size`` x ``--size``."""
+    graph = load_graph(REPO / "specs" / "models" / f"{model}.net", sets=args.sets,
+                       inputs=[f"x={batch}x3x{args.size}x{args.size}"])
+    return api.to_onnx(graph, target)
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray, threads: int | None) -> np.ndarray:
@@ -83,7 +93,7 @@ def static_rows(models: list[str], args: argparse.Namespace) -> list[dict[str, A
     for model in models:
         reference = None
         for target in TARGETS:
-            built = compiled(model, target, 1, args.size)
+            built = compiled(model, target, 1, args)
             out = _run(built, x, args.threads)
             reference = out if reference is None else reference
             memory = onnx_activation_memory(built)
@@ -98,7 +108,7 @@ def static_rows(models: list[str], args: argparse.Namespace) -> list[dict[str, A
 def timed_rows(rows: list[dict[str, Any]], batches: list[int], args: argparse.Namespace) -> None:
     """Add each row's median latency per batch and, on restricted rows, the ratio to ``onnx`` with its interval."""
     def builder(model: str, target: str) -> PerBatchModel:
-        return PerBatchModel(lambda batch: compiled(model, target, batch, args.size))
+        return PerBatchModel(lambda batch: compiled(model, target, batch, args))
 
     names = {f"{r['model']}/{r['target']}": r for r in rows}
     table = bench_many({name: builder(r["model"], r["target"]) for name, r in names.items()}, batches,
@@ -153,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     timed_rows(rows, batches, args)
     render(rows, batches, args)
     if args.json:
-        settings = {"batches": batches, "runs": args.runs, "warmup": args.warmup, "size": args.size,
+        settings = {"batches": batches, "runs": args.runs, "warmup": args.warmup, "size": args.size, "sets": args.sets,
                     "threads": args.threads, "onnxruntime": ort.__version__}
         atomic_write_text(args.json, json.dumps({**settings, "rows": rows}, indent=2) + "\n")
     return 0

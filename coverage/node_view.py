@@ -45,6 +45,8 @@ def dtype_name(elem_type: int) -> str:
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """A tensor's ONNX element type and dims as shape inference left them."""
+
     elem_type: int
     dims: tuple[int | str | None, ...] | None  # None: rank unknown; str/None entries: unknown dims
 

@@ -1,17 +1,20 @@
 """The coverage report: per-node verdicts and graph-level violations, their counts per evidence level, JSON,
-and the rich tables ``netdsl compile`` and ``netdsl coverage`` print."""
+and the table ``netdsl compile`` and ``netdsl coverage`` print.
+
+The default table is plain text written here: it is on the path of every TensorRT ``netdsl compile``, and
+rich's import and layout cost about as much as the rest of the command's own work. The ``--wide`` table
+(folded cells) is rich's (:mod:`netdsl.coverage.wide_table`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+import textwrap
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from rich import box
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import Any, TextIO
 
 from netdsl.coverage.profile import LEVELS, Profile
 
@@ -37,6 +40,11 @@ class NodeCoverage:
     rules: list[str] = field(default_factory=list)  # netdsl rewrite rules that produced the node
     doc: str | None = None  # the node's doc_string
     sources: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        """``covered``, ``assumed`` (covered by an assumed rule) or ``uncovered``."""
+        return "uncovered" if not self.covered else "assumed" if self.assumed else "covered"
 
     @property
     def where(self) -> str:
@@ -157,11 +165,15 @@ class CoverageReport:
 TABLE_WIDTH = 100
 """Columns of the default coverage table: one line per node, long texts as numbered footnotes."""
 
-_MARKS = {"uncovered": "[red]✗[/red]", "assumed": "[yellow]~[/yellow]", "covered": "[green]✓[/green]"}
+_MARKS = {"uncovered": ("✗", "31"), "assumed": ("~", "33"), "covered": ("✓", "32")}
+"""Each verdict's mark and its ANSI colour (red, yellow, green), used when the output is a terminal."""
+_GAP = "  "
+"""Between two columns of the compact table."""
 
 
-def _mark(n: NodeCoverage) -> str:
-    return _MARKS["uncovered" if not n.covered else "assumed" if n.assumed else "covered"]
+def _paint(text: str, colour: str, on: bool) -> str:
+    """``text`` in an ANSI colour (``"31"``, ``"2"`` for dim, ...) when ``on``."""
+    return f"\033[{colour}m{text}\033[0m" if on else text
 
 
 def _explanation(n: NodeCoverage) -> str:
@@ -170,25 +182,37 @@ def _explanation(n: NodeCoverage) -> str:
     return f"{text} (rewrite: {n.rewrite})" if text and n.rewrite else text
 
 
-def render_coverage(report: CoverageReport, console: Console, violations_only: bool = False,
-                    wide: bool = False) -> None:
-    """Print the per-node table (all nodes, or only the uncovered ones) and the summary.
+def _is_terminal(out: TextIO) -> bool:
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
 
-    The default table has one line per node and fits :data:`TABLE_WIDTH` columns: op, TensorRT layer,
-    verdict, evidence level and spec location, with each distinct reason and rewrite as a numbered
-    footnote below it. ``wide`` prints every column in full (node names, reasons, rewrites), folded."""
+
+def render_coverage(report: CoverageReport, out: TextIO | None = None, violations_only: bool = False,
+                    wide: bool = False) -> None:
+    """Print the per-node table (all nodes, or only the uncovered ones) and the summary on ``out`` (stdout).
+
+    The default table has one line per node and fits :data:`TABLE_WIDTH` columns (fewer on a narrower
+    terminal): op, TensorRT layer, verdict, evidence level and spec location, with each distinct reason and
+    rewrite as a numbered footnote below it. ``wide`` prints every column in full (node names, reasons,
+    rewrites), folded. Verdicts are coloured on a terminal."""
+    out = sys.stdout if out is None else out
+    colour = _is_terminal(out) and "NO_COLOR" not in os.environ
     nodes = [n for n in report.nodes if not (violations_only and n.covered)]
-    title = escape(f"TensorRT coverage: {report.model} under profile '{report.profile}'")
+    title = f"TensorRT coverage: {report.model} under profile '{report.profile}'"
     if wide:
-        _render_wide(nodes, console, title)
+        # rich folds the wide table's long cells; only --wide pays for importing it.
+        from netdsl.coverage.wide_table import render_wide
+
+        render_wide(nodes, out, title)
     else:
-        _render_compact(nodes, console, title)
+        width = min(TABLE_WIDTH, shutil.get_terminal_size().columns) if _is_terminal(out) else TABLE_WIDTH
+        _render_compact(nodes, out, title, width, colour)
     for v in report.graph_violations:
-        detail = escape(f"({v.check}; {', '.join(v.sources)})")
-        console.print(f"[red]✗ graph:[/red] {escape(v.message)} [dim]{detail}[/dim]")
+        detail = _paint(f"({v.check}; {', '.join(v.sources)})", "2", colour)
+        print(f"{_paint('✗ graph:', '31', colour)} {v.message} {detail}", file=out)
     if report.shape_inference_error:
-        console.print(f"[yellow]shape inference failed:[/yellow] {escape(report.shape_inference_error)}")
-    console.print(summary_line(report, markup=True))
+        print(f"{_paint('shape inference failed:', '33', colour)} {report.shape_inference_error}", file=out)
+    print(summary_line(report, colour), file=out)
 
 
 def assumed_rule_notes(report: CoverageReport, profile: Profile) -> list[str]:
@@ -201,22 +225,10 @@ def assumed_rule_notes(report: CoverageReport, profile: Profile) -> list[str]:
     return lines
 
 
-def coverage_console(wide: bool) -> Console:
-    """The console the table is printed on: :data:`TABLE_WIDTH` columns (less on a narrower terminal), or 160
-    folded columns for ``wide``."""
-    terminal = Console()
-    if wide:
-        return terminal if terminal.is_terminal else Console(width=160)
-    return Console(width=min(TABLE_WIDTH, terminal.width) if terminal.is_terminal else TABLE_WIDTH)
-
-
-def summary_line(report: CoverageReport, markup: bool = False) -> str:
+def summary_line(report: CoverageReport, colour: bool = False) -> str:
     """``18/18 nodes covered: 5 confirmed, 13 evidenced, 0 assumed; 0 graph-level violation(s)``."""
     levels = ", ".join(f"{count} {level}" for level, count in report.level_counts.items())
-    head = f"{report.covered_count}/{report.total} nodes covered"
-    if markup:
-        colour = "green" if report.covered else "red"
-        head = f"[{colour}]{head}[/{colour}]"
+    head = _paint(f"{report.covered_count}/{report.total} nodes covered", "32" if report.covered else "31", colour)
     return f"{head}: {levels}; {len(report.graph_violations)} graph-level violation(s)"
 
 
@@ -225,43 +237,36 @@ def _short_location(location: str | None) -> str:
     return os.path.basename(location) if location else ""
 
 
-def _render_compact(nodes: list[NodeCoverage], console: Console, title: str) -> None:
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _render_compact(nodes: list[NodeCoverage], out: TextIO, title: str, width: int, colour: bool) -> None:
     notes: dict[str, int] = {}
     rows = []
     for n in nodes:
         text = _explanation(n)
         ref = f"[{notes.setdefault(text, len(notes) + 1)}]" if text else ""
-        rows.append((str(n.index), n.op, n.layer, n.level, _short_location(n.location), ref))
-    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    # Short columns keep their full width; the layer and the location give way (ellipsis) to fit the line.
-    headers = ("#", "op", "TensorRT layer", "level", "spec location", "note")
+        rows.append([str(n.index), n.op, n.layer, _MARKS[n.verdict][0], n.level, _short_location(n.location), ref])
+    headers = ["#", "op", "TensorRT layer", "", "level", "spec location", "note"]
     widths = [max([len(r[k]) for r in rows] + [len(h)]) for k, h in enumerate(headers)]
     widths[1] = min(widths[1], 22)
-    # The layer takes what the other columns and the mark leave of the line: each of the 7 columns is padded by a
-    # space on both sides but the outer ones, and separated by a space (the box's blank rule), edges included.
-    layer_width = max(12, TABLE_WIDTH - (sum(widths) - widths[2]) - 1 - (2 * 7 - 2) - 8)
-    table.add_column("#", no_wrap=True, min_width=widths[0], justify="right")
-    table.add_column("op", no_wrap=True, min_width=widths[1], overflow="ellipsis")
-    table.add_column("TensorRT layer", no_wrap=True, max_width=layer_width, overflow="ellipsis")
-    table.add_column("", no_wrap=True, min_width=1)
-    table.add_column("level", no_wrap=True, min_width=widths[3])
-    table.add_column("spec location", no_wrap=True, overflow="ellipsis")
-    table.add_column("note", no_wrap=True, min_width=widths[5])
-    for (index, op, layer, level, location, ref), n in zip(rows, nodes):
-        table.add_row(index, escape(op), escape(layer), _mark(n), level, escape(location), escape(ref))
-    console.print(table)
+    # The layer, then the location, give way (ellipsis) until the line fits; the short columns keep their width.
+    for k, least in ((2, 12), (5, 13)):
+        excess = sum(widths) + len(_GAP) * (len(widths) - 1) - width
+        if excess > 0:
+            widths[k] = max(least, widths[k] - excess)
+    print(title, file=out)
+    print(file=out)
+    cells = [h.rjust(w) if k == 0 else h.ljust(w) for k, (h, w) in enumerate(zip(headers, widths))]
+    print(_GAP.join(cells).rstrip(), file=out)
+    print("─" * (sum(widths) + len(_GAP) * (len(widths) - 1)), file=out)
+    for row, n in zip(rows, nodes):
+        cells = [_fit(c, w) for c, w in zip(row, widths)]
+        cells = [cells[0].rjust(widths[0])] + [c.ljust(w) for c, w in zip(cells[1:], widths[1:])]
+        cells[3] = _paint(cells[3], _MARKS[n.verdict][1], colour)
+        print(_GAP.join(cells).rstrip(), file=out)
+    print(file=out)
     for text, number in notes.items():
-        console.print(escape(f"[{number}] {text}"), soft_wrap=False)
-
-
-def _render_wide(nodes: list[NodeCoverage], console: Console, title: str) -> None:
-    table = Table(title=title)
-    for column in ("#", "node", "op", "TensorRT layer", "", "level", "reason", "spec location", "suggested rewrite"):
-        table.add_column(column, overflow="fold")
-    for n in nodes:
-        reason = "\n".join(n.reasons) if n.reasons else ("allowed by assumption" if n.assumed else "")
-        where = n.where if n.location or n.doc else ""
-        cells = (str(n.index), n.name, n.op, n.layer)
-        table.add_row(*(escape(c) for c in cells), _mark(n), n.level,
-                      *(escape(c) for c in (reason, where, n.rewrite or "")))
-    console.print(table)
+        print(textwrap.fill(f"[{number}] {text}", width, break_long_words=False, break_on_hyphens=False), file=out)

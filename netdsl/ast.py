@@ -18,26 +18,36 @@ class Expr:
 
 @dataclass
 class Num(Expr):
+    """A number literal: ``3``, ``0.5``, ``1e-6``."""
+
     value: int | float
 
 
 @dataclass
 class Str(Expr):
+    """A string literal (quotes removed, escapes applied)."""
+
     value: str
 
 
 @dataclass
 class Bool(Expr):
+    """``true`` or ``false``."""
+
     value: bool
 
 
 @dataclass
 class Name(Expr):
+    """A name: a parameter, a ``let`` binding, a tensor or a loop variable."""
+
     id: str
 
 
 @dataclass
 class ListExpr(Expr):
+    """A list literal ``[a, b, ...]``."""
+
     items: list[Expr]
 
 
@@ -53,12 +63,16 @@ class BinOp(Expr):
 
 @dataclass
 class UnaryOp(Expr):
+    """``-x``, ``+x`` or ``not x``."""
+
     op: str  # "-", "+", "not"
     operand: Expr
 
 
 @dataclass
 class KwArg:
+    """A keyword argument ``name=value`` of a call."""
+
     name: str
     value: Expr
     span: Span
@@ -83,6 +97,8 @@ class Path:
 
 @dataclass
 class Call(Expr):
+    """A call of an op, a block or a built-in function, with its optional ``as`` name."""
+
     func: str
     func_span: Span
     args: list[Expr]
@@ -92,12 +108,16 @@ class Call(Expr):
 
 @dataclass
 class Index(Expr):
+    """``obj[index]``: an element of a list."""
+
     obj: Expr
     index: Expr
 
 
 @dataclass
 class Attribute(Expr):
+    """``obj.attr``: a tensor's ``shape``, ``dtype`` or ``rank``."""
+
     obj: Expr
     attr: str
 
@@ -128,6 +148,8 @@ class Dim:
 
 @dataclass
 class TensorTypeExpr:
+    """A tensor type as written: ``f32[B, dim, H=224, W]``."""
+
     dtype: str
     dtype_span: Span
     dims: list[Dim]
@@ -163,17 +185,23 @@ class InitClause:
 
 @dataclass
 class Stmt:
+    """Base of all statements."""
+
     span: Span
 
 
 @dataclass
 class InputDecl(Stmt):
+    """``input NAME: TYPE``."""
+
     name: str
     type: TensorTypeExpr
 
 
 @dataclass
 class OutputStmt(Stmt):
+    """``output NAME = value`` (or ``output NAME`` for an existing value), with an optional ``with init``."""
+
     name: str
     value: Expr | None
     init: InitClause | None = None
@@ -181,12 +209,16 @@ class OutputStmt(Stmt):
 
 @dataclass
 class Let(Stmt):
+    """``let NAME = value``: a compile-time value."""
+
     name: str
     value: Expr
 
 
 @dataclass
 class Assign(Stmt):
+    """``a, b = value``: names bound to a call's tensors, with an optional ``with init``."""
+
     targets: list[str]
     value: Expr
     init: InitClause | None = None
@@ -194,12 +226,16 @@ class Assign(Stmt):
 
 @dataclass
 class Require(Stmt):
+    """``require cond, "message"``: a check on the block's parameters and shapes."""
+
     cond: Expr
     message: str | None
 
 
 @dataclass
 class For(Stmt):
+    """``for VAR in iterable { body }``, unrolled at elaboration."""
+
     var: str
     iterable: Expr
     body: list[Stmt]
@@ -207,6 +243,8 @@ class For(Stmt):
 
 @dataclass
 class If(Stmt):
+    """``if cond { then } else { orelse }``, decided at elaboration."""
+
     cond: Expr
     then: list[Stmt]
     orelse: list[Stmt]
@@ -227,6 +265,8 @@ class ParamDeclStmt(Stmt):
 
 @dataclass
 class ParamDecl:
+    """A block parameter ``name: type = default``."""
+
     name: str
     type: TypeName
     default: Expr | None
@@ -235,6 +275,8 @@ class ParamDecl:
 
 @dataclass
 class BlockDef:
+    """A ``block`` or ``model`` definition."""
+
     kind: str  # "block" or "model"
     name: str
     name_span: Span
@@ -246,6 +288,8 @@ class BlockDef:
 
 @dataclass
 class Import:
+    """``import "path.net"``."""
+
     path: str
     span: Span
 

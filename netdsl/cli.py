@@ -8,6 +8,7 @@ Exit status: 0 success, 2 bad input (a located error is printed), 1 internal err
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 import traceback
@@ -58,8 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``netdsl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    parser = build_parser(requested_command(argv))
-    args = parser.parse_args(argv)
+    # Start-up (the command's imports, its argument parser) makes many objects that live as long as the process
+    # and are no garbage: cyclic collections during it would only walk them, again and again. Collection
+    # resumes (if it was on) for the command itself.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        parser = build_parser(requested_command(argv))
+        args = parser.parse_args(argv)
+    finally:
+        if collecting:
+            gc.enable()
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -16,15 +16,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from netdsl import ast
 from netdsl.builder import GraphBuilder
 from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
 from netdsl.init_funcs import INIT_FUNCS
 from netdsl.init_overrides import InitOverrides
-from netdsl.initializers import NP_DTYPES
-from netdsl.ir import DTYPES, Frame, Graph, Init, Provenance, Span, TensorType
+from netdsl.ir import DTYPES, FLOAT_MAX, INT_RANGE, Frame, Graph, Init, Provenance, Span, TensorType
 from netdsl.loader import Program
 from netdsl.opdefs import OpTypeError
 from netdsl.parser import parse_source
@@ -619,25 +616,25 @@ class Elaborator:
     def check_fits(self, scope: Scope, value: float, dtype: str, span: Span) -> None:
         """A located error unless ``value`` is exactly representable in range as a number of IR dtype ``dtype``
         (integers: a whole number within the type's bounds; floats: finite and within the largest magnitude)."""
-        kind = np.dtype(NP_DTYPES[dtype]).kind
-        if kind == "b":
+        if dtype == "bool":
             return
-        if kind in "iu" and not float(value).is_integer():
+        if dtype in INT_RANGE and not float(value).is_integer():
             raise self.error(scope, f"cannot combine a {dtype} tensor with the non-integer {show(value)}", span)
-        if kind in "iu":
-            info = np.iinfo(NP_DTYPES[dtype])
-            fits = info.min <= int(value) <= info.max
+        if dtype in INT_RANGE:
+            low, high = INT_RANGE[dtype]
+            fits = low <= int(value) <= high
         else:
-            fits = math.isfinite(value) and abs(value) <= float(np.finfo(NP_DTYPES[dtype]).max)
+            fits = math.isfinite(value) and abs(value) <= FLOAT_MAX[dtype]
         if not fits:
             raise self.error(scope, f"the constant {show(value)} does not fit a {dtype} tensor", span)
 
     def constant(self, scope: Scope, value: float, dtype: str, span: Span) -> Tensor:
-        if np.dtype(NP_DTYPES[dtype]).kind == "b":
+        if dtype == "bool":
             raise self.error(scope, f"arithmetic on a {dtype} tensor is not defined", span)
         self.check_fits(scope, value, dtype, span)
-        arr = np.asarray(value, dtype=NP_DTYPES[dtype])
-        return self.emit(scope, "const", [], span, value=arr, dtype=dtype)
+        from netdsl.const_values import scalar  # numpy, only for specs with constants (see netdsl.const_values)
+
+        return self.emit(scope, "const", [], span, value=scalar(value, dtype), dtype=dtype)
 
     def _eval_index(self, e: ast.Index, scope: Scope) -> Any:
         obj = self.eval(e.obj, scope)

@@ -11,10 +11,17 @@ of a value (graph input or node output) or the name of a parameter.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 DTYPES = ("f32", "f16", "f64", "i64", "i32", "bool")
+# The range of each numeric dtype, held here so that type checking needs no numpy (its start-up is
+# most of `netdsl check`'s); tests/test_ir.py checks them against numpy's finfo and iinfo.
+FLOAT_MAX = {"f16": 65504.0, "f32": 3.4028234663852886e38, "f64": sys.float_info.max}
+"""The largest finite magnitude of each float dtype."""
+INT_RANGE = {"i32": (-2**31, 2**31 - 1), "i64": (-2**63, 2**63 - 1)}
+"""The smallest and largest value of each integer dtype."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import ast as pyast
 import json
 import os
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -95,7 +94,10 @@ def _parser() -> Lark:
     built or cached at run time. ``Lark._load_from_dict`` is the entry lark's own standalone
     parsers load their tables with.
     """
-    text = resources.files("netdsl").joinpath(TABLES_FILE).read_text(encoding="utf-8")
+    # Read beside this module (the package is installed as files): importlib.resources would add its own
+    # imports (zipfile, tempfile) to the start-up of every command.
+    with open(os.path.join(os.path.dirname(__file__), TABLES_FILE), encoding="utf-8") as f:
+        text = f.read()
     return Lark._load_from_dict(*decode_tables(json.loads(text)))
 
 

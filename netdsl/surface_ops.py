@@ -15,11 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from netdsl import ast
-from netdsl.initializers import NP_DTYPES
-from netdsl.ir import Init, Provenance, TensorType
+from netdsl.ir import DTYPES, Init, Provenance, TensorType
 from netdsl.opdefs import OPS, OpDef
 from netdsl.signatures import Arg, Bound, bind, frozen
 from netdsl.values import Tensor, type_name
@@ -445,13 +442,15 @@ def grid(el: Elaborator, scope: Scope, b: Bound) -> Any:
 @surface("constant", Arg("value", "float"), Arg("shape", "ints", []), Arg("dtype", "str", "f32"))
 def constant(el: Elaborator, scope: Scope, b: Bound) -> Any:
     """A constant tensor filled with ``value``."""
-    if b["dtype"] not in NP_DTYPES:
+    if b["dtype"] not in DTYPES:
         raise el.error(scope, f"unknown dtype '{b['dtype']}'", b.spans.get("dtype", b.call.span))
     if any(d < 1 for d in b["shape"]):
         raise el.error(scope, f"constant shape {b['shape']} needs positive dims", b.spans.get("shape", b.call.span))
     el.check_size(scope, TensorType(b["dtype"], tuple(b["shape"])), b.call.span)  # before numpy allocates
     el.check_fits(scope, b["value"], b["dtype"], b.spans.get("value", b.call.span))
-    arr = np.full(tuple(b["shape"]), b["value"], dtype=NP_DTYPES[b["dtype"]])
+    from netdsl.const_values import filled  # numpy, only for specs with constants (see netdsl.const_values)
+
+    arr = filled(tuple(b["shape"]), b["value"], b["dtype"])
     return _emit(el, scope, b, "const", [], [], value=arr, dtype=b["dtype"])
 
 
@@ -463,16 +462,9 @@ def swin_mask(el: Elaborator, scope: Scope, b: Bound) -> Any:
     if ws < 1 or h % ws or w % ws or not 0 <= sh < ws:
         raise el.error(scope, f"swin_mask needs a window dividing {h}x{w} and 0 <= shift < window, "
                        f"found window {ws}, shift {sh}", b.call.span)
-    region = np.zeros((h, w))
-    cuts = [slice(0, -ws), slice(-ws, -sh if sh else None), slice(-sh, None) if sh else slice(0, 0)]
-    label = 0
-    for rows in cuts:
-        for cols in cuts:
-            region[rows, cols] = label
-            label += 1
-    windows = region.reshape(h // ws, ws, w // ws, ws).transpose(0, 2, 1, 3).reshape(-1, ws * ws)
-    mask = np.where(windows[:, None, :] != windows[:, :, None], -100.0, 0.0).astype(np.float32)
-    mask = np.tile(mask[:, None], (b["batch"], 1, 1, 1))
+    from netdsl.const_values import swin_mask as mask_array  # numpy, only for specs with constants
+
+    mask = mask_array(h, w, ws, sh, b["batch"])
     return _emit(el, scope, b, "const", [], [], value=mask, dtype="f32")
 
 

@@ -22,8 +22,8 @@ from netdsl.backends.trt_engine import (
     build_engine,
     make_entropy_calibrator,
     require_tensorrt,
-    trtexec_command,
 )
+from netdsl.backends.trtexec import trtexec_command
 
 
 def tensorrt_usable() -> bool:

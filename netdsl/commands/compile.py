@@ -205,12 +205,12 @@ def run(args: argparse.Namespace) -> int:
         check_ranges(args, result)
     model, payloads = emit_onnx_parts(result, target, args)
     if profile is not None:
-        from netdsl.backends.trt_engine import trtexec_command
+        from netdsl.backends.trtexec import trtexec_command
         from netdsl.coverage.checker import check_coverage
-        from netdsl.coverage.report import coverage_console, render_coverage
+        from netdsl.coverage.report import render_coverage
 
         report = check_coverage(model, profile)
-        render_coverage(report, coverage_console(args.wide), wide=args.wide)
+        render_coverage(report, wide=args.wide)
         if not report.covered:
             raise NetdslError(Diagnostic(
                 f"{report.uncovered_count} of {report.total} nodes and {len(report.graph_violations)} graph-level "

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from netdsl.commands.compile import refuse_assumed
     from netdsl.coverage.checker import check_coverage
     from netdsl.coverage.profile import ProfileError, load_profile
-    from netdsl.coverage.report import coverage_console, render_coverage
+    from netdsl.coverage.report import render_coverage
 
     try:
         try:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(render(err.diag), file=sys.stderr)
         return 2
     report = check_coverage(model, profile)
-    render_coverage(report, coverage_console(args.wide), violations_only=args.violations_only, wide=args.wide)
+    render_coverage(report, violations_only=args.violations_only, wide=args.wide)
     if args.json is not None:
         from netdsl.atomic_write import atomic_write_text
 

@@ -1,0 +1,73 @@
+"""What each command imports: ``netdsl check`` type-checks without numpy, so it starts faster than numpy does.
+
+benchmarks/cli_speed.py measures the wall times; these tests keep the import structure behind them:
+each case runs the command line in a fresh interpreter where importing the blocked packages fails.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from netdsl.cli import main
+from netdsl.initializers import NP_DTYPES
+from netdsl.ir import FLOAT_MAX, INT_RANGE
+
+REPO = Path(__file__).resolve().parents[1]
+CSA = str(REPO / "specs" / "csa.net")
+
+
+def run_without(blocked: tuple[str, ...], *argv: str) -> subprocess.CompletedProcess[str]:
+    """The command line in a fresh interpreter where ``import`` of each of ``blocked`` fails."""
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); from netdsl.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_check_imports_neither_numpy_nor_rich() -> None:
+    proc = run_without(("numpy", "rich", "onnx"), "check", CSA)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: csa_demo: 18 ops")
+
+
+def test_a_spec_with_constants_still_checks(tmp_path: Path) -> None:
+    spec = tmp_path / "c.net"
+    spec.write_text("model m() {\n  input x: f32[1, 4]\n  output y = x * 0.5 + constant(2.0, shape=[1, 4])\n}\n")
+    proc = run_without((), "check", str(spec))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: m: 4 ops")
+
+
+@pytest.mark.parametrize("dtype", sorted(FLOAT_MAX))
+def test_float_ranges_are_numpys(dtype: str) -> None:
+    assert FLOAT_MAX[dtype] == float(np.finfo(NP_DTYPES[dtype]).max)
+
+
+@pytest.mark.parametrize("dtype", sorted(INT_RANGE))
+def test_integer_ranges_are_numpys(dtype: str) -> None:
+    info = np.iinfo(NP_DTYPES[dtype])
+    assert INT_RANGE[dtype] == (info.min, info.max)
+
+
+def test_a_tensorrt_compile_prints_its_table_without_rich(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    proc = run_without(("rich",), "compile", CSA, "--target", "trt-restricted", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "18/18 nodes covered: 5 confirmed, 13 evidenced, 0 assumed" in proc.stdout and out.exists()
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_garbage_collection_is_as_the_caller_left_it(collecting: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    # The command line pauses cyclic collection during its start-up only.
+    (gc.enable if collecting else gc.disable)()
+    try:
+        assert main(["check", CSA]) == 0
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+    assert capsys.readouterr().out.startswith("ok: ")
