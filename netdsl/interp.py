@@ -90,9 +90,14 @@ def _windows(x: np.ndarray, attrs: dict[str, Any], kernel: Sequence[int], fill: 
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    """exp(x - max) / sum(exp(x - max)) along ``axis``.
+
+    The exp and the division work in place on ``x - max``: one array of ``x``'s size besides ``x``
+    instead of three (the range checks run the attention logits of a whole map through here)."""
+    e = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 def _along(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -383,10 +388,19 @@ def _gather(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
 @_kernel("attention")
 def _attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     q, k, v = args[:3]
-    logits = attrs["scale"] * (q @ k.swapaxes(-1, -2))
+    # Scaled (and biased) in place: the logits are the largest array here ([.., Lq, Lk]).
+    logits = _scaled_in_place(q @ k.swapaxes(-1, -2), np.multiply, attrs["scale"])
     if len(args) == 4:
-        logits = logits + args[3]
+        logits = _scaled_in_place(logits, np.add, args[3])
     return _softmax(logits, -1) @ v
+
+
+def _scaled_in_place(x: np.ndarray, ufunc: np.ufunc, operand: Any) -> np.ndarray:
+    """``ufunc(x, operand)``, written over ``x`` (a temporary of the caller) when the result has its shape and
+    dtype, so that the values are those of the out-of-place form."""
+    if np.broadcast_shapes(x.shape, np.shape(operand)) == x.shape and np.result_type(x, operand) == x.dtype:
+        return ufunc(x, operand, out=x)
+    return ufunc(x, operand)
 
 
 @_kernel("local_attention")
@@ -576,7 +590,13 @@ def run_graph(
 
     for index, node in enumerate(graph.nodes):
         moved = node.op in MOVES_VALUES
-        outs = [stored(o) for o in eval_node(node, [read(i, moved) for i in node.inputs])]
+        args = [read(i, moved) for i in node.inputs]
+        # Dropped before the node computes: a stored input read in the compute dtype is not held twice.
+        for name in node.inputs:
+            if last_use[name] == index and name not in kept:
+                env.pop(name, None)
+        outs = [stored(o) for o in eval_node(node, args)]
+        del args
         if observe is not None:
             observe(node, outs)
         for name, value in zip(node.outputs, outs, strict=True):
@@ -589,7 +609,4 @@ def run_graph(
             if storage is None and dtype is not None and np.issubdtype(value.dtype, np.floating):
                 value = value.astype(dtype, copy=False)
             env[name] = value
-        for name in node.inputs:
-            if last_use[name] == index and name not in kept:
-                env.pop(name, None)
     return {name: read(name) for name in graph.outputs}
