@@ -114,23 +114,43 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 _erf_elements = np.vectorize(math.erf, otypes=[np.float64])
-ERF_BLOCK = 1 << 16
+ERF_BLOCK = 1 << 14
 """Elements per call of the element-by-element erf: each call holds a Python float per element (about
-32 bytes), so a whole activation at once (1.2 M elements in ConvNeXt-T's first GELU) took ~40 MB."""
+32 bytes), so a whole activation at once (1.2 M elements in ConvNeXt-T's first GELU) took ~40 MB;
+a block takes 0.5 MB."""
+
+
+def _blockwise(x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], dtype: npt.DTypeLike) -> np.ndarray:
+    """``fn`` applied to :data:`ERF_BLOCK` elements of ``x`` at a time, into one array of ``dtype``: only the
+    result is of ``x``'s size."""
+    flat = np.asarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=dtype)
+    for start in range(0, flat.size, ERF_BLOCK):
+        out[start:start + ERF_BLOCK] = fn(flat[start:start + ERF_BLOCK])
+    return out.reshape(np.shape(x))
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
     """``math.erf`` of every element, in float64, a block of :data:`ERF_BLOCK` elements at a time."""
-    flat = np.asarray(x).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.float64)
-    for start in range(0, flat.size, ERF_BLOCK):
-        out[start:start + ERF_BLOCK] = _erf_elements(flat[start:start + ERF_BLOCK])
-    return out.reshape(np.shape(x))
+    return _blockwise(x, _erf_elements, np.float64)
+
+
+def _gelu_block(x: np.ndarray) -> np.ndarray:
+    """``(x * 0.5) * (1 + erf(x / sqrt 2))`` in float64, the float64 factor updated in place."""
+    phi = _erf_elements(x / math.sqrt(2.0))
+    phi += 1.0
+    phi *= x * 0.5
+    return phi
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    """x * Phi(x) with Phi from the exact erf (``math.erf``, accurate to about an ulp in float64)."""
-    return x * 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+    """x * Phi(x) with Phi from the exact erf (``math.erf``, accurate to about an ulp in float64).
+
+    Computed in float64 a block at a time and stored in ``x``'s dtype (the dtype :func:`eval_node` gives
+    the output): the same operations on the same operands as ``x * 0.5 * (1.0 + erf(x / sqrt 2))`` on the
+    whole array (both products are commutative), without its four temporaries of ``x``'s size."""
+    floating = np.issubdtype(np.asarray(x).dtype, np.floating)
+    return _blockwise(x, _gelu_block, np.asarray(x).dtype if floating else np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
