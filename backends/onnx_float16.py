@@ -38,10 +38,11 @@ FLOAT32_INPUTS: dict[str, frozenset[int]] = {"Resize": frozenset({1, 2})}
 """Per op, the input positions that stay float32 (ONNX types Resize's roi and scales as float)."""
 
 CONVERTED_OPS = frozenset({
-    "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "ConstantOfShape", "Conv", "Div", "Erf",
-    "Exp", "Gather", "Gelu", "Gemm", "HardSwish", "Identity", "InstanceNormalization", "LayerNormalization",
-    "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Reshape",
-    "Resize", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Sub", "Tanh", "Transpose", "Add",
+    "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "Div",
+    "Erf", "Exp", "Gather", "Gelu", "Gemm", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
+    "LayerNormalization", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "Pow", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceSum", "Relu", "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Split", "Sqrt", "Sub",
+    "Tanh", "Transpose", "Where", "Add",
 })
 """The ONNX ops :func:`to_float16` converts (every op the ONNX backend emits, plus constants and casts)."""
 

@@ -90,9 +90,14 @@ def _windows(x: np.ndarray, attrs: dict[str, Any], kernel: Sequence[int], fill: 
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    """exp(x - max) / sum(exp(x - max)) along ``axis``.
+
+    The exp and the division work in place on ``x - max``: one array of ``x``'s size besides ``x``
+    instead of three (the range checks run the attention logits of a whole map through here)."""
+    e = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 def _along(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
@@ -109,23 +114,43 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 _erf_elements = np.vectorize(math.erf, otypes=[np.float64])
-ERF_BLOCK = 1 << 16
+ERF_BLOCK = 1 << 14
 """Elements per call of the element-by-element erf: each call holds a Python float per element (about
-32 bytes), so a whole activation at once (1.2 M elements in ConvNeXt-T's first GELU) took ~40 MB."""
+32 bytes), so a whole activation at once (1.2 M elements in ConvNeXt-T's first GELU) took ~40 MB;
+a block takes 0.5 MB."""
+
+
+def _blockwise(x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], dtype: npt.DTypeLike) -> np.ndarray:
+    """``fn`` applied to :data:`ERF_BLOCK` elements of ``x`` at a time, into one array of ``dtype``: only the
+    result is of ``x``'s size."""
+    flat = np.asarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=dtype)
+    for start in range(0, flat.size, ERF_BLOCK):
+        out[start:start + ERF_BLOCK] = fn(flat[start:start + ERF_BLOCK])
+    return out.reshape(np.shape(x))
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
     """``math.erf`` of every element, in float64, a block of :data:`ERF_BLOCK` elements at a time."""
-    flat = np.asarray(x).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.float64)
-    for start in range(0, flat.size, ERF_BLOCK):
-        out[start:start + ERF_BLOCK] = _erf_elements(flat[start:start + ERF_BLOCK])
-    return out.reshape(np.shape(x))
+    return _blockwise(x, _erf_elements, np.float64)
+
+
+def _gelu_block(x: np.ndarray) -> np.ndarray:
+    """``(x * 0.5) * (1 + erf(x / sqrt 2))`` in float64, the float64 factor updated in place."""
+    phi = _erf_elements(x / math.sqrt(2.0))
+    phi += 1.0
+    phi *= x * 0.5
+    return phi
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    """x * Phi(x) with Phi from the exact erf (``math.erf``, accurate to about an ulp in float64)."""
-    return x * 0.5 * (1.0 + _erf(x / math.sqrt(2.0)))
+    """x * Phi(x) with Phi from the exact erf (``math.erf``, accurate to about an ulp in float64).
+
+    Computed in float64 a block at a time and stored in ``x``'s dtype (the dtype :func:`eval_node` gives
+    the output): the same operations on the same operands as ``x * 0.5 * (1.0 + erf(x / sqrt 2))`` on the
+    whole array (both products are commutative), without its four temporaries of ``x``'s size."""
+    floating = np.issubdtype(np.asarray(x).dtype, np.floating)
+    return _blockwise(x, _gelu_block, np.asarray(x).dtype if floating else np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,10 +408,19 @@ def _gather(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
 @_kernel("attention")
 def _attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     q, k, v = args[:3]
-    logits = attrs["scale"] * (q @ k.swapaxes(-1, -2))
+    # Scaled (and biased) in place: the logits are the largest array here ([.., Lq, Lk]).
+    logits = _scaled_in_place(q @ k.swapaxes(-1, -2), np.multiply, attrs["scale"])
     if len(args) == 4:
-        logits = logits + args[3]
+        logits = _scaled_in_place(logits, np.add, args[3])
     return _softmax(logits, -1) @ v
+
+
+def _scaled_in_place(x: np.ndarray, ufunc: np.ufunc, operand: Any) -> np.ndarray:
+    """``ufunc(x, operand)``, written over ``x`` (a temporary of the caller) when the result has its shape and
+    dtype, so that the values are those of the out-of-place form."""
+    if np.broadcast_shapes(x.shape, np.shape(operand)) == x.shape and np.result_type(x, operand) == x.dtype:
+        return ufunc(x, operand, out=x)
+    return ufunc(x, operand)
 
 
 @_kernel("local_attention")
@@ -576,7 +610,13 @@ def run_graph(
 
     for index, node in enumerate(graph.nodes):
         moved = node.op in MOVES_VALUES
-        outs = [stored(o) for o in eval_node(node, [read(i, moved) for i in node.inputs])]
+        args = [read(i, moved) for i in node.inputs]
+        # Dropped before the node computes: a stored input read in the compute dtype is not held twice.
+        for name in node.inputs:
+            if last_use[name] == index and name not in kept:
+                env.pop(name, None)
+        outs = [stored(o) for o in eval_node(node, args)]
+        del args
         if observe is not None:
             observe(node, outs)
         for name, value in zip(node.outputs, outs, strict=True):
@@ -589,7 +629,4 @@ def run_graph(
             if storage is None and dtype is not None and np.issubdtype(value.dtype, np.floating):
                 value = value.astype(dtype, copy=False)
             env[name] = value
-        for name in node.inputs:
-            if last_use[name] == index and name not in kept:
-                env.pop(name, None)
     return {name: read(name) for name in graph.outputs}

@@ -87,14 +87,16 @@ class RangeReport:
         if not np.issubdtype(array.dtype, np.floating):
             return
         entry = self.stats.setdefault(value, ValueStats(node, value))
-        finite = bool(np.isfinite(array).all())
+        # From the extremes alone, which need no array of the value's size (as abs and isfinite would):
+        # a NaN makes both NaN, an Inf one of them infinite.
+        lo, hi = (float(np.min(array)), float(np.max(array))) if array.size else (0.0, 0.0)
+        finite = math.isfinite(lo) and math.isfinite(hi)
         if fp16:
             entry.finite_fp16 &= finite
             return
         entry.finite_fp32 &= finite
         if array.size:
-            with np.errstate(invalid="ignore"):
-                peak = float(np.max(np.abs(array)))
+            peak = max(abs(lo), abs(hi))
             entry.max_abs = max(entry.max_abs, peak if not math.isnan(peak) else math.inf)
 
     def observer(self, fp16: bool) -> Callable[[Node, list[np.ndarray]], None]:

@@ -194,6 +194,37 @@ model zoo(c: int = 8) {
 """
 
 
+# The elementwise ops of the edge models (MobileNet's relu6 and hardsigmoid) and the other min/max forms.
+CLIP_ZOO = """
+model clips() {
+    input x: f32[N=1, 4, 6, 6]
+    input c: f32[N=1, 4, 6, 6]
+    a = relu6(x) + hardsigmoid(x) + clamp(x, min=-1.0, max=2.0) + clamp(x, min=0.5) + clamp(x, max=0.5)
+    b = minimum(a, x) + maximum(a, x) + reduce_min(x, [1], keepdims=true)
+    output y = where(c, a, b)
+}
+"""
+
+
+def test_every_declared_onnx_op_is_converted() -> None:
+    from netdsl.backends.onnx_ops import LOWERINGS, emitted_ops
+
+    emitted = set().union(*(emitted_ops(op) for op in LOWERINGS))
+    assert emitted - CONVERTED_OPS == set()
+
+
+@pytest.mark.parametrize("target", ONNX_TARGETS)
+def test_clip_ops_convert_and_run(write_spec, target: str) -> None:
+    result = lowered(write_spec(CLIP_ZOO), target)
+    model = to_onnx(result.graph, result.weights)
+    half = to_float16(model)
+    onnx.checker.check_model(half, full_check=True)
+    feeds = normal_feeds(result.graph)
+    feeds["c"] = (feeds["c"] > 0).astype(np.float32)
+    for got, want in zip(run_onnx(half, feeds), run_onnx(model, feeds), strict=True):
+        assert relative_error(got, want) < TOLERANCE
+
+
 # The last case emits the ops as they are, but for those the emitter has no one-op form of.
 @pytest.mark.parametrize(("target", "passes"), [(t, None) for t in ONNX_TARGETS] + [("onnx", ONNX_FORMS)])
 def test_every_emitted_op_converts_and_runs(write_spec, target: str, passes: list[str] | None) -> None:

@@ -25,7 +25,7 @@ window: 2 x 39 M instead of 2 x 9.8 M for 64 channels at 56x56), and the logits,
 on ``[.., Th·Tw, band]`` (9.8 MB at 64 channels, 56x56, batch 1, against 2.4 MB for the window
 logits alone); nothing is ``k²`` times the map. Exact up to rounding (only the order of the sums and
 the dropped per-pixel constant change it; reference agreement within 1e-6 at 64 channels, 56x56,
-float32) as long as no logit outside a pixel's window exceeds the window's largest by ~65,000
+float32) as long as no logit outside a pixel's window exceeds the window's largest by ~32,000
 (where the mask would stop hiding it; logits are scaled dot products, orders of magnitude smaller).
 """
 
@@ -42,9 +42,11 @@ from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "local_attention_to_matmul"
 TILE = 8  # output rows and columns per tile, when the map has a divisor near it
-# Added to the logits outside a pixel's window: float16's lowest value, so that the mask survives a float16
-# export; exp underflows to exactly 0 once a logit is more than ~104 (float32) below the window's largest.
-OUTSIDE = float(np.finfo(np.float16).min)
+# Added to the logits outside a pixel's window; exp underflows to exactly 0 once a logit is more than ~104
+# (float32) below the window's largest. -2^15 is exact in float16 and leaves half of float16's range to the
+# logits: with float16's lowest value (-65504) any negative logit made the masked sum overflow float16's range,
+# and the float16 range check refused the model.
+OUTSIDE = -32768.0
 
 
 def tile_size(length: int) -> int:
