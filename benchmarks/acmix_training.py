@@ -9,12 +9,21 @@ b. ``reference (unfold + sum)``: the module with the published ACmix's operator 
    (``tests/reference/torch_modules.py`` ``ACmix``: reflection pad, ``nn.Unfold``, products summed over the
    head dimension, softmax over the window, weighted sum of the unfolded values).
 
-Each runs eagerly and under ``torch.compile`` (unless ``--no-compile``). Reported per row: median step time,
-its ratio to the same module's eager step, the compile time (first compiled step minus a median step), and,
-eagerly, the tensors the autograd graph saves for backward (count and MiB, each storage counted once).
-Prints a table and, with ``--json OUT``, the same as JSON.
+Each runs eagerly and under plain ``torch.compile(module)`` (unless ``--no-compile``). Reported per row:
+median step time, its ratio to the same module's eager step, the compile time (first compiled step minus a
+median step) in wall seconds and in CPU seconds, split into this process's own CPU (dynamo, AOTAutograd,
+inductor's lowering, scheduling and code generation) and its children's (the C++ compiler building
+inductor's kernels), and, eagerly, the tensors the autograd graph saves for backward (count and MiB, each
+storage counted once). Prints a table and, with ``--json OUT``, the same as JSON.
+
+``--cold`` measures each module in a fresh child process whose inductor cache (``TORCHINDUCTOR_CACHE_DIR``)
+and temporary directory (where inductor keeps its precompiled header) are new and empty: the compile a
+user sees the first time, with nothing built before on the machine. Without it both modules compile in one
+process, and the second reuses what the first built once per process (the CPU capability checks, the
+precompiled header).
 
     python benchmarks/acmix_training.py [--channels 64] [--size 56] [--batch 8] [--threads 1] [--steps 10]
+    python benchmarks/acmix_training.py --cold     # cold compile of each module, in its own process
     python benchmarks/acmix_training.py --smoke    # a 16-channel 14x14 block, eager only, two steps
 """
 
@@ -22,8 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +60,7 @@ from reference.torch_modules import ACmix  # noqa: E402
 
 GENERATED = "netdsl generated"
 REFERENCE = "reference (unfold + sum)"
+SHORT_NAMES = {"generated": GENERATED, "reference": REFERENCE}  # --only's choices
 SMOKE = {"channels": 16, "size": 14, "batch": 2, "steps": 2, "warmup": 1, "compile": False}
 
 
@@ -60,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (default 2)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
+    p.add_argument("--cold", action="store_true",
+                   help="each module in a child process with an empty inductor cache and temporary directory")
+    p.add_argument("--only", choices=tuple(SHORT_NAMES), help="measure one module only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="smallest settings (overrides sizes, steps and compile)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
@@ -113,47 +130,93 @@ def saved_for_backward(forward: Callable[[torch.Tensor], torch.Tensor], x: torch
     return count, sum(storages.values()) / 2**20
 
 
-def time_steps(step: Callable[[], None], warmup: int, steps: int) -> tuple[float, list[float]]:
-    """(seconds of the first step, seconds of each timed step after ``warmup`` more)."""
+def cpu_seconds() -> tuple[float, float]:
+    """(this process's, its finished children's) user + system CPU seconds so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def time_steps(step: Callable[[], None], warmup: int, steps: int) -> dict[str, Any]:
+    """Wall and CPU seconds of the first step and of each timed step after ``warmup`` more.
+
+    Keys: ``first`` (wall s), ``first_cpu`` and ``first_children_cpu`` (CPU s of this process and of the
+    children it reaped meanwhile: inductor runs the C++ compiler as child processes), ``times`` and
+    ``cpu_times`` (per timed step).
+    """
+    cpu0, children0 = cpu_seconds()
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
+    cpu1, children1 = cpu_seconds()
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
+        cpu_start = cpu_seconds()[0]
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return first, times
+        cpu_times.append(cpu_seconds()[0] - cpu_start)
+    return {"first": first, "first_cpu": cpu1 - cpu0, "first_children_cpu": children1 - children0,
+            "times": times, "cpu_times": cpu_times}
 
 
 def measure(name: str, module: nn.Module, x: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The eager row of ``module`` and, with compile, its compiled row."""
     rows = []
     count, mib = saved_for_backward(module, x)
-    _, times = time_steps(training_step(module, module, x), args.warmup, args.steps)
-    eager = statistics.median(times)
+    eager = statistics.median(time_steps(training_step(module, module, x), args.warmup, args.steps)["times"])
     rows.append({"module": name, "mode": "eager", "step_ms": 1e3 * eager, "vs_eager": 1.0, "compile_s": None,
-                 "saved_tensors": count, "saved_mib": mib})
+                 "compile_cpu_s": None, "compile_children_cpu_s": None, "saved_tensors": count, "saved_mib": mib})
     if args.compile:
         torch._dynamo.reset()  # each module compiles from scratch, not from the other's caches
         compiled = torch.compile(module)
-        first, times = time_steps(training_step(module, compiled, x), args.warmup, args.steps)
-        median = statistics.median(times)
+        timed = time_steps(training_step(module, compiled, x), args.warmup, args.steps)
+        median = statistics.median(timed["times"])
         rows.append({"module": name, "mode": "torch.compile", "step_ms": 1e3 * median, "vs_eager": median / eager,
-                     "compile_s": first - median, "saved_tensors": None, "saved_mib": None})
+                     "compile_s": timed["first"] - median,
+                     "compile_cpu_s": timed["first_cpu"] - statistics.median(timed["cpu_times"]),
+                     "compile_children_cpu_s": timed["first_children_cpu"],
+                     "saved_tensors": None, "saved_mib": None})
     return rows
+
+
+def measure_cold(name: str, argv: list[str]) -> list[dict[str, Any]]:
+    """``name``'s rows measured by a child process whose inductor cache and temporary directory are empty."""
+    with tempfile.TemporaryDirectory(prefix="acmix-cold-") as fresh:
+        out = Path(fresh) / "rows.json"
+        env = {**os.environ, "TMPDIR": fresh, "TORCHINDUCTOR_CACHE_DIR": str(Path(fresh) / "inductor")}
+        child = [sys.executable, __file__, *argv, "--only", name, "--json", str(out)]
+        subprocess.run(child, env=env, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())["rows"]
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """``argv`` without the options :func:`measure_cold` sets itself (--cold, --only, --json)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--only", "--json"):
+            skip = True
+        elif arg != "--cold" and not arg.startswith(("--only=", "--json=")):
+            kept.append(arg)
+    return kept
 
 
 def render(rows: list[dict[str, Any]], title: str, console: Console) -> None:
     table = Table(title=title)
-    for column in ("module", "mode", "step ms", "× eager", "compile s", "saved for backward"):
+    columns = ("module", "mode", "step ms", "× eager", "compile s", "compile CPU s (own + C++)", "saved for backward")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("module", "mode") else "right")
     for r in rows:
         saved = f"{r['saved_tensors']} tensors, {r['saved_mib']:.1f} MiB" if r["saved_tensors"] is not None else ""
         compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else ""
-        table.add_row(r["module"], r["mode"], f"{r['step_ms']:.1f}", f"{r['vs_eager']:.2f}x", compile_s, saved)
+        compile_cpu = (f"{r['compile_cpu_s']:.1f} + {r['compile_children_cpu_s']:.1f}"
+                       if r["compile_cpu_s"] is not None else "")
+        table.add_row(r["module"], r["mode"], f"{r['step_ms']:.1f}", f"{r['vs_eager']:.2f}x", compile_s, compile_cpu,
+                      saved)
     console.print(table)
 
 
@@ -164,13 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=140)
     c, s = args.channels, args.size
     x = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((args.batch, c, s, s)).astype(np.float32))
-    rows = [row for name, module in modules(args).items() for row in measure(name, module, x, args)]
+    if args.cold:
+        names = [args.only] if args.only else list(SHORT_NAMES)
+        rows = [row for name in names for row in measure_cold(name, child_argv(sys.argv[1:] if argv is None else argv))]
+    else:
+        rows = [row for name, module in modules(args).items() if args.only is None or SHORT_NAMES[args.only] == name
+                for row in measure(name, module, x, args)]
     title = (f"ACmix {c}ch {s}x{s} batch {args.batch} stride {args.stride}, training step (SGD), "
-             f"{args.threads} thread(s), median of {args.steps} steps")
+             f"{args.threads} thread(s), median of {args.steps} steps{', cold compile' if args.cold else ''}, "
+             f"load average {os.getloadavg()[0]:.1f}")
     render(rows, title, console)
     if args.json:
         config = {key: getattr(args, key) for key in ("channels", "size", "batch", "stride", "threads", "steps",
-                                                      "warmup", "compile")}
+                                                      "warmup", "compile", "cold")}
         document = {"config": config, "torch": torch.__version__, "rows": rows}
         atomic_write_text(args.json, json.dumps(document, indent=2) + "\n")
     return 0
