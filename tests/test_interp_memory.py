@@ -57,7 +57,8 @@ def test_banded_conv_equals_the_whole(rows: int, stride: int, groups: int, budge
         banded = conv(x, w, groups, **attrs)
     finally:
         interp.CONV_SCRATCH_BYTES = saved
-    np.testing.assert_array_equal(banded, whole)
+    # A band's matrix product is a smaller BLAS call, which may sum in another order: equal up to float32 rounding.
+    np.testing.assert_allclose(banded, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_float16_storage_run_rounds_every_value_once(repo_root: Path) -> None:
