@@ -131,6 +131,8 @@ def _concat_graph(shapes: list[tuple[int, ...]], axis: int):
     (_concat_graph([(2, 3, 4, 5), (2, 3, 2, 5)], 2), {"reshape": 3, "concat": 1}),
     # rows of single-channel maps swap rows and channel: the one-row piece needs no reshape
     (_concat_graph([(2, 1, 3, 5), (2, 1, 1, 5)], 2), {"reshape": 2, "concat": 1}),
+    # columns of single-channel maps of several rows: the rows lie between, so no swap (it would scramble them)
+    (_concat_graph([(1, 1, 3, 1), (1, 1, 3, 2)], 3), {"reshape": 3, "concat": 1}),
     # a class token in front of the tokens
     (_concat_graph([(2, 1, 8), (2, 49, 8)], 1), {"reshape": 3, "concat": 1}),
 ])

@@ -39,14 +39,17 @@ def _refused(graph: Graph, node: Node) -> bool:
 def _views(graph: Graph, node: Node) -> list[tuple[int, ...]] | None:
     """The rank-4 view of each input of ``node`` with the op's axis as axis 1, when the op needs and has one.
 
-    A rank-4 input with a single channel swaps its axis with the channel axis (a view that keeps
-    the other axes as they are, so a map read by several such concats is not re-laid out for each).
+    A rank-4 input with a single channel, and size 1 between it and the axis, swaps its axis with the
+    channel axis (a view that keeps the other axes as they are, so a map read by several such concats is
+    not re-laid out for each).
     """
     if not _refused(graph, node):
         return None
     shapes = [graph.type_of(x).shape for x in node.inputs]
     axis = node.attrs["axis"] % len(shapes[0])
-    if len(shapes[0]) == 4 and shapes[0][1] == 1:
+    # Swapping the single channel with the axis is a reshape only while the axes between them are 1 too.
+    between = range(min(axis, 1) + 1, max(axis, 1))
+    if len(shapes[0]) == 4 and shapes[0][1] == 1 and all(shapes[0][i] == 1 for i in between):
         perm = [0, 1, 2, 3]
         perm[1], perm[axis] = axis, 1
         return [tuple(s[i] for i in perm) for s in shapes]
