@@ -25,7 +25,7 @@ from netdsl.backends.torch_literals import (
 from netdsl.backends.torch_module_tree import attr, build_tree, conv_options, find_layers
 from netdsl.backends.torch_runtime import local_attention, positional_grid, resize, rotate, shift
 from netdsl.ir import Graph, Node, TensorType
-from netdsl.opdefs import ceil_extra, window_counts
+from netdsl.opdefs import floor_mode_pads, window_divisors
 from netdsl.passes.local_attention_to_matmul import tile_size
 
 
@@ -282,30 +282,18 @@ def _pool_options(node: Node) -> tuple[dict[str, str], tuple[int, int, int, int]
     return {**options, **flags}, pads, bool(flags) and pads is not None
 
 
-def _explicit_pads(node: Node, in_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """F.pad's (left, right, top, bottom) for a floor-mode pool giving ``node``'s output: ceil mode's last
-    windows reach into extra trailing padding (:func:`~netdsl.opdefs.ceil_extra`)."""
-    (kh, kw), (sh, sw), (t, l, b, r) = node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"]
-    if node.attrs.get("ceil_mode"):
-        b += ceil_extra(in_hw[0], kh, sh, t, b)
-        r += ceil_extra(in_hw[1], kw, sw, l, r)
-    return l, r, t, b
-
-
 def _explicit_pool(src: ModuleSource, node: Node) -> str:
-    """A pool with ceil_mode or count_include_pad=false and uneven padding: padded explicitly, pooled in floor
+    """A pool with ceil_mode or count_include_pad=false and uneven padding: padded explicitly (ceil mode's last
+    windows reaching into :func:`~netdsl.opdefs.floor_mode_pads`'s extra trailing padding), pooled in floor
     mode, and for an average the window sums divided by each window's true divisor
-    (:func:`~netdsl.opdefs.window_counts`, the same rule as PyTorch's ``avg_pool2d``)."""
+    (:func:`~netdsl.opdefs.window_divisors`, the same rule as PyTorch's ``avg_pool2d``)."""
     _, _, h, w = src.type_in(node, 0).shape
-    kernel, stride = pair_lit(node.attrs["kernel"]), pair_lit(node.attrs["stride"])
-    pads = lit(_explicit_pads(node, (h, w)))
+    t, l, b, r = floor_mode_pads(node.attrs, h, w)
+    kernel, stride, pads = pair_lit(node.attrs["kernel"]), pair_lit(node.attrs["stride"]), lit((l, r, t, b))
     x = src.arg(node, 0)
     if node.op == "maxpool":
         return call_expr("F.max_pool2d", call_expr("F.pad", x, pads, value='float("-inf")'), kernel, stride)
-    (kh, kw), (sh, sw), (t, l, b, r) = node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"]
-    ceil, include = bool(node.attrs.get("ceil_mode")), bool(node.attrs.get("count_include_pad", True))
-    rows = lit(tuple(window_counts(h, kh, sh, t, b, ceil, include)))
-    cols = lit(tuple(window_counts(w, kw, sw, l, r, ceil, include)))
+    rows, cols = (lit(tuple(counts)) for counts in window_divisors(node.attrs, h, w))
     sums = call_expr("F.avg_pool2d", call_expr("F.pad", x, pads), kernel, stride, divisor_override="1")
     return f"{sums} / ({x}.new_tensor({rows})[:, None] * {x}.new_tensor({cols}))"
 

@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Graph, Node, TensorType
-from netdsl.opdefs import ceil_extra, conv_out_len, window_counts
+from netdsl.opdefs import conv_out_len, floor_mode_pads, window_divisors
 from netdsl.resample import linear_taps, nearest_taps
 
 Kernel = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
@@ -454,25 +454,17 @@ def _local_attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarra
 
 def _ceil_pads(x: np.ndarray, attrs: dict[str, Any]) -> dict[str, Any]:
     """The pool's attrs with ceil mode's cut windows made whole by trailing padding (floor mode after it)."""
-    if not attrs.get("ceil_mode"):
-        return attrs
-    t, l, b, r = attrs["pads"]
-    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
-    extra_h = ceil_extra(x.shape[2], kh, sh, t, b)
-    extra_w = ceil_extra(x.shape[3], kw, sw, l, r)
-    return {**attrs, "pads": (t, l, b + extra_h, r + extra_w)}
+    return {**attrs, "pads": floor_mode_pads(attrs, x.shape[2], x.shape[3])}
 
 
 @_kernel("avgpool")
 def _avgpool(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     x = args[0]
-    (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
-    ceil, include = bool(attrs.get("ceil_mode")), bool(attrs.get("count_include_pad", True))
-    if include and not ceil:  # every window lies inside the padded map: the divisor is always kh*kw
+    if attrs.get("count_include_pad", True) and not attrs.get("ceil_mode"):
+        # every window lies inside the padded map: the divisor is always kh*kw
         return np.mean(_windows(x, attrs, attrs["kernel"]), axis=(4, 5))
     sums = np.sum(_windows(x, _ceil_pads(x, attrs), attrs["kernel"]), axis=(4, 5))
-    rows = window_counts(x.shape[2], kh, sh, t, b, ceil, include)
-    cols = window_counts(x.shape[3], kw, sw, l, r, ceil, include)
+    rows, cols = window_divisors(attrs, x.shape[2], x.shape[3])
     return (sums / np.outer(rows, cols)).astype(x.dtype)
 
 

@@ -137,6 +137,25 @@ def window_counts(n: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool, cou
     return counts
 
 
+def floor_mode_pads(attrs: dict[str, Any], height: int, width: int) -> tuple[int, int, int, int]:
+    """A pool's (top, left, bottom, right) padding over a ``height`` x ``width`` map, with ceil mode's cut
+    windows made whole by extra trailing padding (:func:`ceil_extra`): floor mode over it gives the pool's
+    output size."""
+    t, l, b, r = attrs["pads"]
+    if not attrs.get("ceil_mode"):
+        return t, l, b, r
+    (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+    return t, l, b + ceil_extra(height, kh, sh, t, b), r + ceil_extra(width, kw, sw, l, r)
+
+
+def window_divisors(attrs: dict[str, Any], height: int, width: int) -> tuple[list[int], list[int]]:
+    """An average pool's :func:`window_counts` along the rows and the columns of a ``height`` x ``width`` map;
+    window (i, j) divides by ``rows[i] * cols[j]``."""
+    (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
+    ceil, include = bool(attrs.get("ceil_mode")), bool(attrs.get("count_include_pad", True))
+    return (window_counts(height, kh, sh, t, b, ceil, include), window_counts(width, kw, sw, l, r, ceil, include))
+
+
 def _window_out(types: list[TensorType], attrs: dict[str, Any], what: str) -> tuple[int, int]:
     x = types[0]
     kh, kw = attrs["kernel"]

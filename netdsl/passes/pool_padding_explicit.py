@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdsl.ir import Node
-from netdsl.opdefs import ceil_extra, window_counts
+from netdsl.opdefs import floor_mode_pads, window_divisors
 from netdsl.passes.base import ops_absent
 from netdsl.passes.rewriter import Emitter, node_pass
 
@@ -35,14 +35,11 @@ def _lower_pool(node: Node, em: Emitter) -> list[str] | None:
         return None
     x = node.inputs[0]
     _, _, h, w = em.graph.type_of(x).shape
-    (kh, kw), (sh, sw), (t, l, b, r) = node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"]
-    ceil = bool(node.attrs.get("ceil_mode"))
-    pads = (t, l, b + ceil_extra(h, kh, sh, t, b), r + ceil_extra(w, kw, sw, l, r)) if ceil else (t, l, b, r)
-    pooled = em.op(node.op, [x], kernel=(kh, kw), stride=(sh, sw), pads=pads)
+    (kh, kw), stride = node.attrs["kernel"], tuple(node.attrs["stride"])
+    pooled = em.op(node.op, [x], kernel=(kh, kw), stride=stride, pads=floor_mode_pads(node.attrs, h, w))
     if node.op == "maxpool":
         return [pooled]
-    include = bool(node.attrs.get("count_include_pad", True))
-    counts = np.outer(window_counts(h, kh, sh, t, b, ceil, include), window_counts(w, kw, sw, l, r, ceil, include))
+    counts = np.outer(*window_divisors(node.attrs, h, w))
     scale = (kh * kw) / counts
     if np.all(scale == 1.0):
         return [pooled]
