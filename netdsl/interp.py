@@ -409,13 +409,13 @@ def _gather(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
 def _attention(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
     q, k, v = args[:3]
     # Scaled (and biased) in place: the logits are the largest array here ([.., Lq, Lk]).
-    logits = _scaled_in_place(q @ k.swapaxes(-1, -2), np.multiply, attrs["scale"])
+    logits = _into_temporary(q @ k.swapaxes(-1, -2), np.multiply, attrs["scale"])
     if len(args) == 4:
-        logits = _scaled_in_place(logits, np.add, args[3])
+        logits = _into_temporary(logits, np.add, args[3])
     return _softmax(logits, -1) @ v
 
 
-def _scaled_in_place(x: np.ndarray, ufunc: np.ufunc, operand: Any) -> np.ndarray:
+def _into_temporary(x: np.ndarray, ufunc: np.ufunc, operand: Any) -> np.ndarray:
     """``ufunc(x, operand)``, written over ``x`` (a temporary of the caller) when the result has its shape and
     dtype, so that the values are those of the out-of-place form."""
     if np.broadcast_shapes(x.shape, np.shape(operand)) == x.shape and np.result_type(x, operand) == x.dtype:
