@@ -15,6 +15,7 @@ tests exact to ~1e-12.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,12 +90,12 @@ def _windows(x: np.ndarray, attrs: dict[str, Any], kernel: Sequence[int], fill: 
     return _sliding(xp, kernel, attrs["stride"], attrs.get("dilation", (1, 1)))
 
 
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    """exp(x - max) / sum(exp(x - max)) along ``axis``.
+def _softmax(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """exp(x - max) / sum(exp(x - max)) along ``axis``, into ``out`` if given (which may be ``x`` itself).
 
     The exp and the division work in place on ``x - max``: one array of ``x``'s size besides ``x``
     instead of three (the range checks run the attention logits of a whole map through here)."""
-    e = x - np.max(x, axis=axis, keepdims=True)
+    e = np.subtract(x, np.max(x, axis=axis, keepdims=True), out=out)
     np.exp(e, out=e)
     e /= np.sum(e, axis=axis, keepdims=True)
     return e
@@ -107,10 +108,14 @@ def _along(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
     return vector.reshape(shape)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``1 / (1 + exp(-x))``, each step in place on one array (``out`` if given, which may be ``x`` itself)."""
+    e = np.negative(x, out=out, dtype=None if out is not None else np.result_type(x, 1.0))
     # exp(-x) overflows to inf for very negative x, and 1 / (1 + inf) = 0 is the right limit.
     with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
+        np.exp(e, out=e)
+    e += 1.0
+    return np.divide(1.0, e, out=e)
 
 
 _erf_elements = np.vectorize(math.erf, otypes=[np.float64])
@@ -162,7 +167,15 @@ CONV_SCRATCH_BYTES = 8 << 20
 
 A 7x7 depthwise conv over 96 channels at 56x56 would otherwise materialise 59 MB of columns for a
 1.2 MB output, more than the model's weights of a small network (the range checks run this
-interpreter while the weights are held)."""
+interpreter while the weights are held). The band's rows set the shape of each matrix product, so
+the budget also fixes the float32 rounding of the result (a smaller band may sum in another order)."""
+
+CONV_GROUP_SCRATCH_BYTES = 2 << 20
+"""Byte budget of the columns of a grouped conv's band: its groups are taken a few at a time under it.
+
+Each group's product is a matrix product of its own, of the band's shape whatever the groups taken
+with it, so the result is the same to the bit. MobileViT-S's first depthwise conv (128 channels at
+128x128) held 8 MiB of columns and a 3.8 MB padded slab at a time; under this budget, 2 MiB and 1 MB."""
 
 
 def _conv_band(win: np.ndarray, mats: np.ndarray, g: int, cig: int) -> np.ndarray:
@@ -173,24 +186,52 @@ def _conv_band(win: np.ndarray, mats: np.ndarray, g: int, cig: int) -> np.ndarra
     return (cols @ mats).transpose(0, 1, 3, 2).reshape(b, -1, rows, wo)
 
 
+def _padded_rows(x: np.ndarray, pads: Sequence[int], first: int, stop: int) -> np.ndarray:
+    """Rows ``first .. stop - 1`` of ``x`` padded by ``pads`` (top, left, bottom, right) with zeros, built from
+    those rows alone: the padded map is never made whole."""
+    top, left, _, right = pads
+    h = x.shape[-2]
+    lo = min(max(first - top, 0), h)
+    hi = min(max(stop - top, lo), h)
+    above = min(max(lo - (first - top), 0), stop - first)
+    return _pad_spatial(x[..., lo:hi, :], (above, left, stop - first - above - (hi - lo), right))
+
+
 @_kernel("conv")
 def _conv(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    """A band of output rows at a time (:data:`CONV_SCRATCH_BYTES`), a few groups of it at a time
+    (:data:`CONV_GROUP_SCRATCH_BYTES`), each from its own rows and channels of the padded input; the bias is
+    added in place."""
     x, w = args[0], args[1]
     co, cig, kh, kw = w.shape
     g = attrs["groups"]
-    win = _windows(x, attrs, (kh, kw))  # B, Ci, Ho, Wo, kh, kw (a strided view: nothing copied yet)
-    b, ci, ho, wo = win.shape[:4]
+    pads, (sh, sw), (dh, dw) = attrs["pads"], attrs["stride"], attrs.get("dilation", (1, 1))
+    b, ci, h, wi = x.shape
+    ho = conv_out_len(h, kh, sh, pads[0], pads[2], dh)
+    wo = conv_out_len(wi, kw, sw, pads[1], pads[3], dw)
     mats = w.reshape(g, co // g, cig * kh * kw).transpose(0, 2, 1)
     row_bytes = b * ci * wo * kh * kw * np.result_type(x, w).itemsize
     band = max(1, CONV_SCRATCH_BYTES // max(row_bytes, 1))
-    if band >= ho:
-        y = _conv_band(win, mats, g, cig)
+    per_step = max(1, CONV_GROUP_SCRATCH_BYTES * g // max(row_bytes * min(band, ho), 1))
+    cog = co // g
+
+    def part(top: int, count: int, first: int, groups: int) -> np.ndarray:
+        """Output rows ``top .. top + count - 1`` of groups ``first .. first + groups - 1``."""
+        chans = x[:, first * cig:(first + groups) * cig]
+        slab = _padded_rows(chans, pads, top * sh, (top + count - 1) * sh + (kh - 1) * dh + 1)
+        return _conv_band(_sliding(slab, (kh, kw), (sh, sw), (dh, dw)), mats[first:first + groups], groups, cig)
+
+    if band >= ho and per_step >= g:
+        y = part(0, ho, 0, g)
     else:
         y = np.empty((b, co, ho, wo), dtype=np.result_type(x, w))
         for top in range(0, ho, band):
-            y[:, :, top:top + band] = _conv_band(win[:, :, top:top + band], mats, g, cig)
+            count = min(band, ho - top)
+            for first in range(0, g, per_step):
+                groups = min(per_step, g - first)
+                y[:, first * cog:(first + groups) * cog, top:top + count] = part(top, count, first, groups)
     if len(args) == 3:
-        y = y + _along(args[2], 1, 4)
+        y = _into_temporary(y, np.add, _along(args[2], 1, 4))
     return y
 
 
@@ -508,17 +549,57 @@ def _resize(args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
 # Entry points
 
 
-def eval_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+IN_PLACE: dict[str, Callable[[list[np.ndarray], dict[str, Any], np.ndarray], np.ndarray]] = {
+    **{name: lambda args, attrs, out, fn=fn: fn(*args, out=out) for name, fn in _BINARY.items()},
+    **{name: lambda args, attrs, out, fn=fn: fn(args[0], out=out)
+       for name, fn in (("exp", np.exp), ("neg", np.negative), ("sqrt", np.sqrt), ("tanh", np.tanh))},
+    "relu": lambda args, attrs, out: np.maximum(args[0], 0, out=out),
+    "sigmoid": lambda args, attrs, out: _sigmoid(args[0], out=out),
+    "softmax": lambda args, attrs, out: _softmax(args[0], attrs["axis"], out=out),
+}
+"""Elementwise ops (softmax too) that can write their output over an input of the output's shape and dtype,
+``IN_PLACE[op](args, attrs, out)``: the same operations as their kernels, so the same values."""
+
+
+def _reusable_target(op: str, args: list[np.ndarray], reusable: Sequence[int]) -> np.ndarray | None:
+    """The first of ``args[i]`` (``i`` in ``reusable``) that ``op``'s output can be written over: an op of
+    :data:`IN_PLACE` whose floating operands all have that argument's dtype and broadcast to its shape.
+
+    Only when the kernel's new array would have the target's layout, so that a later reduction over the
+    result sums in the same order: every operand is C-contiguous (so is the new array), or every operand
+    has the target's shape and strides (numpy lays the new array out as its operands)."""
+    if op not in IN_PLACE or not reusable:
+        return None
+    dtypes = {a.dtype for a in args}
+    if len(dtypes) != 1 or not np.issubdtype(dtypes.pop(), np.floating):
+        return None
+    shape = np.broadcast_shapes(*(a.shape for a in args))
+    for i in reusable:
+        target = args[i]
+        if target.shape == shape and (all(a.flags.c_contiguous for a in args)
+                                      or all(a.shape == shape and _layout(a) == _layout(target) for a in args)):
+            return target
+    return None
+
+
+def _layout(array: np.ndarray) -> tuple[int, ...]:
+    """The strides of ``array``'s axes longer than 1 (the others are never stepped along)."""
+    return tuple(stride for stride, n in zip(array.strides, array.shape, strict=True) if n > 1)
+
+
+def eval_node(node: Node, args: list[np.ndarray], reusable: Sequence[int] = ()) -> list[np.ndarray]:
     """Evaluate one node on concrete input arrays (in ``node.inputs`` order); returns its outputs.
 
     Outputs take the dtype of the first input (the type checker requires matching dtypes; for
     ``where``, of its first branch), so a float32 graph stays float32 even where a kernel
-    computes in float64 internally.
+    computes in float64 internally. ``reusable`` lists the arguments nothing else holds: an
+    elementwise op (:data:`IN_PLACE`) may write its output over one of them.
     """
     kernel = KERNELS.get(node.op)
     if kernel is None:
         raise ValueError(f"the interpreter has no kernel for op {node.op!r}")
-    outs = kernel(args, node.attrs)
+    target = _reusable_target(node.op, args, reusable)
+    outs = kernel(args, node.attrs) if target is None else [IN_PLACE[node.op](args, node.attrs, target)]
     if args:
         like = args[1] if node.op == "where" else args[0]
         outs = [np.asarray(o).astype(like.dtype, copy=False) for o in outs]
@@ -540,6 +621,15 @@ def _as_type(name: str, value: np.ndarray, type_: TensorType, dtype: npt.DTypeLi
     if dtype is not None and np.issubdtype(target, np.floating):
         target = np.dtype(dtype)
     return arr.astype(target, copy=False)
+
+
+def _sole_holder(args: list[np.ndarray], index: int) -> bool:
+    """Whether ``args`` is all that holds ``args[index]`` and its memory: an array that owns its data (no
+    view of another), referenced once by the list (besides this call's own two references) and by no view
+    (a view references its base). Such an argument may be overwritten (:func:`eval_node`'s ``reusable``)."""
+    array = args[index]
+    return (isinstance(array, np.ndarray) and array.flags.owndata and array.flags.writeable
+            and sys.getrefcount(array) == 3)
 
 
 def round_to_storage(value: np.ndarray, storage: npt.DTypeLike | None) -> np.ndarray:
@@ -607,7 +697,7 @@ def run_graph(
         for name in node.inputs:
             if last_use[name] == index and name not in kept:
                 env.pop(name, None)
-        outs = [stored(o) for o in eval_node(node, args)]
+        outs = [stored(o) for o in eval_node(node, args, [i for i in range(len(args)) if _sole_holder(args, i)])]
         del args
         if observe is not None:
             observe(node, outs)
@@ -621,4 +711,5 @@ def run_graph(
             if storage is None and dtype is not None and np.issubdtype(value.dtype, np.floating):
                 value = value.astype(dtype, copy=False)
             env[name] = value
+        del outs, value  # the env is left the only holder of each output (see _sole_holder)
     return {name: read(name) for name in graph.outputs}
