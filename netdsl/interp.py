@@ -640,6 +640,58 @@ def round_to_storage(value: np.ndarray, storage: npt.DTypeLike | None) -> np.nda
         return value.astype(storage).astype(value.dtype)
 
 
+SLICED_CHAIN = ("matmul", "add", "softmax", "matmul")
+"""Ops of an attention chain (logits, mask or bias, weights, weighted sum) that :func:`run_graph` can evaluate a
+slice at a time: ``local_attention_to_matmul``'s logits of a whole stage are the largest values of a model."""
+
+
+def sliced_chains(graph: Graph) -> dict[int, list[int]]:
+    """The node indices of each :data:`SLICED_CHAIN` of ``graph``, by the index of its last node.
+
+    Each intermediate value is read by the next node alone (as its first input) and is no graph output; the
+    softmax is over the last axis, and the chain has a leading axis (before the matrix axes) longer than 1
+    along which its other operands are sliced or broadcast."""
+    readers: dict[str, list[int]] = {}
+    for index, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            readers.setdefault(name, []).append(index)
+    chains: dict[int, list[int]] = {}
+    for index, node in enumerate(graph.nodes):
+        chain = [index]
+        for op in SLICED_CHAIN[1:] if node.op == SLICED_CHAIN[0] else ():
+            value = graph.nodes[chain[-1]].outputs[0]
+            nxt = readers.get(value, [])
+            if value in graph.outputs or len(nxt) != 1 or graph.nodes[nxt[0]].op != op \
+                    or graph.nodes[nxt[0]].inputs.count(value) != 1 or graph.nodes[nxt[0]].inputs[0] != value:
+                break
+            chain.append(nxt[0])
+        if len(chain) == len(SLICED_CHAIN) and _chain_axis(graph, [graph.nodes[i] for i in chain]) is not None:
+            chains[chain[-1]] = chain
+    return chains
+
+
+def _chain_axis(graph: Graph, nodes: list[Node]) -> int | None:
+    """The longest leading axis of a chain's values, None if there is none to slice along (or an operand has
+    more axes than the values, or the softmax is not over the last axis)."""
+    shape = graph.values[nodes[0].outputs[0]].shape
+    rank = len(shape)
+    operands = [graph.type_of(name).shape for node in nodes for name in node.inputs]
+    if rank < 3 or nodes[2].attrs["axis"] % rank != rank - 1 or any(len(o) > rank for o in operands) \
+            or len(graph.values[nodes[-1].outputs[0]].shape) != rank:
+        return None
+    axis = max(range(rank - 2), key=lambda a: shape[a])
+    return axis if shape[axis] > 1 else None
+
+
+def _slice_along(array: np.ndarray, axis: int, index: int, rank: int) -> np.ndarray:
+    """Index ``index`` (kept as an axis of 1) of axis ``axis`` of a rank-``rank`` value, of an operand
+    broadcast against it (aligned to the right); the operand as it is where it broadcasts along that axis."""
+    own = axis - (rank - array.ndim)
+    if own < 0 or array.shape[own] == 1:
+        return array
+    return array[(slice(None),) * own + (slice(index, index + 1),)]
+
+
 def run_graph(
     graph: Graph,
     weights: dict[str, np.ndarray],
@@ -648,6 +700,7 @@ def run_graph(
     *,
     storage: npt.DTypeLike | None = None,
     observe: Callable[[Node, list[np.ndarray]], None] | None = None,
+    in_slices: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run ``graph`` on ``inputs`` with parameter values ``weights``; returns every output by name.
 
@@ -658,6 +711,9 @@ def run_graph(
     stored in that dtype and converted to the compute dtype when an op reads them: a runtime that
     stores tensors in float16 and computes each op in float32 (overflow becomes Inf, as there).
     ``observe(node, outputs)`` is called after each node with its stored outputs (in ``storage``).
+    With ``in_slices``, each attention chain (:func:`sliced_chains`) is evaluated a slice of its longest
+    leading axis at a time, so that its logits are never whole: the same operations on the same operands
+    (matrix products per matrix, softmax per row), and ``observe`` is called for each slice of its values.
     Raises ValueError for a missing or misshapen input or weight, and RuntimeError if a node's
     result disagrees with its inferred shape (an op whose kernel and type rule differ).
     """
@@ -678,7 +734,11 @@ def run_graph(
                 env[name] = stored(_as_type(name, given[name], graph.type_of(name), dtype))
     # Weights are converted when a node reads them and values dropped after their last reader, so a
     # run holds the caller's weights once and only the live activations besides.
-    last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
+    chains = sliced_chains(graph) if in_slices else {}
+    ends = {i: last for last, chain in chains.items() for i in chain}  # a chain's inputs are read at its end
+    last_use: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes):
+        last_use.update((name, max(last_use.get(name, -1), ends.get(index, index))) for name in node.inputs)
     kept = set(graph.outputs)
 
     def read(name: str, moved: bool = False) -> np.ndarray:
@@ -690,17 +750,52 @@ def run_graph(
             return value
         return _as_type(name, value, graph.type_of(name), dtype)
 
-    for index, node in enumerate(graph.nodes):
-        moved = node.op in MOVES_VALUES
-        args = [read(i, moved) for i in node.inputs]
-        # Dropped before the node computes: a stored input read in the compute dtype is not held twice.
-        for name in node.inputs:
+    def drop_last_read(names: list[str], index: int) -> None:
+        """Drop the values whose last reader is node ``index`` (before it computes: a stored input read in the
+        compute dtype is not held twice)."""
+        for name in names:
             if last_use[name] == index and name not in kept:
                 env.pop(name, None)
+
+    def compute(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+        """``node``'s stored outputs on ``args`` (which it may write over), observed."""
         outs = [stored(o) for o in eval_node(node, args, [i for i in range(len(args)) if _sole_holder(args, i)])]
-        del args
+        del args[:]
         if observe is not None:
             observe(node, outs)
+        return outs
+
+    def run_chain(chain: list[int]) -> list[np.ndarray]:
+        """The last output of a :func:`sliced_chains` chain, computed a slice at a time."""
+        nodes = [graph.nodes[i] for i in chain]
+        inner = {node.outputs[0] for node in nodes[:-1]}
+        outer = {name: read(name) for node in nodes for name in node.inputs if name not in inner}
+        drop_last_read(list(outer), chain[-1])
+        rank = len(graph.values[nodes[0].outputs[0]].shape)
+        axis = _chain_axis(graph, nodes)
+        parts = []
+        for index in range(graph.values[nodes[0].outputs[0]].shape[axis]):
+            value: list[np.ndarray] = []  # the next node's argument; args alone hold it then (see _sole_holder)
+            for node in nodes:
+                args = [value.pop() if name in inner else _slice_along(outer[name], axis, index, rank)
+                        for name in node.inputs]
+                (out,) = compute(node, args)
+                if node is not nodes[-1] and storage is not None and out.dtype == np.dtype(storage):
+                    out = out.astype(dtype if dtype is not None else NP_DTYPES[graph.type_of(node.outputs[0]).dtype])
+                value.append(out)
+                del out
+            parts.append(value.pop())
+        return [np.concatenate(parts, axis=axis)]
+
+    for index, node in enumerate(graph.nodes):
+        if index in ends and index not in chains:
+            continue  # computed with its chain
+        if index in chains:
+            outs = run_chain(chains[index])
+        else:
+            args = [read(i, node.op in MOVES_VALUES) for i in node.inputs]
+            drop_last_read(node.inputs, index)
+            outs = compute(node, args)
         for name, value in zip(node.outputs, outs, strict=True):
             declared = graph.values[name]
             if value.shape != declared.shape:

@@ -108,13 +108,18 @@ class RangeReport:
 
         return observe
 
+    def in_graph_order(self) -> list[ValueStats]:
+        """Every value's stats in graph order (a chain the interpreter runs in slices is observed at its end)."""
+        order = {value: index for index, node in enumerate(self.graph.nodes) for value in node.outputs}
+        return sorted(self.stats.values(), key=lambda s: order[s.value])
+
     def out_of_range(self) -> list[ValueStats]:
         """The values beyond float16, in graph order."""
-        return [s for s in self.stats.values() if s.out_of_range]
+        return [s for s in self.in_graph_order() if s.out_of_range]
 
     def peak(self) -> ValueStats | None:
         """The value with the largest magnitude (the first of equals), None for a graph without float values."""
-        return max(self.stats.values(), key=lambda s: s.max_abs, default=None)
+        return max(self.in_graph_order(), key=lambda s: s.max_abs, default=None)
 
 
 def sample_count(graph: Graph, batches: list[Batch]) -> int:
@@ -124,14 +129,15 @@ def sample_count(graph: Graph, batches: list[Batch]) -> int:
 
 
 def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch]) -> RangeReport:
-    """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached."""
+    """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached (attention
+    chains a slice at a time: :func:`netdsl.interp.run_graph`'s ``in_slices``)."""
     batches = list(batches)
     report = RangeReport(graph, sample_count(graph, batches))
     for batch in batches:
         for fp16 in (False, True):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 run_graph(graph, weights, batch, storage=np.float16 if fp16 else None,
-                          observe=report.observer(fp16))
+                          observe=report.observer(fp16), in_slices=True)
     return report
 
 

@@ -193,3 +193,39 @@ def test_run_graph_overwrites_only_values_nothing_else_holds() -> None:
         tracemalloc.stop()
     # sigmoid's output is the only activation: mul and exp write over it, and add over exp's output.
     assert peak < 1.5 * given_x.nbytes
+
+
+@settings(max_examples=30, deadline=None)
+@given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=3), rows=st.integers(1, 5), keys=st.integers(1, 6),
+       depth=st.integers(1, 3), bias_rank=st.integers(1, 3), storage=st.sampled_from([None, np.float16]),
+       seed=st.integers(0, 2**16))
+def test_attention_chain_in_slices_equals_it_whole(lead: list[int], rows: int, keys: int, depth: int, bias_rank: int,
+                                                    storage: type | None, seed: int) -> None:
+    # logits = q @ kᵀ, + bias (broadcast), softmax over the keys, @ v: the outputs and every value's extremes (as the
+    # range check observes them) are the same to the bit whether the chain runs whole or a slice at a time.
+    b = GraphBuilder("chain")
+    shape = (*lead, rows, keys)
+    q = b.input("q", TensorType("f32", (*lead, rows, depth)))
+    k = b.input("k", TensorType("f32", (*lead, depth, keys)))
+    v = b.input("v", TensorType("f32", (*lead, keys, depth)))
+    bias = b.input("bias", TensorType("f32", shape[-bias_rank:]))
+    logits = b.op("add", [b.op("matmul", [q, k]), bias])
+    b.output(b.op("matmul", [b.op("softmax", [logits], axis=-1), v], name="out"))
+    rng = np.random.default_rng(seed)
+    inputs = {name: (rng.standard_normal(b.graph.type_of(name).shape) * 4).astype(np.float32)
+              for name in ("q", "k", "v", "bias")}
+    assert interp.sliced_chains(b.graph) == ({3: [0, 1, 2, 3]} if max(lead) > 1 else {})
+
+    def run(in_slices: bool) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
+        seen: dict[str, tuple[float, float]] = {}
+
+        def observe(node: Node, outputs: list[np.ndarray]) -> None:
+            lo, hi = seen.get(node.outputs[0], (np.inf, -np.inf))
+            seen[node.outputs[0]] = min(lo, float(outputs[0].min())), max(hi, float(outputs[0].max()))
+
+        out = interp.run_graph(b.graph, {}, inputs, storage=storage, observe=observe, in_slices=in_slices)["out"]
+        return out, seen
+
+    (whole, whole_seen), (sliced, sliced_seen) = run(False), run(True)
+    np.testing.assert_array_equal(sliced, whole)
+    assert sliced.flags.c_contiguous and sliced_seen == whole_seen
