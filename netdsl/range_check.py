@@ -28,7 +28,7 @@ output of the ``matmul`` that ``attention_to_matmul`` creates).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,7 +122,13 @@ class RangeReport:
         return max(self.in_graph_order(), key=lambda s: s.max_abs, default=None)
 
 
-def sample_count(graph: Graph, batches: list[Batch]) -> int:
+def _reiterable(batches: Iterable[Batch]) -> Iterable[Batch]:
+    """``batches`` as they are if they can be iterated again without being held (:class:`CalibrationBatches`),
+    else as a list."""
+    return batches if isinstance(batches, CalibrationBatches) else list(batches)
+
+
+def sample_count(graph: Graph, batches: Iterable[Batch]) -> int:
     """How many samples ``batches`` hold (the first input's leading axis, one per batch for scalars)."""
     first = graph.inputs[0] if graph.inputs else None
     return sum(len(b[first]) if first and b[first].ndim else 1 for b in batches)
@@ -131,7 +137,7 @@ def sample_count(graph: Graph, batches: list[Batch]) -> int:
 def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch]) -> RangeReport:
     """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached (attention
     chains a slice at a time: :func:`netdsl.interp.run_graph`'s ``in_slices``)."""
-    batches = list(batches)
+    batches = _reiterable(batches)
     report = RangeReport(graph, sample_count(graph, batches))
     for batch in batches:
         for fp16 in (False, True):
@@ -141,13 +147,41 @@ def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterab
     return report
 
 
-def calibration_batches(graph: Graph, samples: int, seed: int, data: np.ndarray | None = None) -> list[Batch]:
+@dataclass(frozen=True)
+class CalibrationBatches:
+    """The batches of :func:`calibration_batches`, made again on each iteration: a run holds one batch at a time
+    (eight 224x224 RGB samples are 4.8 MB, a third of a small model's float16 file)."""
+
+    graph: Graph
+    samples: int
+    seed: int
+    data: np.ndarray | None = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        graph, samples = self.graph, self.samples
+        if self.data is not None:
+            name = graph.inputs[0]
+            batch = graph.type_of(name).shape[0]
+            count = math.ceil(min(samples, len(self.data)) / batch) * batch
+            rows = np.arange(count) % min(samples, len(self.data))
+            for i in range(0, count, batch):
+                yield {name: self.data[rows[i:i + batch]]}
+            return
+        rng = np.random.default_rng(self.seed)
+        first = graph.type_of(graph.inputs[0])
+        for _ in range(math.ceil(samples / (first.shape[0] if first.rank else 1))):
+            yield {name: rng.standard_normal(graph.type_of(name).shape).astype(NP_DTYPES[graph.type_of(name).dtype])
+                   for name in graph.inputs}
+
+
+def calibration_batches(graph: Graph, samples: int, seed: int, data: np.ndarray | None = None) -> CalibrationBatches:
     """Inputs for :func:`observe_ranges`: ``samples`` samples in batches of the graph's batch size.
 
     With ``data`` (``[n, *sample_shape]`` for the graph's single input) the batches take its
     samples in order, cycling when ``n`` is not a multiple of the batch size; without it every
-    input is drawn from a standard normal distribution seeded by ``seed``. Raises ValueError when
-    ``data`` is given for a graph with several inputs, or a non-float input has no data.
+    input is drawn from a standard normal distribution seeded by ``seed``. The batches are made as
+    they are iterated, each time the same. Raises ValueError when ``data`` is given for a graph
+    with several inputs, or a non-float input has no data.
     """
     if samples < 1:
         raise ValueError(f"the number of calibration samples must be positive, found {samples}")
@@ -155,24 +189,12 @@ def calibration_batches(graph: Graph, samples: int, seed: int, data: np.ndarray 
         if len(graph.inputs) != 1:
             raise ValueError(f"calibration data feeds a graph with one input; this one has {len(graph.inputs)}: "
                              + ", ".join(graph.inputs))
-        name = graph.inputs[0]
-        batch = graph.type_of(name).shape[0]
-        count = math.ceil(min(samples, len(data)) / batch) * batch
-        rows = np.arange(count) % min(samples, len(data))
-        return [{name: data[rows[i:i + batch]]} for i in range(0, count, batch)]
-    rng = np.random.default_rng(seed)
-    first = graph.type_of(graph.inputs[0])
-    runs = math.ceil(samples / (first.shape[0] if first.rank else 1))
-    batches = []
-    for _ in range(runs):
-        batch = {}
-        for name in graph.inputs:
-            t = graph.type_of(name)
-            if not np.issubdtype(NP_DTYPES[t.dtype], np.floating):
-                raise ValueError(f"input '{name}' is {t}: give calibration data (--calib) for non-float inputs")
-            batch[name] = rng.standard_normal(t.shape).astype(NP_DTYPES[t.dtype])
-        batches.append(batch)
-    return batches
+        return CalibrationBatches(graph, samples, seed, data)
+    for name in graph.inputs:
+        t = graph.type_of(name)
+        if not np.issubdtype(NP_DTYPES[t.dtype], np.floating):
+            raise ValueError(f"input '{name}' is {t}: give calibration data (--calib) for non-float inputs")
+    return CalibrationBatches(graph, samples, seed)
 
 
 def _fmt(x: float) -> str:
@@ -304,7 +326,7 @@ def input_range_diagnostic(stats: list[InputRangeStats], samples: int) -> Diagno
 def check_input_ranges(graph: Graph, weights: dict[str, np.ndarray],
                        batches: Iterable[Batch]) -> list[InputRangeStats]:
     """Check every range-limited lowering's input on ``batches``; a located NetdslError if one leaves its range."""
-    batches = list(batches)
+    batches = _reiterable(batches)
     stats = observe_input_ranges(graph, weights, batches)
     diag = input_range_diagnostic(stats, sample_count(graph, batches))
     if diag is not None:

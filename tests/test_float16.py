@@ -503,3 +503,21 @@ def test_unchecked_weight_beyond_float16_is_refused(write_spec, run_cli, tmp_pat
     assert code == 2 and not out.exists()
     assert error_lines(err)[-1] == ("error: initializer 'gain' holds values beyond the float16 range "
                                     "(max |x| 100000); nothing was written")
+
+
+def test_calibration_batches_are_made_as_they_are_iterated(write_spec) -> None:
+    # Each iteration draws the same batches again (the seeded generator restarts), one at a time; data cycles.
+    from netdsl.range_check import observe_ranges
+
+    graph = load_graph(write_spec("model m() {\n input x: f32[N=2, 3]\n output y = exp(x)\n}\n"))
+    batches = calibration_batches(graph, 5, 7)
+    first, again = list(batches), list(batches)
+    assert len(first) == 3 and all(b["x"].shape == (2, 3) for b in first)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["x"], b["x"])
+    assert first[0]["x"] is not again[0]["x"]  # made again, not held
+    data = np.arange(9, dtype=np.float32).reshape(3, 3)
+    assert [b["x"][:, 0].tolist() for b in calibration_batches(graph, 3, 0, data)] == [[0.0, 3.0], [6.0, 0.0]]
+    report = observe_ranges(graph, {}, batches)
+    assert report.samples == 6
+    assert report.stats["y"].max_abs == max(float(np.exp(b["x"]).max()) for b in first)
