@@ -170,12 +170,12 @@ A 7x7 depthwise conv over 96 channels at 56x56 would otherwise materialise 59 MB
 interpreter while the weights are held). The band's rows set the shape of each matrix product, so
 the budget also fixes the float32 rounding of the result (a smaller band may sum in another order)."""
 
-CONV_GROUP_SCRATCH_BYTES = 2 << 20
+CONV_GROUP_SCRATCH_BYTES = 1 << 20
 """Byte budget of the columns of a grouped conv's band: its groups are taken a few at a time under it.
 
 Each group's product is a matrix product of its own, of the band's shape whatever the groups taken
 with it, so the result is the same to the bit. MobileViT-S's first depthwise conv (128 channels at
-128x128) held 8 MiB of columns and a 3.8 MB padded slab at a time; under this budget, 2 MiB and 1 MB."""
+128x128) held 8 MiB of columns and a 3.8 MB padded slab at a time; under this budget, 1 MiB and 0.5 MB."""
 
 
 def _conv_band(win: np.ndarray, mats: np.ndarray, g: int, cig: int) -> np.ndarray:
@@ -624,12 +624,18 @@ def _as_type(name: str, value: np.ndarray, type_: TensorType, dtype: npt.DTypeLi
 
 
 def _sole_holder(args: list[np.ndarray], index: int) -> bool:
-    """Whether ``args`` is all that holds ``args[index]`` and its memory: an array that owns its data (no
-    view of another), referenced once by the list (besides this call's own two references) and by no view
-    (a view references its base). Such an argument may be overwritten (:func:`eval_node`'s ``reusable``)."""
+    """Whether ``args`` is all that holds ``args[index]`` and its memory: referenced once by the list (besides
+    this call's own two references), and either owning its data (a view references its base, so none exists)
+    or a view of all of an array that nothing else references (a conv's output is a transposed product).
+    Such an argument may be overwritten (:func:`eval_node`'s ``reusable``)."""
     array = args[index]
-    return (isinstance(array, np.ndarray) and array.flags.owndata and array.flags.writeable
-            and sys.getrefcount(array) == 3)
+    if not isinstance(array, np.ndarray) or not array.flags.writeable or sys.getrefcount(array) != 3:
+        return False
+    if array.flags.owndata:
+        return True
+    base = array.base  # referenced by the view, here and by the call
+    return isinstance(base, np.ndarray) and base.flags.owndata and base.nbytes == array.nbytes \
+        and sys.getrefcount(base) == 3
 
 
 def round_to_storage(value: np.ndarray, storage: npt.DTypeLike | None) -> np.ndarray:
