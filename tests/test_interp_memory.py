@@ -229,3 +229,16 @@ def test_attention_chain_in_slices_equals_it_whole(lead: list[int], rows: int, k
     (whole, whole_seen), (sliced, sliced_seen) = run(False), run(True)
     np.testing.assert_array_equal(sliced, whole)
     assert sliced.flags.c_contiguous and sliced_seen == whole_seen
+
+
+def test_only_arrays_nothing_else_holds_are_reusable() -> None:
+    held = np.ones((4, 6))
+    assert interp._sole_holder([np.ones((4, 6))], 0)
+    assert interp._sole_holder([np.ones((4, 6)).T], 0)  # a view of all of an array only it references
+    assert not interp._sole_holder([held], 0)
+    assert not interp._sole_holder([held.T], 0)  # its base is held
+    assert not interp._sole_holder([np.ones((4, 6))[1:]], 0)  # part of an array: the rest is not the op's
+    twice = [np.ones(3)]
+    twice.append(twice[0])
+    assert not interp._sole_holder(twice, 0)  # x * x: both arguments are the same array
+    assert not interp._sole_holder([np.broadcast_to(np.ones(3), (2, 3))], 0)  # read-only
