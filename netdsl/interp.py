@@ -750,7 +750,10 @@ def run_graph(
     def read(name: str, moved: bool = False) -> np.ndarray:
         """``name``'s value in its compute dtype; a stored one as it is for ops that only move values."""
         if name not in env:
-            return round_to_storage(_as_type(name, weights[name], graph.type_of(name), dtype), storage)
+            value = _as_type(name, weights[name], graph.type_of(name), dtype)
+            # A weight held in the storage dtype (float16_weights) is its own rounding: no round trip of its size.
+            held = np.asarray(weights[name]).dtype == np.dtype(storage) if storage is not None else False
+            return value if held else round_to_storage(value, storage)
         value = env[name]
         if storage is None or moved or value.dtype != np.dtype(storage):
             return value

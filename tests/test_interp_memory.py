@@ -242,3 +242,16 @@ def test_only_arrays_nothing_else_holds_are_reusable() -> None:
     twice.append(twice[0])
     assert not interp._sole_holder(twice, 0)  # x * x: both arguments are the same array
     assert not interp._sole_holder([np.broadcast_to(np.ones(3), (2, 3))], 0)  # read-only
+
+
+def test_weights_held_in_float16_are_read_without_a_round_trip(repo_root: Path) -> None:
+    # A float16 weight is its own float16 rounding: the run gives what the float32 weights rounded to float16 give.
+    graph = api.load(repo_root / "specs" / "models" / "small.net")
+    weights = api.initial_weights(graph)
+    held = {name: w.astype(np.float16) if w.ndim > 1 else w for name, w in weights.items()}
+    rounded = {name: interp.round_to_storage(w, np.float16) if w.ndim > 1 else w for name, w in weights.items()}
+    x = {graph.inputs[0]: np.random.default_rng(4).standard_normal(graph.type_of(graph.inputs[0]).shape)
+         .astype(np.float32)}
+    got, expected = (interp.run_graph(graph, w, x, storage=np.float16) for w in (held, rounded))
+    for name in graph.outputs:
+        np.testing.assert_array_equal(got[name], expected[name])
