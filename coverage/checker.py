@@ -153,7 +153,8 @@ def _prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
 
     A model whose tensors are all typed with static shapes (as netdsl emits most models) skips the
     inference: it would add nothing, and its first call in a process initialises ONNX's whole operator
-    schema registry (about as long as the rest of a small compile's coverage check and emission).
+    schema registry (longer than the rest of a small compile's coverage check and emission; see
+    :class:`netdsl.coverage.node_view.NodeView` for the schema look-ups).
     """
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
