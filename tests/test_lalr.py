@@ -82,7 +82,7 @@ def mutations(text: str, rng: random.Random, count: int) -> list[str]:
 def test_damaged_sources_fail_or_parse_as_with_lark(name: str) -> None:
     text = (REPO / name).read_text(encoding="utf-8")
     rng = random.Random(name)
-    for damaged in mutations(text, rng, 150):
+    for damaged in mutations(text, rng, 100):
         assert outcome(OURS.parse, damaged) == outcome(LARKS.parse, damaged), damaged
 
 
