@@ -144,18 +144,24 @@ class OnnxGraphBuilder:
     # ---- node emission ----------------------------------------------------------------------
 
     def emit(self, op: str, inputs: Sequence[OnnxTensor], attrs: dict[str, Any] | None = None,
-             out: OnnxTensor | None = None) -> OnnxTensor:
-        """Append one ONNX node; returns its output (``out`` or a fresh untyped variable)."""
-        return self.emit_multi(op, inputs, attrs, [out] if out is not None else 1)[0]
+             out: OnnxTensor | None = None, dtype: type | None = None, shape: Sequence[int] | None = None
+             ) -> OnnxTensor:
+        """Append one ONNX node; returns its output (``out``, or a fresh variable, typed when ``dtype`` and
+        ``shape`` are given)."""
+        typed = (dtype, list(shape)) if dtype is not None and shape is not None else None
+        return self.emit_multi(op, inputs, attrs, [out] if out is not None else 1, typed)[0]
 
     def emit_multi(self, op: str, inputs: Sequence[OnnxTensor], attrs: dict[str, Any] | None,
-                   outputs: list[OnnxTensor] | int) -> list[OnnxTensor]:
-        """Append one ONNX node with several outputs (given, or this many fresh ones)."""
+                   outputs: list[OnnxTensor] | int, typed: tuple[type, list[int]] | None = None) -> list[OnnxTensor]:
+        """Append one ONNX node with several outputs (given, or this many fresh ones, each of the
+        ``(dtype, shape)`` of ``typed`` when given)."""
         k = self._op_counts.get(op, 0)
         self._op_counts[op] = k + 1
         name = f"{self._base}/{op}" + (f"_{k}" if k else "")
         if isinstance(outputs, int):
-            outputs = [OnnxTensor(self._fresh(name if outputs == 1 else f"{name}.{j}")) for j in range(outputs)]
+            dtype, shape = typed if typed is not None else (None, None)
+            outputs = [OnnxTensor(self._fresh(name if outputs == 1 else f"{name}.{j}"), dtype=dtype,
+                                  shape=None if shape is None else list(shape)) for j in range(outputs)]
         self.nodes.append(OnnxNode(op, name, dict(attrs or {}), list(inputs), outputs))
         return outputs
 
@@ -191,10 +197,16 @@ class OnnxGraphBuilder:
         return [self.value(i) for i in node.inputs]
 
     def reshape(self, x: OnnxTensor, shape: Sequence[int], out: OnnxTensor | None = None) -> OnnxTensor:
-        return self.emit("Reshape", [x, self.const(shape)], out=out)
+        """``x`` reshaped to ``shape``; a fresh output is typed when ``x`` is (the shape is explicit, no -1 or 0)."""
+        known = x.dtype is not None and min(shape, default=1) > 0
+        return self.emit("Reshape", [x, self.const(shape)], out=out, dtype=x.dtype if known else None,
+                         shape=[int(d) for d in shape] if known else None)
 
     def transpose(self, x: OnnxTensor, perm: Sequence[int], out: OnnxTensor | None = None) -> OnnxTensor:
-        return self.emit("Transpose", [x], {"perm": [int(p) for p in perm]}, out=out)
+        """``x`` with its axes permuted by ``perm``; a fresh output is typed when ``x`` is."""
+        perm = [int(p) for p in perm]
+        shape = [x.shape[p] for p in perm] if x.shape is not None else None
+        return self.emit("Transpose", [x], {"perm": perm}, out=out, dtype=x.dtype, shape=shape)
 
     def slice(self, x: OnnxTensor, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int],
               steps: Sequence[int] | None = None, out: OnnxTensor | None = None) -> OnnxTensor:

@@ -132,10 +132,34 @@ class _GlobalRules:
 # --------------------------------------------------------------------------- driver
 
 
+def _static_type(info: onnx.ValueInfoProto) -> bool:
+    tensor = info.type.tensor_type
+    return (info.type.HasField("tensor_type") and tensor.elem_type != TensorProto.UNDEFINED
+            and tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim))
+
+
+def fully_typed(graph: onnx.GraphProto) -> bool:
+    """True when every tensor of ``graph``'s nodes has a dtype and a static shape already (inputs, outputs,
+    value infos, initializers) and no node holds a subgraph: shape inference would add nothing."""
+    known = {t.name for t in graph.initializer}
+    known.update(vi.name for vi in (*graph.input, *graph.output, *graph.value_info) if _static_type(vi))
+    subgraphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    return all(name in known for node in graph.node for name in (*node.input, *node.output) if name) and not any(
+        a.type in subgraphs for node in graph.node for a in node.attribute)
+
+
 def _prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """Inline local functions and run shape inference; returns the model and any inference error."""
+    """Inline local functions and run shape inference; returns the model and any inference error.
+
+    A model whose tensors are all typed with static shapes (as netdsl emits most models) skips the
+    inference: it would add nothing, and its first call in a process initialises ONNX's whole operator
+    schema registry (longer than the rest of a small compile's coverage check and emission; see
+    :class:`netdsl.coverage.node_view.NodeView` for the schema look-ups).
+    """
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
+    if fully_typed(model.graph):
+        return model, None
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True), None
     except Exception as e:  # noqa: BLE001 - a broken model still gets per-node verdicts

@@ -3,6 +3,8 @@ shape inference, constant values, and the node's attributes and inputs as a prof
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,14 +168,21 @@ class NodeView:
         self.node = node
         self.facts = facts
         self.op = node.op_type
-        self.schema = _schema(node, facts.opset)
-        self.attrs: dict[str, Any] = {}
-        if self.schema is not None:
-            for name, attr in self.schema.attributes.items():
-                if attr.default_value.type != onnx.AttributeProto.UNDEFINED:
-                    self.attrs[name] = _plain(helper.get_attribute_value(attr.default_value))
-        for attr in node.attribute:
-            self.attrs[attr.name] = _plain(helper.get_attribute_value(attr))
+        self.attrs = _Attributes({attr.name: _plain(helper.get_attribute_value(attr)) for attr in node.attribute},
+                                 self._defaults)
+
+    @functools.cached_property
+    def schema(self) -> defs.OpSchema | None:
+        """The ONNX schema of the node at the model's opset (None for an unknown op)."""
+        return _schema(self.node, self.facts.opset)
+
+    def _defaults(self) -> dict[str, Any]:
+        """The schema's default of every attribute that has one."""
+        if self.schema is None:
+            return {}
+        return {name: _plain(helper.get_attribute_value(attr.default_value))
+                for name, attr in self.schema.attributes.items()
+                if attr.default_value.type != onnx.AttributeProto.UNDEFINED}
 
     @property
     def folded(self) -> bool:
@@ -211,6 +220,39 @@ class NodeView:
         if not isinstance(axis, int) or rank is None:
             return None
         return axis + rank if axis < 0 else axis
+
+
+class _Attributes(Mapping[str, Any]):
+    """A node's attributes with the schema's defaults for those it does not set.
+
+    The defaults are looked up only when an attribute the node does not set is asked for: ONNX's first schema
+    look-up in a process initialises its whole operator schema registry, which a model whose nodes set every
+    attribute its checks read never needs.
+    """
+
+    def __init__(self, explicit: dict[str, Any], defaults: Callable[[], dict[str, Any]]):
+        self._explicit = explicit
+        self._defaults = defaults
+        self._all: dict[str, Any] | None = None
+
+    def _complete(self) -> dict[str, Any]:
+        if self._all is None:
+            self._all = {**self._defaults(), **self._explicit}
+        return self._all
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._explicit:
+            return self._explicit[name]
+        return self._complete()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._explicit or name in self._complete()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._complete())
+
+    def __len__(self) -> int:
+        return len(self._complete())
 
 
 def _schema(node: onnx.NodeProto, opset: int) -> defs.OpSchema | None:

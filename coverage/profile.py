@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib.resources
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import netdsl
+
 BUNDLED_PROFILES = ("trt", "trt-restricted", "trt-dla")
+_PACKAGE_DIR = os.path.dirname(netdsl.__file__)
+"""The ``netdsl`` package folder; the bundled profiles are in its ``profiles`` folder."""
 
 STATUSES = ("confirmed", "documented for DLA", "evidenced", "unknown")
 """How a rule is established: stated by public TensorRT documentation (``confirmed``), by the DLA
@@ -227,8 +231,10 @@ def load_profile(name_or_path: str | Path) -> Profile:
 @functools.cache
 def _bundled_profile(name: str) -> Profile:
     """A bundled profile, parsed once per process (package data does not change; callers only read profiles)."""
-    resource = importlib.resources.files("netdsl") / "profiles" / f"{name}.toml"
-    return parse_profile(resource.read_text(encoding="utf-8"), f"<bundled profile {name}>")
+    # Read from the package folder (installed as files): importlib.resources would add its own imports (zipfile)
+    # to the start-up of every TensorRT compile.
+    with open(os.path.join(_PACKAGE_DIR, "profiles", f"{name}.toml"), encoding="utf-8") as f:
+        return parse_profile(f.read(), f"<bundled profile {name}>")
 
 
 def parse_profile(text: str, path: str, default_name: str = "profile") -> Profile:

@@ -8,13 +8,10 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
-from lark.tree import Meta
-
 from netdsl import ast
 from netdsl.diagnostics import Diagnostic, NetdslError, SourceCache
 from netdsl.ir import Span
+from netdsl.lalr import LalrParser, Meta, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 # What each terminal is called in an error message.
 TERMINAL_WORDS = {
@@ -87,18 +84,18 @@ def decode_tables(tables: dict[str, Any]) -> tuple[dict[str, Any], dict[int, Any
 
 
 @lru_cache(maxsize=1)
-def _parser() -> Lark:
+def _parser() -> LalrParser:
     """The parser, from the generated tables shipped in the package.
 
     The tables are JSON data: loading them runs no code from outside the package, and nothing is
-    built or cached at run time. ``Lark._load_from_dict`` is the entry lark's own standalone
-    parsers load their tables with.
+    built or cached at run time. :mod:`netdsl.lalr` runs them as lark would, without importing lark
+    (only ``scripts/generate_parser.py`` needs it).
     """
     # Read beside this module (the package is installed as files): importlib.resources would add its own
     # imports (zipfile, tempfile) to the start-up of every command.
     with open(os.path.join(os.path.dirname(__file__), TABLES_FILE), encoding="utf-8") as f:
         text = f.read()
-    return Lark._load_from_dict(*decode_tables(json.loads(text)))
+    return LalrParser(*decode_tables(json.loads(text)))
 
 
 def expected_words(expected: set[str]) -> str:
@@ -135,8 +132,8 @@ def _span(meta: Meta | Token, path: str) -> Span:
 
 
 def _syntax_error(err: UnexpectedInput, path: str, text: str) -> NetdslError:
-    line = getattr(err, "line", 1) or 1
-    col = getattr(err, "column", 1) or 1
+    line = err.line or 1
+    col = err.column or 1
     if isinstance(err, UnexpectedToken):
         tok = err.token
         if tok.type == "$END":
@@ -152,26 +149,42 @@ def _syntax_error(err: UnexpectedInput, path: str, text: str) -> NetdslError:
         elif "RBRACE" in err.expected and tok.type == "$END":
             hint = "a '{' was opened and never closed"
         return NetdslError(Diagnostic(msg, span, help=hint))
-    if isinstance(err, UnexpectedCharacters):
-        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
-        span = Span(path, line, col, line, col + 1)
-        if ch == '"':
-            return NetdslError(Diagnostic("syntax error: unterminated string", span,
-                                          help="a string ends with '\"' on the same line"))
-        hint = "strings use double quotes" if ch == "'" else None
-        return NetdslError(Diagnostic(f"syntax error: unexpected character {ch!r}", span, help=hint))
-    if isinstance(err, UnexpectedEOF):
-        return NetdslError(Diagnostic("syntax error: unexpected end of file", Span(path, line, col, line, col + 1)))
-    return NetdslError(Diagnostic(f"syntax error: {err}", Span(path, line, col, line, col + 1)))
+    assert isinstance(err, UnexpectedCharacters)
+    ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+    span = Span(path, line, col, line, col + 1)
+    if ch == '"':
+        return NetdslError(Diagnostic("syntax error: unterminated string", span,
+                                      help="a string ends with '\"' on the same line"))
+    hint = "strings use double quotes" if ch == "'" else None
+    return NetdslError(Diagnostic(f"syntax error: unexpected character {ch!r}", span, help=hint))
 
 
-@v_args(meta=True, inline=True)
-class _ToAst(Transformer):
-    """Lark parse tree -> :mod:`netdsl.ast` nodes."""
+class _ToAst:
+    """Parse tree -> :mod:`netdsl.ast` nodes, bottom up: the method named like a tree's rule (or alias) gets the
+    tree's meta and its transformed children; a tree without one stays a tree."""
 
     def __init__(self, path: str):
-        super().__init__()
         self.file = path
+
+    def transform(self, root: Tree) -> Any:
+        """The value of ``root``, built without recursion (children before their parent)."""
+        values: list[Any] = []
+        stack: list[tuple[Any, bool]] = [(root, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if not isinstance(node, Tree):
+                values.append(node)
+            elif not children_done:
+                stack.append((node, True))
+                stack.extend((child, False) for child in reversed(node.children))
+            else:
+                count = len(node.children)
+                children = values[len(values) - count:]
+                del values[len(values) - count:]
+                method = getattr(self, node.data, None)
+                values.append(method(node.meta, *children) if method is not None else
+                              Tree(node.data, children, node.meta))
+        return values[0]
 
     def sp(self, m: Meta | Token) -> Span:
         return _span(m, self.file)
@@ -394,11 +407,6 @@ def parse_source(text: str, path: str) -> ast.SourceFile:
     except UnexpectedInput as err:
         raise _syntax_error(err, path, text) from None
     _check_depth(tree, path)
-    try:
-        sf = _ToAst(path).transform(tree)
-    except VisitError as err:
-        if isinstance(err.orig_exc, NetdslError):
-            raise err.orig_exc from None
-        raise
+    sf = _ToAst(path).transform(tree)
     sf.text = text
     return sf

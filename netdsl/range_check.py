@@ -289,12 +289,19 @@ def _input_observer(stats: dict[int, InputRangeStats],
     return observe
 
 
+def range_limited_nodes(graph: Graph) -> list[Node]:
+    """The nodes of range-limited lowerings (those carrying the ``input_range`` attribute), in graph order."""
+    from netdsl.passes.softmax_exp import INPUT_RANGE
+
+    return [n for n in graph.nodes if INPUT_RANGE in n.attrs]
+
+
 def observe_input_ranges(graph: Graph, weights: dict[str, np.ndarray],
                          batches: Iterable[Batch]) -> list[InputRangeStats]:
     """Run ``graph`` in float32 on each batch; the extremes of every range-limited lowering's input, in graph order."""
     from netdsl.passes.softmax_exp import INPUT_RANGE
 
-    stats = {id(n): InputRangeStats(n, *n.attrs[INPUT_RANGE]) for n in graph.nodes if INPUT_RANGE in n.attrs}
+    stats = {id(n): InputRangeStats(n, *n.attrs[INPUT_RANGE]) for n in range_limited_nodes(graph)}
     if not stats:
         return []
     for batch in batches:

@@ -16,12 +16,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from netdsl.commands import coverage as coverage_cmd
-from netdsl.coverage.checker import check_coverage
+from netdsl.coverage.checker import check_coverage, fully_typed
 from netdsl.coverage.profile import LEVELS, load_profile
 from netdsl.coverage.report import CoverageReport, NodeCoverage, render_coverage
 
 torch = pytest.importorskip("torch")
 
+REPO = Path(__file__).resolve().parents[1]
 RESTRICTED = load_profile("trt-restricted")
 STANDARD = load_profile("trt")
 DLA = load_profile("trt-dla")
@@ -285,6 +286,39 @@ def test_spec_provenance_is_reported() -> None:
         "specs/csa.net:12:5", "stages.0.1", ["lower_attention", "cse"], "csa gelu")
     assert node.where == "specs/csa.net:12:5 (stages.0.1)"
     assert report_line_mentions(check_coverage(model, RESTRICTED), "specs/csa.net:12:5 (stages.0.1): Erf")
+
+
+@pytest.mark.parametrize("spec", ["specs/csa.net", "specs/blocks/vit.net", "specs/blocks/cbam.net"])
+@pytest.mark.parametrize("target", ["trt-restricted", "trt-dla"])
+def test_an_emitted_model_is_fully_typed_and_checked_without_shape_inference(
+        spec: str, target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from netdsl import api
+
+    model = api.emit_onnx(api.lower(api.load(REPO / spec), target, None, 0), target, 17)
+    assert fully_typed(model.graph)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)  # the emitted types are inference's
+    untyped = onnx.ModelProto()
+    untyped.CopyFrom(model)
+    del untyped.graph.value_info[:]
+    assert not fully_typed(untyped.graph)
+    inferred = check_coverage(untyped, load_profile(target))
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("shape inference ran on a fully typed model")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    assert check_coverage(model, load_profile(target)) == inferred
+
+
+def test_a_dynamic_or_subgraph_model_is_not_fully_typed() -> None:
+    static = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", [1, 4])], [tensor("y", [1, 4])])
+    assert fully_typed(static.graph)
+    dynamic = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", ["N", 4])], [tensor("y", ["N", 4])])
+    assert not fully_typed(dynamic.graph)
+    branch = helper.make_graph([helper.make_node("Identity", ["x"], ["z"])], "b", [], [tensor("z", [1, 4])])
+    with_if = make_model([helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
+                         [tensor("c", [], TensorProto.BOOL), tensor("x", [1, 4])], [tensor("y", [1, 4])])
+    assert not fully_typed(with_if.graph)
 
 
 def report_line_mentions(report: CoverageReport, text: str) -> bool:

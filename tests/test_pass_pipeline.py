@@ -170,3 +170,15 @@ def test_explain_prints_rewrites_and_costs(repo_root: Path, run_cli) -> None:
 def test_explain_rejects_an_unknown_pass(repo_root: Path, run_cli) -> None:
     code, out, err = run_cli(["explain", repo_root / "specs" / "acmix.net", "--passes", "cse,dse"])
     assert code == 2 and "unknown pass 'dse'" in err and "did you mean 'dce'?" in err and "Traceback" not in err
+
+
+def test_a_pass_is_skipped_while_the_graph_has_none_of_the_ops_it_rewrites(
+        repo_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph, weights = spec_graph(repo_root, "csa.net")
+    assert "maxpool" not in {n.op for n in graph.nodes} and "silu" in {n.op for n in graph.nodes}
+    verified: list[int] = []
+    monkeypatch.setattr("netdsl.passes.pipeline.verify", lambda g: verified.append(len(g.nodes)))
+    skipped = run_pipeline(graph, "trt-restricted", weights, passes=["maxpool_to_elementwise"])
+    assert verified == [] and format_graph(skipped.graph) == format_graph(graph)
+    lowered = run_pipeline(graph, "trt-restricted", weights, passes=["maxpool_to_elementwise", "silu_to_sigmoid"])
+    assert len(verified) == 1 and "silu" not in {n.op for n in lowered.graph.nodes}

@@ -61,6 +61,21 @@ def test_a_tensorrt_compile_prints_its_table_without_rich(tmp_path: Path) -> Non
     assert "18/18 nodes covered: 5 confirmed, 13 evidenced, 0 assumed" in proc.stdout and out.exists()
 
 
+def test_a_tensorrt_compile_of_csa_looks_up_no_onnx_schema_and_draws_no_calibration(tmp_path: Path) -> None:
+    # ONNX's first shape inference or schema look-up in a process initialises its whole operator schema registry:
+    # the emitted CSA model is fully typed and its nodes set every attribute the checks read. It has no
+    # range-limited lowering, so there are no calibration inputs to draw.
+    code = ("import sys, onnx.defs, onnx.shape_inference, netdsl.range_check as rc; from netdsl.cli import main\n"
+            "def refuse(*args, **kwargs): raise AssertionError('called')\n"
+            "onnx.shape_inference.infer_shapes = onnx.defs.get_schema = rc.calibration_batches = refuse\n"
+            "sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-c", code, "compile", CSA, "--target", "trt-restricted", "-o", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "18/18 nodes covered" in proc.stdout and "shape inference" not in proc.stdout and out.exists()
+
+
 @pytest.mark.parametrize("collecting", [True, False])
 def test_garbage_collection_is_as_the_caller_left_it(collecting: bool, capsys: pytest.CaptureFixture[str]) -> None:
     # The command line pauses cyclic collection during its start-up only.

@@ -127,7 +127,7 @@ def check_ranges(args: argparse.Namespace, result: PipelineResult) -> None:
     lowerings (e.g. ``sqrt_decompose``) for the restricted targets."""
     import sys
 
-    from netdsl.range_check import calibration_batches, check_input_ranges
+    from netdsl.range_check import calibration_batches, check_input_ranges, range_limited_nodes
 
     if args.no_range_check:
         if args.dtype == "float16":
@@ -137,12 +137,15 @@ def check_ranges(args: argparse.Namespace, result: PipelineResult) -> None:
             print("warning: --no-range-check: the input ranges of the lowerings are not checked; an input outside "
                   "a lowering's range gives a wrong number", file=sys.stderr)
         return
+    limited_inputs = args.target in RANGE_CHECKED_TARGETS and bool(range_limited_nodes(result.graph))
+    if args.dtype != "float16" and not limited_inputs:
+        return  # nothing to observe: no calibration inputs are drawn (or read from --calib)
     try:
         batches = calibration_batches(result.graph, args.calib_samples, args.seed,
                                       calibration_data(args, result.graph))
     except ValueError as err:
         raise NetdslError(Diagnostic(str(err))) from None
-    if args.target in RANGE_CHECKED_TARGETS:
+    if limited_inputs:
         limited = check_input_ranges(result.graph, result.weights or {}, batches)
         if limited:
             print(f"input range check: {len(limited)} range-limited lowering(s) within range on the calibration inputs")

@@ -47,7 +47,8 @@
 
 Passes run by phase (:data:`netdsl.passes.base.PHASES`), in list order within a phase; a
 ``passes`` list given by the user replaces the target's list and is ordered the same way. After
-each pass the IR is verified; a broken graph is an internal error naming the pass.
+each pass the IR is verified; a broken graph is an internal error naming the pass. A pass that
+declares the ops it rewrites is skipped while the graph has none of them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from dataclasses import dataclass
 
 from netdsl.diagnostics import Diagnostic, NetdslError, did_you_mean
 from netdsl.ir import Graph
-from netdsl.passes.base import PHASES, RewriteLog, Weights, removed_ops
+from netdsl.passes.base import PHASES, Pass, RewriteLog, Weights, removed_ops
 from netdsl.passes.registry import all_passes, get_pass, lookup, needs_weights
 from netdsl.printer import format_graph
 from netdsl.verifier import verify
@@ -170,8 +171,9 @@ def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, pass
     for name in names:
         step = get_pass(name, work)
         try:
-            graph = step.run(graph, log)
-            verify(graph)
+            if _may_rewrite(step, graph):
+                graph = step.run(graph, log)
+                verify(graph)
         except NetdslError:
             raise
         except Exception as err:
@@ -186,6 +188,12 @@ def run_pipeline(graph: Graph, target: str, weights: Weights | None = None, pass
             work.clear()  # the pruned-away weights (e.g. folded batch-norm statistics) go now, not with the caller
         work = pruned
     return PipelineResult(graph, work, log, names)
+
+
+def _may_rewrite(step: Pass, graph: Graph) -> bool:
+    """False when ``step`` declares the ops it rewrites and ``graph`` has none of them: a node pass is called on
+    those nodes only, so running it (and verifying the graph it leaves unchanged) would do nothing."""
+    return not isinstance(step.matches, frozenset) or any(n.op in step.matches for n in graph.nodes)
 
 
 def _copy_graph(graph: Graph) -> Graph:
