@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pass_support import add_param, at, builder_with_input, check_rewrite, random_feeds, run_interp
 
@@ -83,8 +83,7 @@ def test_convs_that_differ_stay_apart(case: str) -> None:
        dilation=st.integers(1, 2), bias=st.booleans())
 def test_random_siblings_agree_with_the_interpreter(widths: list[int], channels: int, size: int, kernel: int,
                                                      stride: int, pad: int, dilation: int, bias: bool) -> None:
-    if (kernel - 1) * dilation + 1 > size + 2 * pad:
-        return  # the window does not fit the padded map
+    assume((kernel - 1) * dilation + 1 <= size + 2 * pad)  # the window fits the padded map
     graph, weights = siblings(widths, channels, size, kernel, stride, pad, dilation, bias)
     check_rewrite(PASS, graph, {"concat": 2 if bias else 1, "conv": 1, "slice": len(widths)}, weights)
 
