@@ -100,6 +100,12 @@ def _token_slice_concat(b: GraphBuilder, x: str) -> str:
     return b.op("concat", [half, tokens], at(6), axis=2)
 
 
+def _sibling_convs(b: GraphBuilder, x: str) -> str:
+    q, k = (b.op("conv", [x, _param(b, f"{n}.weight", 3, 4, 3, 3), _param(b, f"{n}.bias", 3)], at(line),
+                 **{**CONV, "pads": (1, 1, 1, 1)}) for n, line in (("q", 4), ("k", 5)))
+    return b.op("mul", [q, k], at(6))
+
+
 def _dead_code(b: GraphBuilder, x: str) -> str:
     b.op("sigmoid", [x], at(4))
     return b.op("relu", [x], at(5))
@@ -147,6 +153,7 @@ EXAMPLES: dict[str, Example] = {
     "erf_decompose": _unary("erf"),
     "fold_batchnorm": _batchnorm_after_conv,
     "conv_before_resize": _conv_after_resize,
+    "merge_sibling_convs": _sibling_convs,
     "pool_before_conv": lambda b, x: b.op("avgpool", [_conv1x1(b, x, 3)], at(4), kernel=(2, 2), stride=(2, 2),
                                           pads=(0, 0, 0, 0)),
     "downscale_to_conv": _unary("resize", mode="linear", scales=(0.5, 0.5), sizes=(3, 3)),

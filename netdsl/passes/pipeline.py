@@ -19,8 +19,15 @@
   silu as sigmoid and mul); the restricted targets have their own forms of these ops, and also run
   ``silu_to_sigmoid``, ``shift_to_conv``, ``unfold_to_conv`` and ``roll_to_slice_concat``;
 * ``torch`` keeps what trains well: nothing that changes parameters or training behaviour (no
-  batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE and
-  shuffle cleanup;
+  batch-norm folding, no DCE, which would drop parameters a checkpoint names), only CSE, shuffle
+  cleanup and ``merge_sibling_convs``: convs reading one input run as one conv whose kernel is
+  theirs concatenated in ``forward`` (each keeps its parameters and their names) and whose channel
+  slices are views, so inductor builds fewer kernels (ACmix's q, k and v: 12 C++ kernels for a
+  compiled training step instead of 14). ONNX Runtime copies each slice, which eats the saving
+  (ACmix and a non-local block: no measurable gain; ResNet-50's first block, 64 channels read by a 64-
+  and a 256-channel conv: slower), so the ``onnx`` pipeline does not merge; nor do the TensorRT
+  targets (TensorRT's builder fuses convs that share an input itself, its horizontal fusion; the
+  merge is not measured on TensorRT);
 * ``trt`` (standard TensorRT) runs the ONNX forms, folds batch norms into convolutions and moves average pools
   above pointwise convs;
 * ``trt-restricted`` lowers everything it can to the restricted layer set (conv, elementwise,
@@ -78,7 +85,7 @@ InstanceNormalization: after them every op has a one-op ONNX form, at any opset.
 PIPELINES: dict[str, list[str]] = {
     "onnx": [*ONNX_FORMS, "fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv",
              "reduce_to_matmul", "constant_folding", "cse", "cleanup_shuffles", "dce"],
-    "torch": ["cse", "cleanup_shuffles"],
+    "torch": ["cse", "merge_sibling_convs", "cleanup_shuffles"],
     "trt": [*ONNX_FORMS, "fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and
     # concats, matmul_to_conv emits linear maps, and the maxpool lowering emits an edge pad, all

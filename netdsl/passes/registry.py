@@ -54,6 +54,7 @@ PASS_MODULES = (
     "erf_decompose",
     "fold_batchnorm",
     "conv_before_resize",
+    "merge_sibling_convs",
     "pool_before_conv",
     "downscale_to_conv",
     "reduce_to_matmul",
