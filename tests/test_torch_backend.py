@@ -686,7 +686,7 @@ def test_generated_source_imports_only_torch_and_is_deterministic():
 
 def test_forward_lines_name_their_spec_location():
     source = generate_source(acmix_like_graph())
-    assert ("local_attention(q, k, v, pe, heads=2, kernel=3, stride=1, scale=0.5, tile=(6, 6))"
+    assert ("local_attention(q, k, v, pe, self.att_outside, self.att_index, heads=2, stride=1, scale=0.5, tile=(6, 6))"
             "  # specs/acmix.net:10:3 in acmix") in source
 
 
