@@ -828,7 +828,7 @@ def test_distributed_data_parallel_keeps_replicas_in_sync():
 
 def test_generated_acmix_module_exports_with_torchscript_onnx_exporter(tmp_path):
     # Users export trained modules with torch.onnx.export; the legacy (TorchScript) exporter needs every
-    # size that local_attention's unfold reads to be known while tracing.
+    # size that local_attention reads to be known while tracing.
     import onnxruntime as ort
 
     graph = acmix_like_graph(size=6, batch=1)
