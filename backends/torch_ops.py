@@ -23,7 +23,15 @@ from netdsl.backends.torch_literals import (
     tensor_expr,
 )
 from netdsl.backends.torch_module_tree import attr, build_tree, conv_options, find_layers
-from netdsl.backends.torch_runtime import local_attention, positional_grid, resize, rotate, shift
+from netdsl.backends.torch_runtime import (
+    band_index,
+    band_outside,
+    local_attention,
+    positional_grid,
+    resize,
+    rotate,
+    shift,
+)
 from netdsl.ir import Graph, Node, TensorType
 from netdsl.opdefs import floor_mode_pads, window_divisors
 from netdsl.passes.local_attention_to_matmul import tile_size
@@ -67,9 +75,10 @@ class ModuleSource:
         prefix = self.layer_calls.get(id(node))
         return None if prefix is None else self.access[prefix]
 
-    def constant(self, node: Node, expr: str) -> str:
-        """Register ``expr`` as a non-persistent buffer named after the node's output."""
-        name = self.buffers(node.outputs[0])
+    def constant(self, node: Node, expr: str, role: str | None = None) -> str:
+        """Register ``expr`` as a non-persistent buffer named after the node's output (and ``role``, if given:
+        one of several constants of the node)."""
+        name = self.buffers(node.outputs[0] if role is None else f"{node.outputs[0]}.{role}")
         self.constants.append((name, expr))
         return attr("self", name)
 
@@ -384,10 +393,16 @@ def _attention(src: ModuleSource, node: Node) -> str:
 @_emits("local_attention")
 def _local_attention(src: ModuleSource, node: Node) -> str:
     q, k, v, *pos = src.args(node)
-    options = {key: lit(node.attrs[key]) for key in ("heads", "kernel", "stride", "scale")}
+    kernel, stride = node.attrs["kernel"], node.attrs["stride"]
     _, _, height, width = src.type_out(node).shape
-    options["tile"] = lit((tile_size(height), tile_size(width)))
-    return call_expr(src.use(local_attention), q, k, v, pos[0] if pos else "None", **options)
+    tile = (tile_size(height), tile_size(width))
+    _, _, in_height, in_width = src.type_in(node).shape
+    outside = src.constant(node, call_expr(src.use(band_outside), lit(kernel), lit(stride), lit(tile)), "outside")
+    index = src.constant(node, call_expr(src.use(band_index), lit(in_height), lit(in_width), lit(kernel),
+                                         lit(stride), lit(tile)), "index")
+    options = {key: lit(node.attrs[key]) for key in ("heads", "stride", "scale")}
+    return call_expr(src.use(local_attention), q, k, v, pos[0] if pos else "None", outside, index, **options,
+                     tile=lit(tile))
 
 
 @_emits("roll")

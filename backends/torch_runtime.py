@@ -58,8 +58,9 @@ def local_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     pos: torch.Tensor | None,
+    outside: torch.Tensor,
+    index: torch.Tensor,
     heads: int,
-    kernel: int,
     stride: int,
     scale: float,
     tile: tuple[int, int],
@@ -73,46 +74,66 @@ def local_attention(
 
     Computed over tiles of ``tile`` = (rows, cols) output pixels (they divide the output's sides): one
     batched matrix product gives each tile pixel's logits against every padded pixel under the tile's
-    windows (its band), a mask drops those outside the pixel's own window, and a second product sums the
-    weighted values. The term q*pos[si, sj] is the same for every slot of a pixel, so the softmax cancels
-    it and the keys are k - pos. A handful of large operators instead of a few per window slot: eagerly
-    the products run as matrix kernels, and under ``torch.compile`` there is little to trace and fuse.
+    windows (its band), the mask ``outside`` (:func:`band_outside`) drops those outside the pixel's own
+    window, and a second product sums the weighted values. The term q*pos[si, sj] is the same for every
+    slot of a pixel, so the softmax cancels it and the keys are k - pos. The bands of keys and values are
+    each one gather of pixel vectors at the constant flat positions ``index`` (:func:`band_index`, reflect
+    padding included), laid out as the products take them; its backward is one scatter-add. Both
+    constants are inputs, so ``torch.compile`` neither traces nor generates code for them and the mask
+    is a contiguous load in the softmax kernel.
     """
     b, c, h, w = q.shape
     d = c // heads
-    p = (kernel - 1) // 2
     rows, cols = tile
     n_r, n_c = h // stride // rows, w // stride // cols
-    span_r, span_c = stride * (rows - 1) + kernel, stride * (cols - 1) + kernel
 
     def bands(t: torch.Tensor) -> torch.Tensor:
-        """The padded pixels under each tile's windows: (X, d, H, W) -> (X, row tiles, col tiles, d, band)."""
-        # Reflect padding as a gather with constant indices: the same values as F.pad(mode="reflect"),
-        # but a result whose size the TorchScript ONNX exporter can see (its unfold needs it).
-        padded = t.index_select(2, reflected(t.shape[2])).index_select(3, reflected(t.shape[3]))
-        cut = padded.unfold(2, span_r, stride * rows)[:, :, :n_r].unfold(3, span_c, stride * cols)[:, :, :, :n_c]
-        return cut.reshape(b * heads, d, n_r, n_c, span_r * span_c).permute(0, 2, 3, 1, 4)
-
-    def reflected(size: int) -> torch.Tensor:
-        """Source index of each position of an axis reflect-padded by p on both sides."""
-        index = torch.arange(-p, size + p, device=q.device).abs()
-        return torch.where(index >= size, 2 * (size - 1) - index, index)
-
-    def inside(size: int, span: int) -> torch.Tensor:
-        """(size, span): output index i's window covers padded stride*i .. stride*i + kernel - 1."""
-        offset = torch.arange(span, device=q.device) - stride * torch.arange(size, device=q.device)[:, None]
-        return (offset >= 0) & (offset < kernel)
+        """(X, d, H, W) -> (X * tiles, band, d): the pixels under each tile's windows."""
+        return t.reshape(b * heads, d, h * w).transpose(1, 2).index_select(1, index).reshape(-1, outside.shape[1], d)
 
     keys = k.reshape(b * heads, d, h, w)
     if pos is not None:
         keys = keys - pos
     query = (scale * q[:, :, ::stride, ::stride]).reshape(b * heads, d, n_r, rows, n_c, cols)
-    query = query.permute(0, 2, 4, 3, 5, 1).reshape(b * heads, n_r, n_c, rows * cols, d)
-    window = inside(rows, span_r)[:, None, :, None] & inside(cols, span_c)[None, :, None, :]
-    logits = (query @ bands(keys)).masked_fill(~window.reshape(rows * cols, span_r * span_c), float("-inf"))
-    out = torch.softmax(logits, dim=-1) @ bands(v.reshape(b * heads, d, h, w)).transpose(-1, -2)
+    query = query.permute(0, 2, 4, 3, 5, 1).reshape(-1, rows * cols, d)
+    logits = (query @ bands(keys).transpose(1, 2)).masked_fill(outside, float("-inf"))
+    out = torch.softmax(logits, dim=-1) @ bands(v)
     out = out.reshape(b * heads, n_r, n_c, rows, cols, d).permute(0, 5, 1, 3, 2, 4)
     return out.reshape(b, c, h // stride, w // stride)
+
+
+def band_outside(kernel: int, stride: int, tile: tuple[int, int]) -> torch.Tensor:
+    """Mask [rows*cols, band] of :func:`local_attention`: True where a band pixel is outside a tile pixel's window.
+
+    A tile's band is the (stride*(rows-1) + kernel) x (stride*(cols-1) + kernel) padded pixels under its
+    windows; tile pixel (i, j)'s window holds band pixel (a, b) when stride*i <= a < stride*i + kernel and
+    stride*j <= b < stride*j + kernel.
+    """
+    def inside(size: int) -> torch.Tensor:
+        offset = torch.arange(stride * (size - 1) + kernel) - stride * torch.arange(size)[:, None]
+        return (offset >= 0) & (offset < kernel)
+
+    rows, cols = tile
+    window = inside(rows)[:, None, :, None] & inside(cols)[None, :, None, :]
+    return ~window.reshape(rows * cols, -1)
+
+
+def band_index(height: int, width: int, kernel: int, stride: int, tile: tuple[int, int]) -> torch.Tensor:
+    """Flat input position (y*width + x) of every band pixel of every tile of :func:`local_attention`.
+
+    Tiles in row-major order, each band row-major; band pixel (a, b) of tile (r, c) is the padded pixel
+    (stride*rows*r + a, stride*cols*c + b) of the input reflect-padded by (kernel-1)/2 on every side.
+    """
+    p = (kernel - 1) // 2
+
+    def reflected(size: int, per_tile: int) -> torch.Tensor:
+        """(tiles, span): source index along an axis of each tile's band pixels."""
+        starts = stride * per_tile * torch.arange(size // stride // per_tile)
+        padded = (starts[:, None] + torch.arange(stride * (per_tile - 1) + kernel) - p).abs()
+        return torch.where(padded >= size, 2 * (size - 1) - padded, padded)
+
+    ys, xs = reflected(height, tile[0]), reflected(width, tile[1])
+    return (ys[:, None, :, None] * width + xs[None, :, None, :]).flatten()
 
 
 def positional_grid(height: int, width: int) -> torch.Tensor:
@@ -155,6 +176,8 @@ RUNTIME_FUNCTIONS: tuple[Callable[..., Any], ...] = (
     rotate,
     shift,
     local_attention,
+    band_outside,
+    band_index,
     positional_grid,
     init_shift_kernels_,
     init_relative_position_index_,

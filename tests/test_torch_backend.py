@@ -686,7 +686,7 @@ def test_generated_source_imports_only_torch_and_is_deterministic():
 
 def test_forward_lines_name_their_spec_location():
     source = generate_source(acmix_like_graph())
-    assert ("local_attention(q, k, v, pe, heads=2, kernel=3, stride=1, scale=0.5, tile=(6, 6))"
+    assert ("local_attention(q, k, v, pe, self.att_outside, self.att_index, heads=2, stride=1, scale=0.5, tile=(6, 6))"
             "  # specs/acmix.net:10:3 in acmix") in source
 
 
@@ -828,7 +828,7 @@ def test_distributed_data_parallel_keeps_replicas_in_sync():
 
 def test_generated_acmix_module_exports_with_torchscript_onnx_exporter(tmp_path):
     # Users export trained modules with torch.onnx.export; the legacy (TorchScript) exporter needs every
-    # size that local_attention's unfold reads to be known while tracing.
+    # size that local_attention reads to be known while tracing.
     import onnxruntime as ort
 
     graph = acmix_like_graph(size=6, batch=1)
