@@ -53,6 +53,7 @@ PASS_MODULES = (
     "exp_decompose",
     "erf_decompose",
     "fold_batchnorm",
+    "fold_pointwise_into_conv",
     "conv_before_resize",
     "pool_before_conv",
     "downscale_to_conv",
