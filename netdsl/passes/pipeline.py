@@ -63,8 +63,8 @@ from netdsl.passes.registry import all_passes, get_pass, lookup, needs_weights
 from netdsl.printer import format_graph
 from netdsl.verifier import verify
 
-_FOLD_AND_CLEAN = ["fold_batchnorm", "fold_pointwise_into_conv", "pool_before_conv", "fold_params", "constant_folding",
-                   "cse", "cleanup_shuffles", "dce"]
+_FOLD_AND_CLEAN = ["fold_batchnorm", "fold_pointwise_into_conv", "slice_before_conv", "pool_before_conv", "fold_params",
+                   "constant_folding", "cse", "cleanup_shuffles", "dce"]
 
 # Element-wise math without an allowed layer; pow emits the sqrt that sqrt_decompose lowers, so it goes first.
 _MATH = ["pow_decompose", "sqrt_decompose", "exp_decompose", "erf_decompose"]
@@ -75,8 +75,9 @@ ONNX_FORMS = ["attention_to_matmul", "local_attention_to_matmul", "shift_to_conv
 InstanceNormalization: after them every op has a one-op ONNX form, at any opset."""
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": [*ONNX_FORMS, "fold_batchnorm", "fold_pointwise_into_conv", "conv_before_resize", "pool_before_conv",
-             "downscale_to_conv", "reduce_to_matmul", "constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "onnx": [*ONNX_FORMS, "fold_batchnorm", "fold_pointwise_into_conv", "slice_before_conv", "conv_before_resize",
+             "pool_before_conv", "downscale_to_conv", "reduce_to_matmul", "constant_folding", "cse", "cleanup_shuffles",
+             "dce"],
     "torch": ["cse", "cleanup_shuffles"],
     "trt": [*ONNX_FORMS, "fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and

@@ -54,6 +54,7 @@ PASS_MODULES = (
     "erf_decompose",
     "fold_batchnorm",
     "fold_pointwise_into_conv",
+    "slice_before_conv",
     "conv_before_resize",
     "pool_before_conv",
     "downscale_to_conv",
