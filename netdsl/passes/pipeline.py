@@ -4,7 +4,12 @@
 
 * ``onnx`` keeps what ONNX Runtime runs fastest: its fused kernels (attention, softmax, layer
   norm) stay; batch norms are folded into the convs before them (ONNX Runtime would fuse those
-  too, but only folded ones can move), 1x1 convs move in front of enlarging resizes
+  too, but only folded ones can move), a conv fed by a per-pixel affine chain of one map becomes one
+  conv of that map when that costs at most 4x the multiply-adds of the convs it frees
+  (``fold_pointwise_into_conv``: ACmix's fc and grouped dep_conv at stride 2 become one dense strided conv
+  of the block's input), slices of the batch or spatial axes move above the 1x1 convs they read
+  (``slice_before_conv``: ACmix's query projection then runs at the output positions only),
+  1x1 convs move in front of enlarging resizes
   (``conv_before_resize``: CSA's projections run on the small map) and behind average pools
   (``pool_before_conv``: CSA's last MLP conv and ConvNeXt's last MLP linear run on the pooled pixel),
   means and sums over leading axes become matrix products (``reduce_to_matmul``: ONNX Runtime's
@@ -28,7 +33,8 @@
   activations (both in chunks no larger than about the attention matrix), gathers by constant
   indices, selects by constant masks, shift, unfold, roll, max
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
-  norms, moves average pools above pointwise convs and folds parameter-only subgraphs into
+  norms and per-pixel affine chains into the convs after them (``fold_pointwise_into_conv``), moves
+  slices above 1x1 convs and average pools above pointwise convs and folds parameter-only subgraphs into
   constants. Layer, group and instance norms become means (by ``reduce_mean``, lowered by
   ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops. ``pow`` with a constant exponent,
   ``sqrt``, ``exp``, ``erf`` and exact ``gelu`` get exact element-wise forms (``pow_decompose``,

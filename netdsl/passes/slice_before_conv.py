@@ -10,8 +10,11 @@ Why: sliding-window attention at stride ``s`` reads its queries at the output po
 folded that path into one conv of ``x``, the strided slices are ``conv1``'s only readers, and it runs
 on a quarter of the pixels at stride 2 (64 channels, 56x56: 3.2 M multiply-adds instead of 12.8 M).
 
-Only a slice that drops entries, of a conv whose output nothing else reads, is moved; a repeated
-sweep moves the next slice of a chain (rows, then columns) as well. Exact: the same products are summed.
+Only a slice that drops entries, of a conv whose output nothing else reads and which has no more input
+channels than output channels, is moved (the slice then copies no more than before: the restricted
+attention lowering sums each head's channels by a grouped 1x1 conv, 448 -> 28 channels, before cutting
+the frame's rows, and cutting first would copy 16 times more); a repeated sweep moves the next slice
+of a chain (rows, then columns) as well. Exact: the same products are summed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def _move(node: Node, em: Emitter) -> list[str] | None:
     t = em.graph.type_of(node.inputs[0])
     if (conv is None or conv.op != "conv" or t.rank != 4 or node.attrs["axis"] % 4 == 1
             or em.graph.type_of(node.outputs[0]).shape == t.shape or not em.used_once(node.inputs[0])
-            or not is_pointwise(em, conv)):
+            or not is_pointwise(em, conv) or em.graph.type_of(conv.inputs[0]).shape[1] > t.shape[1]):
         return None
     em.absorb(conv)
     em.source = conv
