@@ -148,7 +148,7 @@ EXAMPLES: dict[str, Example] = {
     "fold_batchnorm": _batchnorm_after_conv,
     "fold_pointwise_into_conv": lambda b, x: b.op("conv", [_conv1x1(b, x, 3), _param(b, "d.weight", 2, 3, 3, 3)], at(4),
                                                   **{**CONV, "stride": (2, 2), "pads": (1, 1, 1, 1)}),
-    "slice_before_conv": lambda b, x: b.op("slice", [_conv1x1(b, x, 3)], at(4), axis=2, start=0, end=6, step=2),
+    "slice_before_conv": lambda b, x: b.op("slice", [_conv1x1(b, x, 5)], at(4), axis=2, start=0, end=6, step=2),
     "conv_before_resize": _conv_after_resize,
     "pool_before_conv": lambda b, x: b.op("avgpool", [_conv1x1(b, x, 3)], at(4), kernel=(2, 2), stride=(2, 2),
                                           pads=(0, 0, 0, 0)),
