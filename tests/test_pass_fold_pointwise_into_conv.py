@@ -104,6 +104,11 @@ def test_a_fold_that_would_multiply_the_work_is_not_made() -> None:
     _unchanged(net.graph(net.conv(net.conv(net.x, 2), 16, kernel=3, pad=1)), net.weights)
 
 
+def test_an_ungrouped_conv_is_folded_only_when_the_work_does_not_grow() -> None:
+    net = Net(1, 8, 6, 6)  # 8 -> 2 -> 12 channels: one 8 -> 12 conv would do 96 MACs a pixel for 40
+    _unchanged(net.graph(net.conv(net.conv(net.x, 2), 12)), net.weights)
+
+
 def test_a_fold_that_frees_no_conv_is_not_made() -> None:
     net = Net(1, 4, 6, 6)
     p = net.conv(net.x, 4)
