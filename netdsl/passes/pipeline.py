@@ -4,7 +4,12 @@
 
 * ``onnx`` keeps what ONNX Runtime runs fastest: its fused kernels (attention, softmax, layer
   norm) stay; batch norms are folded into the convs before them (ONNX Runtime would fuse those
-  too, but only folded ones can move), 1x1 convs move in front of enlarging resizes
+  too, but only folded ones can move), a conv fed by a per-pixel affine chain of one map becomes one
+  conv of that map when that costs at most 4x the multiply-adds of the convs it frees
+  (``fold_pointwise_into_conv``: ACmix's fc and grouped dep_conv at stride 2 become one dense strided conv
+  of the block's input), slices of the batch or spatial axes move above the 1x1 convs they read
+  (``slice_before_conv``: ACmix's query projection then runs at the output positions only),
+  1x1 convs move in front of enlarging resizes
   (``conv_before_resize``: CSA's projections run on the small map) and behind average pools
   (``pool_before_conv``: CSA's last MLP conv and ConvNeXt's last MLP linear run on the pooled pixel),
   means and sums over leading axes become matrix products (``reduce_to_matmul``: ONNX Runtime's
@@ -35,7 +40,8 @@
   activations (both in chunks no larger than about the attention matrix), gathers by constant
   indices, selects by constant masks, shift, unfold, roll, max
   pooling, padding, reductions, linear maps and activations outside the set, then folds batch
-  norms, moves average pools above pointwise convs and folds parameter-only subgraphs into
+  norms and per-pixel affine chains into the convs after them (``fold_pointwise_into_conv``), moves
+  slices above 1x1 convs and average pools above pointwise convs and folds parameter-only subgraphs into
   constants. Layer, group and instance norms become means (by ``reduce_mean``, lowered by
   ``reduce_to_conv`` after them), ``sqrt`` and elementwise ops. ``pow`` with a constant exponent,
   ``sqrt``, ``exp``, ``erf`` and exact ``gelu`` get exact element-wise forms (``pow_decompose``,
@@ -71,8 +77,8 @@ from netdsl.passes.registry import all_passes, get_pass, lookup, needs_weights
 from netdsl.printer import format_graph
 from netdsl.verifier import verify
 
-_FOLD_AND_CLEAN = ["fold_batchnorm", "pool_before_conv", "fold_params", "constant_folding", "cse", "cleanup_shuffles",
-                   "dce"]
+_FOLD_AND_CLEAN = ["fold_batchnorm", "fold_pointwise_into_conv", "slice_before_conv", "pool_before_conv", "fold_params",
+                   "constant_folding", "cse", "cleanup_shuffles", "dce"]
 
 # Element-wise math without an allowed layer; pow emits the sqrt that sqrt_decompose lowers, so it goes first.
 _MATH = ["pow_decompose", "sqrt_decompose", "exp_decompose", "erf_decompose"]
@@ -83,8 +89,9 @@ ONNX_FORMS = ["attention_to_matmul", "local_attention_to_matmul", "shift_to_conv
 InstanceNormalization: after them every op has a one-op ONNX form, at any opset."""
 
 PIPELINES: dict[str, list[str]] = {
-    "onnx": [*ONNX_FORMS, "fold_batchnorm", "conv_before_resize", "pool_before_conv", "downscale_to_conv",
-             "reduce_to_matmul", "constant_folding", "cse", "cleanup_shuffles", "dce"],
+    "onnx": [*ONNX_FORMS, "fold_batchnorm", "fold_pointwise_into_conv", "slice_before_conv", "conv_before_resize",
+             "pool_before_conv", "downscale_to_conv", "reduce_to_matmul", "constant_folding", "cse", "cleanup_shuffles",
+             "dce"],
     "torch": ["cse", "merge_sibling_convs", "cleanup_shuffles"],
     "trt": [*ONNX_FORMS, "fold_batchnorm", "pool_before_conv", "constant_folding", "cse", "cleanup_shuffles", "dce"],
     # Order matters within the lower phase: the attention lowerings emit pads, reductions and

@@ -53,6 +53,8 @@ PASS_MODULES = (
     "exp_decompose",
     "erf_decompose",
     "fold_batchnorm",
+    "fold_pointwise_into_conv",
+    "slice_before_conv",
     "conv_before_resize",
     "merge_sibling_convs",
     "pool_before_conv",
