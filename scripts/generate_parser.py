@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GRAMMAR = ROOT / "netdsl" / "grammar" / "netdsl.lark"
 TABLES = ROOT / "netdsl" / "grammar" / "netdsl.tables.json"
 SHIFT = 0  # lark's action code for a shift (or a goto); the argument is the next state
+# A regex's unbounded match width as the tables record it. Python's regex parser reports that width as
+# 2**32 - 1 before 3.11.5 (its repeat limit) and as 2**64 from then on; both mean "unbounded", so any
+# width from 2**32 - 1 up is written as 2**64 and the tables do not depend on the Python patch release.
+UNBOUNDED_WIDTH = 2**64
 
 def canonical_table(table: dict[str, Any]) -> dict[str, Any]:
     """lark's serialised LALR table with symbols numbered by name and states in breadth-first order.
@@ -57,6 +61,19 @@ def canonical_table(table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def canonical_widths(memo: dict[Any, Any]) -> dict[Any, Any]:
+    """The serialised terminals with every unbounded regex width written as :data:`UNBOUNDED_WIDTH`.
+
+    Widths only order the lexer's terminals (longest first), and all unbounded ones compare equal
+    either way, so the rewrite cannot change what the parser does.
+    """
+    for entry in memo.values():
+        width = entry.get("pattern", {}).get("_width")
+        if width is not None:
+            entry["pattern"]["_width"] = [UNBOUNDED_WIDTH if w >= 2**32 - 1 else w for w in width]
+    return memo
+
+
 def render() -> str:
     """The text of the tables file for the current grammar: lark's serialised parser, as JSON.
 
@@ -77,7 +94,7 @@ def render() -> str:
         "grammar_sha256": hashlib.sha256(grammar.encode("utf-8")).hexdigest(),
         "lark_version": lark.__version__,
         "data": data,
-        "memo": memo,
+        "memo": canonical_widths(memo),
     }
     return json.dumps(tables, indent=0, sort_keys=True) + "\n"
 
