@@ -200,28 +200,25 @@ def _propagate(res: Any, children: list[Any]) -> Any:
     where its last one's ends (containers are the inlined nodes)."""
     if not isinstance(res, Tree):
         return res
-    meta = res.meta
     first = _first_meta(children)
     if first is not None:
-        if not hasattr(meta, "line"):
-            meta.line = getattr(first, "container_line", first.line)
-            meta.column = getattr(first, "container_column", first.column)
-            meta.start_pos = getattr(first, "container_start_pos", first.start_pos)
-            meta.empty = False
-        meta.container_line = getattr(first, "container_line", first.line)
-        meta.container_column = getattr(first, "container_column", first.column)
-        meta.container_start_pos = getattr(first, "container_start_pos", first.start_pos)
+        _take_position(res.meta, first, ("line", "column", "start_pos"))
     last = _first_meta(reversed(children))
     if last is not None:
-        if not hasattr(meta, "end_line"):
-            meta.end_line = getattr(last, "container_end_line", last.end_line)
-            meta.end_column = getattr(last, "container_end_column", last.end_column)
-            meta.end_pos = getattr(last, "container_end_pos", last.end_pos)
-            meta.empty = False
-        meta.container_end_line = getattr(last, "container_end_line", last.end_line)
-        meta.container_end_column = getattr(last, "container_end_column", last.end_column)
-        meta.container_end_pos = getattr(last, "container_end_pos", last.end_pos)
+        _take_position(res.meta, last, ("end_line", "end_column", "end_pos"))
     return res
+
+
+def _take_position(meta: Meta, child: Any, fields: tuple[str, str, str]) -> None:
+    """Copy one end of ``child``'s container (its own position when it has none) into ``meta``: into its
+    ``container_`` fields always, and into ``fields`` themselves when ``meta`` has no such end yet."""
+    values = [getattr(child, f"container_{name}", getattr(child, name)) for name in fields]
+    if not hasattr(meta, fields[0]):
+        for name, value in zip(fields, values, strict=True):
+            setattr(meta, name, value)
+        meta.empty = False
+    for name, value in zip(fields, values, strict=True):
+        setattr(meta, f"container_{name}", value)
 
 
 def _first_meta(children: Any) -> Any:

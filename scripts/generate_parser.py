@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from netdsl.lalr import SHIFT
+
 ROOT = Path(__file__).resolve().parents[1]
 GRAMMAR = ROOT / "netdsl" / "grammar" / "netdsl.lark"
 TABLES = ROOT / "netdsl" / "grammar" / "netdsl.tables.json"
-SHIFT = 0  # lark's action code for a shift (or a goto); the argument is the next state
 # A regex's unbounded match width as the tables record it. Python's regex parser reports that width as
 # 2**32 - 1 before 3.11.5 (its repeat limit) and as 2**64 from then on; both mean "unbounded", so any
 # width from 2**32 - 1 up is written as 2**64 and the tables do not depend on the Python patch release.

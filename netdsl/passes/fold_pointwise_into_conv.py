@@ -152,9 +152,9 @@ def make_fold_pointwise_into_conv(weights: Weights) -> Pass:
         if chain is None:
             return None
         x = em.graph.type_of(chain.source)
-        freed = [n for n in _freed(em, chain, conv) if n.op == "conv"]
         if x.rank != 4 or x.shape[:1] + x.shape[2:] != z.shape[:1] + z.shape[2:] or x.shape[1] > math.prod(x.shape[2:]):
             return None
+        freed = [n for n in _freed(em, chain, conv) if n.op == "conv"]
         folded_macs = math.prod(em.graph.type_of(conv.outputs[0]).shape) * x.shape[1] * math.prod(
             em.graph.type_of(conv.inputs[1]).shape[2:])
         limit = MAC_RATIO if conv.attrs["groups"] > 1 else 1
