@@ -10,7 +10,8 @@ column ``s·j + b``:
    ``(r, b)`` holds rows ``r, r+s, ...`` and columns ``b, b+s, ...`` (Wo of them). Every slot ``(a, b)``
    with ``a % s == r`` is a run of ``Ho`` consecutive rows of that block, from row ``t = a // s``.
    The ``kernel`` blocks of a row phase are stacked on one axis: ``kernel·s`` copies of the map
-   instead of one per slot.
+   instead of one per slot. The value blocks are made by one one-hot depthwise conv per row phase
+   (:func:`_column_blocks`), the key blocks by slices and a concat (heads first; see there).
 3. **Frames.** Instead of cutting each slot's rows out of the (``C``-channel) block, the block is used
    whole, as a frame of ``R = t_max + Ho`` rows: ``q`` is placed at row offset ``t`` of a zero frame
    (once per window row ``a``), multiplied with the stacked blocks of its row phase (one broadcast
@@ -63,9 +64,12 @@ from netdsl.passes.pad_to_slice_concat import pad_axis
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "lower_local_attention"
-# The largest stacked product, in elements, before the batch is cut into chunks. 2²¹ (8 MiB of
-# float32) keeps one 64-channel 56x56 image whole (1.6 M elements with a 7x7 window).
-STACK_BUDGET = 2**21
+# The largest stacked product, in elements, before the batch is cut into chunks (a chunk holds at
+# least one image: a 64-channel 56x56 one at stride 1 is 1.6 M elements with a 7x7 window). 2²⁰
+# (4 MiB of float32): ACmix at batch 8, 64 channels, ONNX Runtime CPU, side by side, 2 images per
+# chunk at 56x56 stride 2 ran in 0.85-0.94x the time of 5 per chunk (2²¹); at 28x28 stride 1,
+# 2 per chunk beat 1 and 4; at 14x14 the whole batch stays one chunk.
+STACK_BUDGET = 2**20
 
 
 @dataclass(frozen=True)
@@ -138,15 +142,36 @@ def _frames(em: Emitter, x: str, win: Window, heads_first: bool) -> Frames:
     stacks = []
     for r in phases:
         in_phase = _strided(em, padded, 2, r, rows[r], s)
+        if not heads_first:
+            stacks.append(_column_blocks(em, in_phase, win, rows[r]))
+            continue
         # Column phases first: strided slices are far slower than contiguous ones in ONNX Runtime.
         columns = [_strided(em, in_phase, 3, c, (win.kernel - 1 - c) // s + win.out_w, s) for c in phases]
         blocks = [_strided(em, columns[b % s], 3, b // s, win.out_w, 1) for b in range(win.kernel)]
-        if heads_first:
-            view = (win.batch * win.heads, 1, win.head_dim * rows[r], win.out_w)
-            stacks.append(em.op("concat", [em.op("reshape", [block], shape=view) for block in blocks], axis=1))
-        else:
-            stacks.append(em.op("concat", blocks, axis=2))
+        view = (win.batch * win.heads, 1, win.head_dim * rows[r], win.out_w)
+        stacks.append(em.op("concat", [em.op("reshape", [block], shape=view) for block in blocks], axis=1))
     return Frames(stacks, rows)
+
+
+def _column_blocks(em: Emitter, in_phase: str, win: Window, rows: int) -> str:
+    """The ``kernel`` column blocks of one row phase ``[B, C, rows, Wp]``, channel-major: ``[B, C, kernel·rows, Wo]``.
+
+    One depthwise conv with a one-hot ``1 x kernel`` kernel and column stride ``s``: its output channel
+    ``c·kernel + b`` is block ``b`` of channel ``c`` (columns ``b, b+s, ...``), which is the channel-major
+    stack as it is, where slices would cut each block and a concat would stack them. ONNX Runtime (CPU)
+    shares the conv out over its threads; it runs slices and concats on one (64 channels, 56x56, stride 2:
+    0.22 ms against 0.38 ms for the slices and concat at two threads, about the same at one). The
+    heads-first key stack would need a transpose after the conv: that measured no faster at two threads
+    and 10% slower at one (ACmix block, batch 1, stride 2), so the keys keep their slices.
+    """
+    kk, c = win.kernel, win.channels
+    width = win.stride * (win.out_w - 1) + kk  # the columns the blocks read; an odd map has one more
+    one_hot = np.zeros((c * kk, 1, 1, kk))
+    one_hot[np.arange(c * kk), 0, 0, np.tile(np.arange(kk), c)] = 1.0
+    weight = em.const(one_hot, em.graph.type_of(in_phase).dtype, "column_blocks")
+    blocks = em.op("conv", [_strided(em, in_phase, 3, 0, width, 1), weight], "column_blocks", stride=(1, win.stride),
+                   pads=(0, 0, 0, 0), dilation=(1, 1), groups=c)
+    return em.op("reshape", [blocks], shape=(win.batch, c, kk * rows, win.out_w))
 
 
 def _framed(em: Emitter, x: str, win: Window, a: int, rows: int) -> str:
