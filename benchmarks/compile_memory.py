@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         args.models, args.no_deep = "small", True
     bundled = [p.stem for p in sorted(MODELS.glob("*.net")) if p.stem != "common"]  # common.net: shared blocks only
     stems = args.models.split(",") if args.models else bundled
+    unknown = [stem for stem in stems if stem not in bundled]
+    if unknown:
+        parser.error(f"--models: no bundled model {', '.join(map(repr, unknown))} (bundled: {', '.join(bundled)})")
     cases = [] if args.deep_only else [(MODELS / f"{stem}.net", [], stem) for stem in stems]
     if not args.no_deep:
         cases.append((MODELS / DEEP[0], DEEP[1], DEEP[2]))
