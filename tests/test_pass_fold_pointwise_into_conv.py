@@ -86,6 +86,16 @@ def test_an_unpadded_fold_has_a_bias() -> None:
     assert len(conv.inputs) == 3 and conv.inputs[0] == net.x
 
 
+@pytest.mark.parametrize("stem_stride", [1, 2])
+def test_a_chain_starts_at_a_conv_that_mixes_pixels(stem_stride: int) -> None:
+    net = Net(1, 3, 8, 8)
+    stem = net.conv(net.x, 8, kernel=3, stride=stem_stride, pad=1)  # a 3x3 stem: not per pixel, the chain's source
+    y = net.conv(net.conv(stem, 8), 8, kernel=3, stride=2, pad=1, groups=4)  # 1x1 mix, grouped 3x3 stride 2
+    out, _ = check_rewrite(PASS.bind(net.weights), net.graph(y), {"conv": 2, "add": 1, "const": 2}, net.weights)
+    (folded,) = [n for n in out.nodes if n.op == "conv" and n.outputs[0] != stem]
+    assert folded.inputs[0] == stem and folded.attrs["groups"] == 1 and folded.attrs["stride"] == (2, 2)
+
+
 def _unchanged(graph: Graph, weights: Weights) -> None:
     out = PASS.bind(weights).run(copy.deepcopy(graph), RewriteLog())
     assert op_counts(out) == op_counts(graph)

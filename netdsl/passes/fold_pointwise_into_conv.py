@@ -1,6 +1,6 @@
 """Per-pixel affine maps folded into the conv after them: ``conv(P(x))`` -> ``conv(x, W')`` (+ a constant map).
 
-``P`` is a chain of 1x1 convs, reshapes, transposes, concats, slices and splits from one NCHW map
+``P`` is a chain of 1x1 convs (stride 1, no padding), reshapes, transposes, concats, slices and splits from one NCHW map
 ``x`` [B, Cx, H, W] to the conv's input ``z`` [B, Cz, H, W] that maps the channels of each pixel
 affinely and on their own: ``z[b, :, i, j] = A x[b, :, i, j] + β``. For a conv with kernel ``W``
 (``G`` groups of ``Cz / G`` input channels, output channel ``o`` in group ``g(o)``),
@@ -43,6 +43,7 @@ import numpy as np
 from netdsl.interp import eval_node
 from netdsl.ir import Graph, Node
 from netdsl.passes.base import Pass, WeightedPass, Weights
+from netdsl.passes.conv_before_resize import is_pointwise
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "fold_pointwise_into_conv"
@@ -82,7 +83,9 @@ def _chain(em: Emitter, z: str, known: Known) -> _Chain | None:
         seen.add(value)
         node = em.producer(value)
         data = [] if node is None else node.inputs[:1] if node.op == "conv" else node.inputs
-        if node is None or node.op not in AFFINE_OPS or any(known(i) is None for i in node.inputs[len(data):]):
+        # A conv that mixes pixels (a 3x3 stem, a strided conv) starts the chain: its output is the source.
+        if node is None or node.op not in AFFINE_OPS or (node.op == "conv" and not is_pointwise(em, node)) \
+                or any(known(i) is None for i in node.inputs[len(data):]):
             sources.add(value)
             return
         for i in data:
