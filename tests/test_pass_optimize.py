@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from pass_support import add_param, at, builder_with_input, check_rewrite, f32, op_counts, run_ort
@@ -219,6 +221,45 @@ def test_cleanup_keeps_a_graph_output_copy_of_an_input() -> None:
     out = CLEANUP.run(b.graph, RewriteLog())
     assert op_counts(out) == {"identity": 1} and run_ort(out, {}, {x: np.ones((2, 3), np.float32)})[0].shape == (2, 3)
     assert f32(2, 3) == out.values[out.outputs[0]]
+
+
+def _channel_slices(b: GraphBuilder, x: str, bounds: list[tuple[int, int]], line: int) -> list[str]:
+    return [b.op("slice", [x], at(line + i), axis=1, start=start, end=end, step=1)
+            for i, (start, end) in enumerate(bounds)]
+
+
+def test_cleanup_joins_a_concat_of_adjacent_slices_into_one_slice_or_the_value() -> None:
+    b, x = builder_with_input(2, 12, 3, 3)
+    part = _channel_slices(b, x, [(2, 5), (5, 9)], 2)
+    b.output(b.op("concat", part, at(4), axis=1))
+    whole = _channel_slices(b, x, [(0, 4), (4, 12)], 5)
+    b.output(b.op("relu", [b.op("concat", whole, at(7), axis=-3)], at(8)))
+    out, _ = check_rewrite(CLEANUP, b.graph, {"slice": 1, "relu": 1})
+    (joined,) = [n for n in out.nodes if n.op == "slice"]
+    assert (joined.attrs["start"], joined.attrs["end"]) == (2, 9)
+    assert next(n for n in out.nodes if n.op == "relu").inputs == [x]
+
+
+def test_cleanup_joins_reshaped_slices_that_split_the_concat_axis() -> None:
+    # ACmix's fc input: q, k and v (channel slices of one merged projection) viewed as [B, heads, d, H*W].
+    b, x = builder_with_input(2, 24, 3, 4)
+    views = [b.op("reshape", [piece], at(5 + i), shape=(2, 2, 4, 12))
+             for i, piece in enumerate(_channel_slices(b, x, [(0, 8), (8, 16), (16, 24)], 2))]
+    b.output(b.op("concat", views, at(8), axis=1))
+    out, _ = check_rewrite(CLEANUP, b.graph, {"reshape": 1})
+    assert out.nodes[0].inputs == [x] and out.nodes[0].attrs["shape"] == (2, 6, 4, 12)
+
+
+@pytest.mark.parametrize("case", ["gap", "order", "other axis", "prefix merged"])
+def test_cleanup_keeps_a_concat_that_is_not_one_piece_of_its_source(case: str) -> None:
+    b, x = builder_with_input(2, 12, 2, 2)
+    bounds = {"gap": [(0, 4), (5, 9)], "order": [(4, 8), (0, 4)]}.get(case, [(0, 6), (6, 12)])
+    pieces = _channel_slices(b, x, bounds, 2)
+    if case == "prefix merged":  # the reshape merges the batch axis into the channels: the pieces interleave
+        pieces = [b.op("reshape", [p], at(4 + i), shape=(1, 12, 2, 2)) for i, p in enumerate(pieces)]
+    b.output(b.op("concat", pieces, at(6), axis=0 if case == "other axis" else 1))
+    out = CLEANUP.run(copy.deepcopy(b.graph), RewriteLog())
+    assert op_counts(out) == op_counts(b.graph)
 
 
 def test_cleanup_turns_a_transpose_of_length_one_axes_into_a_reshape_and_merges_it() -> None:

@@ -4,7 +4,13 @@
   ``slice`` of a whole axis, a one-input ``concat`` and a one-piece ``split`` are their input;
 * a ``transpose`` that only moves axes of length 1 keeps the element order: it is a reshape;
 * ``reshape(reshape(x))`` is one reshape of ``x`` (row-major reshapes compose);
-* ``transpose(transpose(x, p), q)`` is ``transpose(x, r)`` with ``r[i] = p[q[i]]``, or ``x``.
+* ``transpose(transpose(x, p), q)`` is ``transpose(x, r)`` with ``r[i] = p[q[i]]``, or ``x``;
+* a ``concat`` of adjacent pieces of one value along the concat axis (unit-step slices, in order) is
+  one slice of it, or the value; also when every piece is reshaped alike, splitting only that axis
+  (the axes before it unchanged, the same axes after it): then it is the slice, reshaped. So
+  ``concat([q.reshape(B, h, d, HW), k.reshape(...), v.reshape(...)], 1)`` of the channel slices
+  ``q, k, v`` of one merged projection (``merge_sibling_convs``; ACmix's ``fc`` input) is a view of that
+  projection, not a copy.
 
 Lowerings leave such chains behind (e.g. attention split into heads and merged back). The
 inner node of a merged chain goes when nothing else reads it. A graph output that would become
@@ -69,7 +75,58 @@ def _merge_chain(node: Node, em: Emitter) -> Node | None:
     return Node("transpose", [inner.inputs[0]], node.outputs, {"perm": perm})
 
 
+def _slice_piece(em: Emitter, value: str) -> tuple[Node | None, Node] | None:
+    """(the reshape of ``value``, if any, and the unit-step slice under it), or None."""
+    node = em.producer(value)
+    reshape = node if node is not None and node.op == "reshape" else None
+    if reshape is not None:
+        node = em.producer(reshape.inputs[0])
+    if node is None or node.op != "slice" or node.attrs["step"] != 1:
+        return None
+    return reshape, node
+
+
+def _joined_slices(node: Node, em: Emitter) -> list[str] | None:
+    """A concat of adjacent slices of one value (see the module docstring) as one slice, reshaped if they were."""
+    g = em.graph
+    pieces = [_slice_piece(em, name) for name in node.inputs]
+    if len(pieces) < 2 or any(p is None for p in pieces):
+        return None
+    source = pieces[0][1].inputs[0]
+    shape = g.type_of(source).shape
+    axis = pieces[0][1].attrs["axis"] % len(shape)
+    bounds = []
+    for reshape, piece in pieces:
+        start, end, _ = slice(piece.attrs["start"], piece.attrs["end"]).indices(shape[axis])
+        if piece.inputs[0] != source or piece.attrs["axis"] % len(shape) != axis or (reshape is None) != (
+                pieces[0][0] is None):
+            return None
+        bounds.append((start, end))
+    if any(end != start for (_, end), (start, _) in zip(bounds, bounds[1:])):
+        return None
+    out_shape = g.type_of(node.outputs[0]).shape
+    if node.attrs["axis"] % len(out_shape) != axis:
+        return None
+    reshaped = pieces[0][0] is not None
+    if reshaped:  # each reshape keeps the axes before ``axis`` and has the same axes after it
+        views = [g.type_of(r.outputs[0]).shape for r, _ in pieces]
+        if not all(v[:axis] == shape[:axis] and v[axis + 1:] == views[0][axis + 1:] for v in views):
+            return None
+    whole = bounds[0][0] == 0 and bounds[-1][1] == shape[axis]
+    if whole and not reshaped and not can_alias(g, node, source):
+        return None
+    for reshape, piece in pieces:
+        em.absorb(piece)
+        if reshape is not None:
+            em.absorb(reshape)
+    value = source if whole else em.op("slice", [source], axis=axis, start=bounds[0][0], end=bounds[-1][1], step=1)
+    return [em.op("reshape", [value], shape=out_shape)] if reshaped else [value]
+
+
 def _cleanup(node: Node, em: Emitter) -> list[str] | None:
+    joined = _joined_slices(node, em) if node.op == "concat" else None
+    if joined is not None:
+        return joined
     current = _as_reshape(em.graph, node)
     current = _merge_chain(current, em) or current
     if is_noop(em.graph, current) and can_alias(em.graph, node, current.inputs[0]):
