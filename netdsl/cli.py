@@ -11,7 +11,6 @@ import argparse
 import gc
 import importlib
 import sys
-import traceback
 from collections.abc import Sequence
 
 from netdsl import __version__
@@ -95,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def internal_error(err: Exception, debug: bool) -> int:
     """Report an internal error (exit 1): never a bare traceback unless ``--debug`` asks for one."""
     if debug:
+        import traceback  # only for --debug: every command would pay its import
+
         traceback.print_exception(err)
     else:
         print(f"internal error: {type(err).__name__}: {err}\n(run with --debug for a traceback)", file=sys.stderr)

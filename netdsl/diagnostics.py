@@ -14,7 +14,6 @@ the instantiation chain (blocks inside blocks) that led to it. :func:`render` fo
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -69,6 +68,8 @@ def one_line(text: object) -> str:
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """``"did you mean 'x'?"`` for the closest candidate, or None."""
+    import difflib  # only when a name is unknown: a command that succeeds does not pay its import
+
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 

@@ -10,7 +10,6 @@ import hashlib
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -110,6 +109,8 @@ def initial_weights(graph: Graph, seed: int = 0,
     workers = min(len(large), os.cpu_count() or 1)
     if workers < 2:
         return {p.name: draw(p) for p in params}
+    from concurrent.futures import ThreadPoolExecutor  # only here: its import (logging, threads) costs 3 ms
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         drawing = {p.name: pool.submit(draw, p) for p in large}
         values = {p.name: draw(p) for p in params if p.name not in drawing}

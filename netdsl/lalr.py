@@ -202,23 +202,32 @@ def _propagate(res: Any, children: list[Any]) -> Any:
         return res
     first = _first_meta(children)
     if first is not None:
-        _take_position(res.meta, first, ("line", "column", "start_pos"))
+        _take_position(res.meta, first, _START_FIELDS)
     last = _first_meta(reversed(children))
     if last is not None:
-        _take_position(res.meta, last, ("end_line", "end_column", "end_pos"))
+        _take_position(res.meta, last, _END_FIELDS)
     return res
 
 
-def _take_position(meta: Meta, child: Any, fields: tuple[str, str, str]) -> None:
+# (field, its container_ field) of each end of a position; spelled out once, not formatted at every reduction
+_START_FIELDS = tuple((name, f"container_{name}") for name in ("line", "column", "start_pos"))
+_END_FIELDS = tuple((name, f"container_{name}") for name in ("end_line", "end_column", "end_pos"))
+_ABSENT = object()
+
+
+def _take_position(meta: Meta, child: Any, fields: tuple[tuple[str, str], ...]) -> None:
     """Copy one end of ``child``'s container (its own position when it has none) into ``meta``: into its
     ``container_`` fields always, and into ``fields`` themselves when ``meta`` has no such end yet."""
-    values = [getattr(child, f"container_{name}", getattr(child, name)) for name in fields]
-    if not hasattr(meta, fields[0]):
-        for name, value in zip(fields, values, strict=True):
+    fresh = not hasattr(meta, fields[0][0])
+    for name, container in fields:
+        value = getattr(child, container, _ABSENT)
+        if value is _ABSENT:
+            value = getattr(child, name)
+        if fresh:
             setattr(meta, name, value)
+        setattr(meta, container, value)
+    if fresh:
         meta.empty = False
-    for name, value in zip(fields, values, strict=True):
-        setattr(meta, f"container_{name}", value)
 
 
 def _first_meta(children: Any) -> Any:
