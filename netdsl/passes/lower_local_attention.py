@@ -41,7 +41,8 @@ column ``s·j + b``:
 
 Why this form: the earlier form cut a copy of k and v per slot and spent about ten operators per
 slot (507 ONNX operators for one ACmix block, 64 channels, 56x56, 7x7 window), each on a 0.8 MB
-tensor; here the block has 181, moves 706 MB op by op instead of 851, and its products are large
+tensor; here the block has 174 (181 before the value blocks became a conv), moves 688 MB op by op
+instead of 851, and its products are large
 enough for ONNX Runtime (CPU) to share out over two threads. Side by side in ONNX Runtime under a
 load average of ~10 the old form took 0.9-1.5x the new one's median time (above 1 in 7 of the 8
 configurations of batch 1 and 8, stride 1 and 2, 1 and 2 threads; docs/benchmarks.md, "Stacked
