@@ -61,8 +61,10 @@ import numpy as np
 from netdsl.interp import eval_node
 from netdsl.ir import Node
 from netdsl.passes.base import ops_absent
+from netdsl.passes.conv_before_resize import is_pointwise
 from netdsl.passes.pad_to_slice_concat import pad_axis
 from netdsl.passes.rewriter import Emitter, node_pass
+from netdsl.passes.unfold_to_conv import unfold_kernel
 
 RULE = "lower_local_attention"
 # The largest stacked product, in elements, before the batch is cut into chunks (a chunk holds at
@@ -166,9 +168,8 @@ def _column_blocks(em: Emitter, in_phase: str, win: Window, rows: int) -> str:
     and 10% slower at one (ACmix block, batch 1, stride 2), so the keys keep their slices.
     """
     kk, c, s = win.kernel, win.channels, win.stride
-    one_hot = np.zeros((c * kk, 1, 1, kk))
-    one_hot[np.arange(c * kk), 0, 0, np.tile(np.arange(kk), c)] = 1.0
-    weight = em.const(one_hot, em.graph.type_of(in_phase).dtype, "column_blocks")
+    # A 1 x kernel unfold: output map c·kernel + b picks tap (0, b).
+    weight = em.const(unfold_kernel(c, 1, kk), em.graph.type_of(in_phase).dtype, "column_blocks")
     # The padded width W + kernel - 1 gives (W - 1) // s + 1 = Wo columns: the op's type rule makes W a multiple of s.
     blocks = em.op("conv", [in_phase, weight], "column_blocks", stride=(1, s), pads=(0, 0, 0, 0), dilation=(1, 1),
                    groups=c)
@@ -201,13 +202,7 @@ def _grid_projection(em: Emitter, pos: str) -> tuple[Node, str] | None:
     if conv is None or conv.op != "conv":
         return None
     grid = em.producer(conv.inputs[0])
-    pointwise = (
-        em.graph.type_of(conv.inputs[1]).shape[2:] == (1, 1)
-        and tuple(conv.attrs["stride"]) == (1, 1)
-        and tuple(conv.attrs["pads"]) == (0, 0, 0, 0)
-        and conv.attrs["groups"] == 1
-    )
-    if grid is None or grid.op != "grid" or not pointwise:
+    if grid is None or grid.op != "grid" or not is_pointwise(em, conv) or conv.attrs["groups"] != 1:
         return None
     return grid, conv.inputs[1]
 
