@@ -27,6 +27,7 @@ from netdsl.initializers import NP_DTYPES
 from netdsl.ir import Graph, Node, TensorType
 from netdsl.opdefs import conv_out_len, floor_mode_pads, window_divisors
 from netdsl.resample import linear_taps, nearest_taps
+from netdsl.row_bands import row_segments, run_segment
 
 Kernel = Callable[[list[np.ndarray], dict[str, Any]], list[np.ndarray]]
 SingleKernel = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
@@ -646,9 +647,10 @@ def round_to_storage(value: np.ndarray, storage: npt.DTypeLike | None) -> np.nda
         return value.astype(storage).astype(value.dtype)
 
 
-SLICED_CHAIN = ("matmul", "add", "softmax", "matmul")
-"""Ops of an attention chain (logits, mask or bias, weights, weighted sum) that :func:`run_graph` can evaluate a
-slice at a time: ``local_attention_to_matmul``'s logits of a whole stage are the largest values of a model."""
+SLICED_CHAIN = (frozenset({"matmul"}), frozenset({"add", "mul"}), frozenset({"softmax"}), frozenset({"matmul"}))
+"""Ops of an attention chain (logits; a mask, bias or scale; weights; weighted sum) that :func:`run_graph` can
+evaluate a slice at a time: ``local_attention_to_matmul``'s logits of a whole stage are the largest values of a model,
+and ``attention_to_matmul``'s scaled logits of MobileViT-S's first transformer (4 x 4 x 256 x 256) a large one."""
 
 
 def sliced_chains(graph: Graph) -> dict[int, list[int]]:
@@ -664,10 +666,10 @@ def sliced_chains(graph: Graph) -> dict[int, list[int]]:
     chains: dict[int, list[int]] = {}
     for index, node in enumerate(graph.nodes):
         chain = [index]
-        for op in SLICED_CHAIN[1:] if node.op == SLICED_CHAIN[0] else ():
+        for ops in SLICED_CHAIN[1:] if node.op in SLICED_CHAIN[0] else ():
             value = graph.nodes[chain[-1]].outputs[0]
             nxt = readers.get(value, [])
-            if value in graph.outputs or len(nxt) != 1 or graph.nodes[nxt[0]].op != op \
+            if value in graph.outputs or len(nxt) != 1 or graph.nodes[nxt[0]].op not in ops \
                     or graph.nodes[nxt[0]].inputs.count(value) != 1 or graph.nodes[nxt[0]].inputs[0] != value:
                 break
             chain.append(nxt[0])
@@ -719,7 +721,9 @@ def run_graph(
     ``observe(node, outputs)`` is called after each node with its stored outputs (in ``storage``).
     With ``in_slices``, each attention chain (:func:`sliced_chains`) is evaluated a slice of its longest
     leading axis at a time, so that its logits are never whole: the same operations on the same operands
-    (matrix products per matrix, softmax per row), and ``observe`` is called for each slice of its values.
+    (matrix products per matrix, softmax per row), and ``observe`` is called for each slice of its values;
+    and each run of convolutions and elementwise ops (:func:`netdsl.row_bands.row_segments`) a band of rows
+    at a time, so that its intermediate values are never whole either.
     Raises ValueError for a missing or misshapen input or weight, and RuntimeError if a node's
     result disagrees with its inferred shape (an op whose kernel and type rule differ).
     """
@@ -741,7 +745,10 @@ def run_graph(
     # Weights are converted when a node reads them and values dropped after their last reader, so a
     # run holds the caller's weights once and only the live activations besides.
     chains = sliced_chains(graph) if in_slices else {}
-    ends = {i: last for last, chain in chains.items() for i in chain}  # a chain's inputs are read at its end
+    segments = row_segments(graph, {i for chain in chains.values() for i in chain}) if in_slices else {}
+    # A chain's or segment's inputs are read at its end.
+    ends = {i: last for last, chain in chains.items() for i in chain}
+    ends.update((i, last) for last, segment in segments.items() for i in segment.nodes)
     last_use: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
         last_use.update((name, max(last_use.get(name, -1), ends.get(index, index))) for name in node.inputs)
@@ -766,13 +773,22 @@ def run_graph(
             if last_use[name] == index and name not in kept:
                 env.pop(name, None)
 
-    def compute(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
-        """``node``'s stored outputs on ``args`` (which it may write over), observed."""
-        outs = [stored(o) for o in eval_node(node, args, [i for i in range(len(args)) if _sole_holder(args, i)])]
+    def compute(node: Node, args: list[np.ndarray], as_node: Node | None = None) -> list[np.ndarray]:
+        """``node``'s stored outputs on ``args`` (which it may write over), evaluated as ``as_node`` if given (a
+        convolution with a band's padding), observed."""
+        outs = [stored(o) for o in eval_node(as_node or node, args,
+                                             [i for i in range(len(args)) if _sole_holder(args, i)])]
         del args[:]
         if observe is not None:
             observe(node, outs)
         return outs
+
+    def widened(name: str, value: np.ndarray) -> np.ndarray:
+        """A stored value in its compute dtype, as :func:`read` gives it."""
+        if storage is None or value.dtype != np.dtype(storage):
+            return value
+        return value.astype(dtype if dtype is not None else NP_DTYPES[graph.type_of(name).dtype])
+
 
     def run_chain(chain: list[int]) -> list[np.ndarray]:
         """The last output of a :func:`sliced_chains` chain, computed a slice at a time."""
@@ -789,18 +805,24 @@ def run_graph(
                 args = [value.pop() if name in inner else _slice_along(outer[name], axis, index, rank)
                         for name in node.inputs]
                 (out,) = compute(node, args)
-                if node is not nodes[-1] and storage is not None and out.dtype == np.dtype(storage):
-                    out = out.astype(dtype if dtype is not None else NP_DTYPES[graph.type_of(node.outputs[0]).dtype])
-                value.append(out)
+                value.append(out if node is nodes[-1] else widened(node.outputs[0], out))
                 del out
             parts.append(value.pop())
         return [np.concatenate(parts, axis=axis)]
 
     for index, node in enumerate(graph.nodes):
-        if index in ends and index not in chains:
-            continue  # computed with its chain
+        if ends.get(index, index) != index:
+            continue  # computed with its chain or segment
         if index in chains:
             outs = run_chain(chains[index])
+        elif index in segments:
+            nodes = [graph.nodes[i] for i in segments[index].nodes]
+            inner = {node.outputs[0] for node in nodes[:-1]}
+            # Activations as stored: each band converts its own rows.
+            outer = {name: read(name, moved=True) for node in nodes for name in node.inputs if name not in inner}
+            drop_last_read(list(outer), index)
+            outs = [run_segment(graph, segments[index], outer, compute, widened)]
+            del outer
         else:
             args = [read(i, node.op in MOVES_VALUES) for i in node.inputs]
             drop_last_read(node.inputs, index)

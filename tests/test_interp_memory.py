@@ -198,18 +198,19 @@ def test_run_graph_overwrites_only_values_nothing_else_holds() -> None:
 @settings(max_examples=30, deadline=None)
 @given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=3), rows=st.integers(1, 5), keys=st.integers(1, 6),
        depth=st.integers(1, 3), bias_rank=st.integers(1, 3), storage=st.sampled_from([None, np.float16]),
-       seed=st.integers(0, 2**16))
+       middle=st.sampled_from(["add", "mul"]), seed=st.integers(0, 2**16))
 def test_attention_chain_in_slices_equals_it_whole(lead: list[int], rows: int, keys: int, depth: int, bias_rank: int,
-                                                    storage: type | None, seed: int) -> None:
-    # logits = q @ kᵀ, + bias (broadcast), softmax over the keys, @ v: the outputs and every value's extremes (as the
-    # range check observes them) are the same to the bit whether the chain runs whole or a slice at a time.
+                                                    storage: type | None, middle: str, seed: int) -> None:
+    # logits = q @ kᵀ, + bias or * scale (broadcast), softmax over the keys, @ v: the outputs and every value's
+    # extremes (as the range check observes them) are the same to the bit whether the chain runs whole or a slice at
+    # a time.
     b = GraphBuilder("chain")
     shape = (*lead, rows, keys)
     q = b.input("q", TensorType("f32", (*lead, rows, depth)))
     k = b.input("k", TensorType("f32", (*lead, depth, keys)))
     v = b.input("v", TensorType("f32", (*lead, keys, depth)))
     bias = b.input("bias", TensorType("f32", shape[-bias_rank:]))
-    logits = b.op("add", [b.op("matmul", [q, k]), bias])
+    logits = b.op(middle, [b.op("matmul", [q, k]), bias])
     b.output(b.op("matmul", [b.op("softmax", [logits], axis=-1), v], name="out"))
     rng = np.random.default_rng(seed)
     inputs = {name: (rng.standard_normal(b.graph.type_of(name).shape) * 4).astype(np.float32)
