@@ -819,9 +819,9 @@ def run_graph(
             nodes = [graph.nodes[i] for i in segments[index].nodes]
             inner = {node.outputs[0] for node in nodes[:-1]}
             # Activations as stored: each band converts its own rows.
-            outer = {name: read(name, moved=True) for node in nodes for name in node.inputs if name not in inner}
+            outer = {name: env[name] for node in nodes for name in node.inputs if name not in inner and name in env}
             drop_last_read(list(outer), index)
-            outs = [run_segment(graph, segments[index], outer, compute, widened)]
+            outs = [run_segment(graph, segments[index], outer, read, compute, widened)]
             del outer
         else:
             args = [read(i, node.op in MOVES_VALUES) for i in node.inputs]

@@ -198,12 +198,15 @@ def run_segment(
     graph: Graph,
     segment: Segment,
     outer: dict[str, np.ndarray],
+    weight: Callable[[str], np.ndarray],
     compute: Callable[[Node, list[np.ndarray], Node], list[np.ndarray]],
     widen: Callable[[str, np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """The output of ``segment``, computed a band of :attr:`Segment.rows_per_band` output rows at a time.
 
-    ``outer`` holds the values the segment reads from outside it (activations as stored, weights as read);
+    ``outer`` holds the activations the segment reads from before it, as stored; ``weight(name)`` reads a weight
+    in its compute dtype when a node of a band needs it (a segment may span a stage of a model, whose weights
+    converted all at once would be that stage's size again);
     ``compute(node, args, as_node)`` returns ``node``'s stored outputs on ``args`` evaluated as ``as_node`` (a
     convolution with the band's padding); ``widen(name, array)`` gives a stored array in its compute dtype."""
     nodes = [graph.nodes[i] for i in segment.nodes]
@@ -221,7 +224,7 @@ def run_segment(
             args = []
             for name, span in rows_read(graph, node, needs[node.outputs[0]]):
                 if span is None:
-                    args.append(widen(name, outer[name]))
+                    args.append(widen(name, outer[name]) if name in outer else weight(name))
                     continue
                 array, offset = band[name] if name in band else (outer[name], 0)
                 args.append(widen(name, array[..., span[0] - offset:span[1] - offset, :]))
