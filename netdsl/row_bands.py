@@ -20,7 +20,7 @@ finds them, :func:`run_segment` runs one); its ``observe`` callback sees each no
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,16 +149,14 @@ def _rows_per_band(graph: Graph, nodes: list[Node]) -> int:
     return rows
 
 
-def row_segments(graph: Graph, excluded: set[int] = frozenset()) -> dict[int, Segment]:  # type: ignore[assignment]
+def row_segments(graph: Graph, excluded: Collection[int] = ()) -> dict[int, Segment]:
     """The segments of ``graph`` worth evaluating in bands, by the index of their last node.
 
-    From each row-local node (not in ``excluded``), the longest run of consecutive row-local nodes whose
-    intermediate values are read inside the run alone and are no graph outputs, all with the same number of rows
-    (a convolution may change it); kept when it has two nodes or more and its values do not fit one band."""
-    readers: dict[str, list[int]] = {}
-    for index, node in enumerate(graph.nodes):
-        for name in node.inputs:
-            readers.setdefault(name, []).append(index)
+    From the first row-local node (not in ``excluded``) on, the longest run of consecutive row-local nodes whose
+    intermediate values are read inside the run alone and are no graph outputs, ending before a conv that widens
+    the band after a strided one; kept when it has two nodes or more and its values do not fit one band. Where no
+    run from a node closes, the next node is tried."""
+    last_reader = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
     local = [i not in excluded and _is_row_local(graph, n) for i, n in enumerate(graph.nodes)]
     segments: dict[int, Segment] = {}
     start = 0
@@ -171,9 +169,9 @@ def row_segments(graph: Graph, excluded: set[int] = frozenset()) -> dict[int, Se
                 break
             strided |= _strided(graph.nodes[stop])
             stop += 1
-        last = _last_closing(graph, readers, start, stop)
+        last = _last_closing(graph, last_reader, start, stop)
         if last is None:
-            start = max(stop, start + 1)
+            start += 1  # a segment may start after a node whose value is read further on (a residual's input)
             continue
         nodes = graph.nodes[start:last + 1]
         rows = _rows_per_band(graph, nodes)
@@ -183,15 +181,20 @@ def row_segments(graph: Graph, excluded: set[int] = frozenset()) -> dict[int, Se
     return segments
 
 
-def _last_closing(graph: Graph, readers: dict[str, list[int]], start: int, stop: int) -> int | None:
+def _last_closing(graph: Graph, last_reader: dict[str, int], start: int, stop: int) -> int | None:
     """The last index ``last`` in ``start + 1 .. stop - 1`` such that every value nodes ``start .. last - 1``
-    compute is read by nodes ``start .. last`` alone (and is no graph output), None if there is none."""
-    for last in range(stop - 1, start, -1):
-        inner = [graph.nodes[i].outputs[0] for i in range(start, last)]
-        if all(name not in graph.outputs and readers.get(name) and all(start <= r <= last for r in readers[name])
-               for name in inner):
-            return last
-    return None
+    compute is read (by a later node, so one from ``start`` on) by nodes up to ``last`` alone and is no graph
+    output, None if there is none."""
+    outputs = set(graph.outputs)
+    best, reach = None, start
+    for last in range(start + 1, stop):
+        name = graph.nodes[last - 1].outputs[0]
+        if name in outputs or name not in last_reader:
+            break  # held whole (or never read): no segment from start can hold it in bands
+        reach = max(reach, last_reader[name])
+        if reach <= last:
+            best = last
+    return best
 
 
 def run_segment(

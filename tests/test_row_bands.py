@@ -160,3 +160,17 @@ def test_a_run_in_bands_holds_no_intermediate_value_whole() -> None:
     whole, banded = peaks
     assert whole > 2 * intermediate
     assert banded < intermediate / 2
+
+
+def test_a_segment_may_start_after_a_value_held_whole() -> None:
+    # h is a graph output (held whole), so no segment starts at its conv; the run after it still is one.
+    b = GraphBuilder("after")
+    x = b.input("x", TensorType("f32", (1, 8, 64, 64)))
+    h = conv(b, x, "a", 8)                                                # node 0
+    w = conv(b, b.op("relu", [conv(b, h, "b", 8, 3, 1, 1)]), "c", 8)      # nodes 1-3
+    b.output(h)
+    b.output(b.op("add", [w, h], name="out"))                            # node 4
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(row_bands, "BAND_ELEMENTS", 4096)
+        segments = row_bands.row_segments(b.graph)
+    assert {last: s.nodes for last, s in segments.items()} == {4: (1, 2, 3, 4)}
