@@ -74,30 +74,33 @@ def _widens(graph: Graph, node: Node) -> bool:
     return node.op == "conv" and graph.type_of(node.inputs[1]).shape[2] > 1
 
 
+def _conv_reach(graph: Graph, node: Node, rows: Rows) -> Rows:
+    """The input rows a convolution's output rows ``rows`` read, before clipping to the map (negative above it,
+    beyond its last row below: padding)."""
+    first, stop = rows
+    kernel = graph.type_of(node.inputs[1]).shape[2]
+    stride, dilation = node.attrs["stride"][0], node.attrs.get("dilation", (1, 1))[0]
+    top = node.attrs["pads"][0]
+    return first * stride - top, (stop - 1) * stride - top + (kernel - 1) * dilation + 1
+
+
 def rows_read(graph: Graph, node: Node, rows: Rows) -> list[tuple[str, Rows | None]]:
     """For output rows ``rows`` of a row-local ``node``: each input (in order) and the rows of it read, None if read
     whole (a weight, a bias, or an operand that broadcasts along the rows). A convolution's rows are clipped to its
     input; the padding they leave out is :func:`band_pads`'s."""
-    first, stop = rows
-    out_rows = _rows_of(graph, node.outputs[0])
     if node.op == "conv":
         x = node.inputs[0]
-        kernel = graph.type_of(node.inputs[1]).shape[2]
-        top = node.attrs["pads"][0]
-        stride, dilation = node.attrs["stride"][0], node.attrs.get("dilation", (1, 1))[0]
-        lo, hi = first * stride - top, (stop - 1) * stride - top + (kernel - 1) * dilation + 1
+        lo, hi = _conv_reach(graph, node, rows)
         return [(x, (max(lo, 0), min(hi, _rows_of(graph, x)))), *((name, None) for name in node.inputs[1:])]
+    out_rows = _rows_of(graph, node.outputs[0])
     return [(name, rows if _rows_of(graph, name) == out_rows else None) for name in node.inputs]
 
 
 def band_pads(graph: Graph, node: Node, rows: Rows) -> tuple[int, int, int, int]:
     """The padding of a convolution computing output rows ``rows`` from the input rows :func:`rows_read` gives:
     the rows above and below them that lie outside the map (the columns' padding as it is)."""
-    first, stop = rows
-    top, left, _, right = node.attrs["pads"]
-    kernel = graph.type_of(node.inputs[1]).shape[2]
-    stride, dilation = node.attrs["stride"][0], node.attrs.get("dilation", (1, 1))[0]
-    lo, hi = first * stride - top, (stop - 1) * stride - top + (kernel - 1) * dilation + 1
+    _, left, _, right = node.attrs["pads"]
+    lo, hi = _conv_reach(graph, node, rows)
     return max(-lo, 0), left, max(hi - _rows_of(graph, node.inputs[0]), 0), right
 
 
