@@ -134,9 +134,15 @@ def sample_count(graph: Graph, batches: Iterable[Batch]) -> int:
     return sum(len(b[first]) if first and b[first].ndim else 1 for b in batches)
 
 
-def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch]) -> RangeReport:
+RunDone = Callable[[], None]
+"""Called after each interpreter run of a range check (a progress bar's advance)."""
+
+
+def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch],
+                   run_done: RunDone | None = None) -> RangeReport:
     """Run ``graph`` on each batch in float32 and in float16 storage; the ranges every value reached (attention
-    chains a slice at a time: :func:`netdsl.interp.run_graph`'s ``in_slices``)."""
+    chains a slice at a time, convolutions a band of rows at a time: :func:`netdsl.interp.run_graph`'s
+    ``in_slices``). ``run_done`` is called after each of the two runs per batch."""
     from threadpoolctl import threadpool_limits
 
     batches = _reiterable(batches)
@@ -150,6 +156,8 @@ def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterab
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     run_graph(graph, weights, batch, storage=np.float16 if fp16 else None,
                               observe=report.observer(fp16), in_slices=True)
+                if run_done is not None:
+                    run_done()
     return report
 
 
@@ -162,6 +170,13 @@ class CalibrationBatches:
     samples: int
     seed: int
     data: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        """The number of batches an iteration gives."""
+        batch = self.graph.type_of(self.graph.inputs[0]).shape[0] if self.graph.type_of(self.graph.inputs[0]).rank \
+            else 1
+        given = self.samples if self.data is None else min(self.samples, len(self.data))
+        return math.ceil(given / batch)
 
     def __iter__(self) -> Iterator[Batch]:
         graph, samples = self.graph, self.samples
@@ -249,11 +264,13 @@ def range_diagnostic(report: RangeReport) -> Diagnostic | None:
                       help=f"{advice}; {_KEEP_FLOAT32}")
 
 
-def check_float16(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch]) -> RangeReport:
-    """Check that ``graph`` with ``weights`` fits float16 on ``batches``; raises NetdslError (located) if not."""
+def check_float16(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch],
+                  run_done: RunDone | None = None) -> RangeReport:
+    """Check that ``graph`` with ``weights`` fits float16 on ``batches``; raises NetdslError (located) if not.
+    ``run_done`` as for :func:`observe_ranges`."""
     diag = parameter_overflow(graph, weights)
     if diag is None:
-        report = observe_ranges(graph, weights, batches)
+        report = observe_ranges(graph, weights, batches, run_done)
         diag = range_diagnostic(report)
         if diag is None:
             return report
@@ -302,9 +319,10 @@ def range_limited_nodes(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if INPUT_RANGE in n.attrs]
 
 
-def observe_input_ranges(graph: Graph, weights: dict[str, np.ndarray],
-                         batches: Iterable[Batch]) -> list[InputRangeStats]:
-    """Run ``graph`` in float32 on each batch; the extremes of every range-limited lowering's input, in graph order."""
+def observe_input_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch],
+                         run_done: RunDone | None = None) -> list[InputRangeStats]:
+    """Run ``graph`` in float32 on each batch; the extremes of every range-limited lowering's input, in graph order.
+    ``run_done`` is called after each run."""
     from netdsl.passes.softmax_exp import INPUT_RANGE
 
     stats = {id(n): InputRangeStats(n, *n.attrs[INPUT_RANGE]) for n in range_limited_nodes(graph)}
@@ -313,6 +331,8 @@ def observe_input_ranges(graph: Graph, weights: dict[str, np.ndarray],
     for batch in batches:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             run_graph(graph, weights, batch, observe=_input_observer(stats, {**weights, **batch}))
+        if run_done is not None:
+            run_done()
     return list(stats.values())
 
 
@@ -336,11 +356,12 @@ def input_range_diagnostic(stats: list[InputRangeStats], samples: int) -> Diagno
              "calibrate with real data (--calib), or compile for a target that keeps the op")
 
 
-def check_input_ranges(graph: Graph, weights: dict[str, np.ndarray],
-                       batches: Iterable[Batch]) -> list[InputRangeStats]:
-    """Check every range-limited lowering's input on ``batches``; a located NetdslError if one leaves its range."""
+def check_input_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterable[Batch],
+                       run_done: RunDone | None = None) -> list[InputRangeStats]:
+    """Check every range-limited lowering's input on ``batches``; a located NetdslError if one leaves its range.
+    ``run_done`` as for :func:`observe_input_ranges`."""
     batches = _reiterable(batches)
-    stats = observe_input_ranges(graph, weights, batches)
+    stats = observe_input_ranges(graph, weights, batches, run_done)
     diag = input_range_diagnostic(stats, sample_count(graph, batches))
     if diag is not None:
         raise NetdslError(diag)

@@ -15,6 +15,7 @@ scale (max |y|); the measured error is about 5e-4.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from netdsl.backends.onnx_backend import to_onnx
 from netdsl.backends.onnx_float16 import CONVERTED_OPS, Float16Error, to_float16
+from netdsl.builder import GraphBuilder
 from netdsl.driver import load_graph
 from netdsl.initializers import initial_weights
 from netdsl.interp import run_graph
-from netdsl.ir import Graph
+from netdsl.ir import Graph, TensorType
 from netdsl.passes.pipeline import ONNX_FORMS, PipelineResult, run_pipeline
 from netdsl.range_check import FLOAT16_MAX, calibration_batches
 
@@ -521,3 +523,24 @@ def test_calibration_batches_are_made_as_they_are_iterated(write_spec) -> None:
     report = observe_ranges(graph, {}, batches)
     assert report.samples == 6
     assert report.stats["y"].max_abs == max(float(np.exp(b["x"]).max()) for b in first)
+
+
+def test_range_checks_report_each_run(write_spec) -> None:
+    # The compile command's progress bar counts runs: two per batch for float16 (float32 and float16 storage), one
+    # per batch for the input ranges; len() of the batches is how many an iteration gives.
+    from netdsl.range_check import check_input_ranges, observe_ranges
+
+    graph = load_graph(write_spec("model m() {\n input x: f32[N=2, 3]\n output y = exp(x)\n}\n"))
+    data = np.arange(9, dtype=np.float32).reshape(3, 3)
+    for batches, count in ((calibration_batches(graph, 5, 7), 3), (calibration_batches(graph, 3, 0, data), 2),
+                           (calibration_batches(graph, 8, 0, data), 2)):
+        assert len(batches) == count == len(list(batches))
+        runs: list[int] = []
+        observe_ranges(graph, {}, batches, partial(runs.append, 1))
+        assert len(runs) == 2 * count
+    # A range-limited lowering's node (as sqrt_decompose marks them): one float32 run per batch.
+    b = GraphBuilder("limited")
+    b.output(b.op("exp", [b.input("x", TensorType("f32", (2, 3)))], name="y", input_range=("exp", -100.0, 100.0)))
+    runs = []
+    assert len(check_input_ranges(b.graph, {}, calibration_batches(b.graph, 5, 7), partial(runs.append, 1))) == 1
+    assert len(runs) == 3

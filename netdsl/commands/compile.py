@@ -16,6 +16,7 @@ Newton steps, ``exp_decompose``'s finite inputs) stays inside the range it is ex
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from netdsl.coverage.report import CoverageReport
     from netdsl.ir import Graph
     from netdsl.passes.pipeline import PipelineResult
+    from netdsl.range_check import CalibrationBatches, RangeReport
 
 TARGETS = ("onnx", "torch", "trt", "trt-restricted", "trt-dla")
 TRT_TARGETS = ("trt", "trt-restricted", "trt-dla")
@@ -127,7 +129,7 @@ def check_ranges(args: argparse.Namespace, result: PipelineResult) -> None:
     lowerings (e.g. ``sqrt_decompose``) for the restricted targets."""
     import sys
 
-    from netdsl.range_check import calibration_batches, check_input_ranges, range_limited_nodes
+    from netdsl.range_check import calibration_batches, range_limited_nodes
 
     if args.no_range_check:
         if args.dtype == "float16":
@@ -145,19 +147,35 @@ def check_ranges(args: argparse.Namespace, result: PipelineResult) -> None:
                                       calibration_data(args, result.graph))
     except ValueError as err:
         raise NetdslError(Diagnostic(str(err))) from None
-    if limited_inputs:
-        limited = check_input_ranges(result.graph, result.weights or {}, batches)
-        if limited:
-            print(f"input range check: {len(limited)} range-limited lowering(s) within range on the calibration inputs")
-    if args.dtype == "float16":
-        check_float16_range(result, batches)
+    run_range_checks(result, batches, limited_inputs, args.dtype == "float16")
 
 
-def check_float16_range(result: PipelineResult, batches: list[dict[str, np.ndarray]]) -> None:
-    """The float16 range check of the lowered graph on ``batches`` (a located NetdslError)."""
-    from netdsl.range_check import FLOAT16_MAX, check_float16
+def run_range_checks(result: PipelineResult, batches: CalibrationBatches, limited_inputs: bool, float16: bool) -> None:
+    """The input-range and float16 checks on ``batches`` under a transient progress bar on stderr (a large model's
+    check takes minutes), then their summary lines."""
+    from rich.console import Console
+    from rich.progress import Progress
 
-    report = check_float16(result.graph, result.weights or {}, batches)
+    from netdsl.range_check import check_float16, check_input_ranges
+
+    # One interpreter run per batch for the input ranges, two for float16 (float32 and float16 storage).
+    runs = len(batches) * (int(limited_inputs) + 2 * int(float16))
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:  # no stray lines in pipes
+        task = bar.add_task("range check on the calibration inputs", total=runs)
+        run_done = partial(bar.advance, task)
+        limited = check_input_ranges(result.graph, result.weights or {}, batches, run_done) if limited_inputs else []
+        report = check_float16(result.graph, result.weights or {}, batches, run_done) if float16 else None
+    if limited:
+        print(f"input range check: {len(limited)} range-limited lowering(s) within range on the calibration inputs")
+    if report is not None:
+        print_float16_range(report)
+
+
+def print_float16_range(report: RangeReport) -> None:
+    """The float16 range check's summary line: the largest magnitude and where it is."""
+    from netdsl.range_check import FLOAT16_MAX
+
     peak = report.peak()
     if peak is not None:
         print(f"float16 range check: {report.samples} samples, largest |x| {peak.max_abs:.6g} at "
