@@ -134,6 +134,22 @@ def sample_count(graph: Graph, batches: Iterable[Batch]) -> int:
     return sum(len(b[first]) if first and b[first].ndim else 1 for b in batches)
 
 
+ONE_BLAS_THREAD_BELOW = 32 << 20
+"""Weight bytes under which the float16 check runs BLAS on one thread (:func:`blas_threads`)."""
+
+
+def blas_threads(weights: dict[str, np.ndarray]) -> int | None:
+    """BLAS threads for the float16 check of a model with ``weights``: 1 for a small model, else None (the
+    library's default).
+
+    Each BLAS thread's work buffer is resident once used, about 2 MB here: beside a small model that is a
+    sixth of its float16 file (MobileViT-S's compile peaks at 66 MB with one thread, 68 MB with two, in the
+    same time), while a large model's matrix products gain from the second thread (ConvNeXt-T's check took
+    10% longer on one)."""
+    size = sum(np.asarray(w).nbytes for w in weights.values())
+    return 1 if size < ONE_BLAS_THREAD_BELOW else None
+
+
 RunDone = Callable[[], None]
 """Called after each interpreter run of a range check (a progress bar's advance)."""
 
@@ -147,10 +163,7 @@ def observe_ranges(graph: Graph, weights: dict[str, np.ndarray], batches: Iterab
 
     batches = _reiterable(batches)
     report = RangeReport(graph, sample_count(graph, batches))
-    # One BLAS thread: the products of row bands and slices are small enough that a second thread does not make
-    # the check faster, and each thread's work buffer is resident memory (MobileViT-S's float16 compile peaks
-    # ~2 MB lower, in the same time).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=blas_threads(weights), user_api="blas"):
         for batch in batches:
             for fp16 in (False, True):
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

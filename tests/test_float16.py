@@ -544,3 +544,11 @@ def test_range_checks_report_each_run(write_spec) -> None:
     runs = []
     assert len(check_input_ranges(b.graph, {}, calibration_batches(b.graph, 5, 7), partial(runs.append, 1))) == 1
     assert len(runs) == 3
+
+
+def test_small_models_check_float16_on_one_blas_thread() -> None:
+    from netdsl.range_check import ONE_BLAS_THREAD_BELOW, blas_threads
+
+    small = {"w": np.zeros(ONE_BLAS_THREAD_BELOW // 4 - 1, dtype=np.float32)}
+    large = {"w": np.zeros(ONE_BLAS_THREAD_BELOW // 2, dtype=np.float16), "b": np.zeros(1, dtype=np.float32)}
+    assert blas_threads(small) == 1 and blas_threads(large) is None
