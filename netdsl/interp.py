@@ -761,10 +761,7 @@ def run_graph(
             # A weight held in the storage dtype (float16_weights) is its own rounding: no round trip of its size.
             held = np.asarray(weights[name]).dtype == np.dtype(storage) if storage is not None else False
             return value if held else round_to_storage(value, storage)
-        value = env[name]
-        if storage is None or moved or value.dtype != np.dtype(storage):
-            return value
-        return _as_type(name, value, graph.type_of(name), dtype)
+        return env[name] if moved else widened(name, env[name])
 
     def drop_last_read(names: list[str], index: int) -> None:
         """Drop the values whose last reader is node ``index`` (before it computes: a stored input read in the
@@ -784,11 +781,10 @@ def run_graph(
         return outs
 
     def widened(name: str, value: np.ndarray) -> np.ndarray:
-        """A stored value in its compute dtype, as :func:`read` gives it."""
+        """A stored value in its compute dtype (a value held in the storage dtype converted, others as they are)."""
         if storage is None or value.dtype != np.dtype(storage):
             return value
         return value.astype(dtype if dtype is not None else NP_DTYPES[graph.type_of(name).dtype])
-
 
     def run_chain(chain: list[int]) -> list[np.ndarray]:
         """The last output of a :func:`sliced_chains` chain, computed a slice at a time."""

@@ -184,26 +184,29 @@ class CalibrationBatches:
     seed: int
     data: np.ndarray | None = None
 
+    def _batch_size(self) -> int:
+        """Samples per batch: the first input's leading axis (1 for a scalar input)."""
+        first = self.graph.type_of(self.graph.inputs[0])
+        return first.shape[0] if first.rank else 1
+
+    def _distinct_samples(self) -> int:
+        """The samples a pass covers before batches repeat any (cycling through ``data`` fills the last batch)."""
+        return self.samples if self.data is None else min(self.samples, len(self.data))
+
     def __len__(self) -> int:
         """The number of batches an iteration gives."""
-        batch = self.graph.type_of(self.graph.inputs[0]).shape[0] if self.graph.type_of(self.graph.inputs[0]).rank \
-            else 1
-        given = self.samples if self.data is None else min(self.samples, len(self.data))
-        return math.ceil(given / batch)
+        return math.ceil(self._distinct_samples() / self._batch_size())
 
     def __iter__(self) -> Iterator[Batch]:
-        graph, samples = self.graph, self.samples
+        graph = self.graph
         if self.data is not None:
-            name = graph.inputs[0]
-            batch = graph.type_of(name).shape[0]
-            count = math.ceil(min(samples, len(self.data)) / batch) * batch
-            rows = np.arange(count) % min(samples, len(self.data))
-            for i in range(0, count, batch):
-                yield {name: self.data[rows[i:i + batch]]}
+            name, batch = graph.inputs[0], self._batch_size()
+            rows = np.arange(len(self) * batch) % self._distinct_samples()
+            for i in range(len(self)):
+                yield {name: self.data[rows[i * batch:(i + 1) * batch]]}
             return
         rng = np.random.default_rng(self.seed)
-        first = graph.type_of(graph.inputs[0])
-        for _ in range(math.ceil(samples / (first.shape[0] if first.rank else 1))):
+        for _ in range(len(self)):
             yield {name: rng.standard_normal(graph.type_of(name).shape).astype(NP_DTYPES[graph.type_of(name).dtype])
                    for name in graph.inputs}
 

@@ -33,7 +33,7 @@ ROW_LOCAL_ELEMENTWISE = frozenset({
 """Elementwise ops (with numpy broadcasting): each output row is computed from the same row of each input."""
 
 BAND_ELEMENTS = 1 << 19
-"""Elements of the band-sized values a segment holds at once (1 MiB in float32): the budget that sets how many
+"""Elements of the band-sized values a segment holds at once (2 MiB in float32): the budget that sets how many
 output rows a band has (at least one)."""
 
 Rows = tuple[int, int]
@@ -46,6 +46,11 @@ class Segment:
 
     nodes: tuple[int, ...]
     rows_per_band: int
+
+
+def last_readers(nodes: list[Node]) -> dict[str, int]:
+    """The position in ``nodes`` of the last node reading each value they read."""
+    return {name: position for position, node in enumerate(nodes) for name in node.inputs}
 
 
 def _rows_of(graph: Graph, name: str) -> int:
@@ -130,7 +135,7 @@ def _band_elements(graph: Graph, nodes: list[Node], rows: Rows) -> int:
     """The most elements of computed values a segment holds at once for output rows ``rows`` (each value from its
     computation to its last reader, as :func:`run_segment` holds it)."""
     needs = band_needs(graph, nodes, rows)
-    last_reader = {name: position for position, node in enumerate(nodes) for name in node.inputs}
+    last_reader = last_readers(nodes)
     live: dict[str, int] = {}
     most = 0
     for position, node in enumerate(nodes):
@@ -159,7 +164,7 @@ def row_segments(graph: Graph, excluded: Collection[int] = ()) -> dict[int, Segm
     intermediate values are read inside the run alone and are no graph outputs, ending before a conv that widens
     the band after a strided one; kept when it has two nodes or more and its values do not fit one band. Where no
     run from a node closes, the next node is tried."""
-    last_reader = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
+    last_reader = last_readers(graph.nodes)
     local = [i not in excluded and _is_row_local(graph, n) for i, n in enumerate(graph.nodes)]
     segments: dict[int, Segment] = {}
     start = 0
@@ -218,7 +223,7 @@ def run_segment(
     nodes = [graph.nodes[i] for i in segment.nodes]
     last = nodes[-1].outputs[0]
     total = _rows_of(graph, last)
-    last_reader = {name: position for position, node in enumerate(nodes) for name in node.inputs}
+    last_reader = last_readers(nodes)
     result: np.ndarray | None = None
     computed: dict[str, int] = {}
     for first in range(0, total, segment.rows_per_band):
