@@ -6,19 +6,20 @@ and stride ``s``, slot (a, b) of output pixel (i, j) reads the reflection-padded
 column ``s·j + b``:
 
 1. ``k`` and ``v`` are reflection-padded by ``p`` once, as slices + concats (no ``pad`` op either).
-2. **Column blocks.** The padded map is cut into ``kernel`` column blocks per row phase ``r < s``: block
-   ``(r, b)`` holds rows ``r, r+s, ...`` and columns ``b, b+s, ...`` (Wo of them). Every slot ``(a, b)``
-   with ``a % s == r`` is a run of ``Ho`` consecutive rows of that block, from row ``t = a // s``.
-   The ``kernel`` blocks of a row phase are stacked on one axis: ``kernel·s`` copies of the map
-   instead of one per slot. The value blocks are made by one one-hot depthwise conv per row phase
-   (:func:`_column_blocks`), the key blocks by slices and a concat (heads first; see there).
-3. **Frames.** Instead of cutting each slot's rows out of the (``C``-channel) block, the block is used
-   whole, as a frame of ``R = t_max + Ho`` rows: ``q`` is placed at row offset ``t`` of a zero frame
-   (once per window row ``a``), multiplied with the stacked blocks of its row phase (one broadcast
-   product for all ``kernel`` slots of the window row), and only the result -- summed over each
-   head's ``d`` channels by one grouped 1x1 conv whose constant kernel holds ``scale``, so
-   ``heads`` channels per slot -- is cut to the slot's rows. The frame costs ``R / Ho - 1`` more
-   elements per product (11% at 56x56 with a 7x7 window), far less than a copy per slot.
+2. **Window blocks.** One depthwise conv with a one-hot ``P x kernel`` kernel and stride ``s``
+   (``P = min(s, kernel)`` row phases) unfolds the padded map: its output channel
+   ``c·P·kernel + r·kernel + b`` holds rows ``r, r+s, ...`` and columns ``b, b+s, ...`` (``Wo`` of them)
+   of channel ``c``, ``R = (kernel - 1) // s + Ho`` rows. Slot ``(a, b)`` is then the ``Ho`` rows from
+   row ``t = a // s`` of tap ``(a % s, b)``: ``P·kernel`` taps in all, instead of a copy per slot.
+3. **Frames.** Instead of cutting each slot's rows out of the stack, the stack is used whole, as a
+   frame of ``R`` rows: ``q`` is placed at row offset ``t`` of a zero frame (once per row offset: the
+   ``P`` window rows ``a`` with ``a // s = t`` share it), multiplied with all ``P·kernel`` taps (one
+   broadcast product), and only the result -- summed over each head's ``d`` channels by one grouped
+   1x1 conv whose constant kernel holds ``scale``, so ``heads`` channels per tap -- is cut to the
+   ``Ho`` rows at offset ``t``. The frame costs ``R / Ho - 1`` more elements per product (11% at
+   56x56 with a 7x7 window), far less than a copy per slot. When ``kernel`` is not a multiple of
+   ``s``, the last row offset has fewer window rows than phases: its other taps' logits are cut off
+   and their attention weights are zero.
 4. Positional logits ``scale · Σ_e q_s[e] · (pos_q[e] − pos_n[e])``:
 
    * when ``pos`` is a 1x1 convolution ``Wp·grid + b`` of the positional grid (ACmix's ``conv_p``),
@@ -34,19 +35,19 @@ column ``s·j + b``:
 5. Softmax over the slot axis (axis 2 of ``[B, heads, N, Ho·Wo]``: ONNX Runtime moves a middle axis
    last by a transpose, which for this shape is a fast two-axis one; the same softmax on a rank-4
    ``[B·heads, N, Ho, Wo]`` ran about five times slower).
-6. ``y = Σ_n A_n ⊙ V_n`` by window rows: the weights of the ``kernel`` slots of row ``a``, placed
-   in a zero frame like ``q`` (``heads`` channels: cheap), multiply the stacked value blocks
-   (channel-major, ``[B, C, kernel, frame]``), a grouped 1x1 conv with a ones kernel sums the
-   ``kernel`` columns of each channel, and the frame is cut to the row's ``Ho`` rows and added up.
+6. ``y = Σ_n A_n ⊙ V_n`` by row offsets: the weights of the slots of offset ``t``, placed in a zero
+   frame like ``q`` (``heads`` channels: cheap), multiply the value stack (``[B·heads, d, P·kernel·R,
+   Wo]``), a grouped 1x1 conv with a ones kernel sums each channel's taps, and the frame is cut to
+   the offset's ``Ho`` rows and added up.
 
-Why this form: the earlier form cut a copy of k and v per slot and spent about ten operators per
+Why this form: the first form cut a copy of k and v per slot and spent about ten operators per
 slot (507 ONNX operators for one ACmix block, 64 channels, 56x56, 7x7 window), each on a 0.8 MB
-tensor; here the block has 174 (181 before the value blocks became a conv), moves 688 MB op by op
-instead of 851, and its products are large
-enough for ONNX Runtime (CPU) to share out over two threads. Side by side in ONNX Runtime under a
-load average of ~10 the old form took 0.9-1.5x the new one's median time (above 1 in 7 of the 8
-configurations of batch 1 and 8, stride 1 and 2, 1 and 2 threads; docs/benchmarks.md, "Stacked
-column blocks"). The stacked products are ``kernel``
+tensor; here the block has 168 at stride 1 and 118 at stride 2, and its products are large enough
+for ONNX Runtime (CPU) to share out over two threads. The stack conv replaced strided row-phase
+slices and, for the keys, column slices and a concat per phase (ONNX Runtime runs those on one
+thread), and a product per window row became one per row offset: at stride 2, side by side, batch 1
+4.36 -> 4.06 ms and batch 8 56.0 -> 48.8 ms at two threads (docs/benchmarks.md, "Window blocks by
+one conv"). The stacked products are ``P·kernel``
 times a map; over :data:`STACK_BUDGET` elements the batch is cut into chunks that keep them within
 it: whole-batch stacks at batch 8 (50 MB) took 1.4-1.8x the per-slot form's summed kernel time.
 Every form is exact up to float32 summation order.
@@ -123,68 +124,60 @@ def at_outputs(em: Emitter, x: str, win: Window) -> str:
 
 
 @dataclass(frozen=True)
-class Frames:
-    """The column blocks of a reflection-padded map, stacked per row phase (see the module docstring)."""
+class Stack:
+    """The unfolded window blocks of a reflection-padded map (see the module docstring).
 
-    stacks: list[str]
-    rows: list[int]
+    ``name`` is ``[B, C·phases·kernel, rows, Wo]``: channel ``c·phases·kernel + r·kernel + b`` holds rows
+    ``r, r+s, ...`` (``rows`` of them) and columns ``b, b+s, ...`` of channel ``c``."""
+
+    name: str
+    phases: int
+    rows: int
 
 
-def _row_count(win: Window, r: int) -> int:
-    """The frame of row phase ``r``: rows ``t < (kernel - 1 - r) // s + 1`` offsets, plus ``Ho``."""
-    return (win.kernel - 1 - r) // win.stride + win.out_h
+def _phases(win: Window) -> int:
+    """Row phases a window spans: window rows ``a`` with the same ``a // s`` differ in ``a % s``."""
+    return min(win.stride, win.kernel)
 
 
-def _frames(em: Emitter, x: str, win: Window, heads_first: bool) -> Frames:
-    """``x`` reflection-padded by p, its column blocks (``[B, C, rows, Wo]`` each) stacked per row phase:
-    ``[B·heads, kernel, d·rows, Wo]`` (``heads_first``) or ``[B, C, kernel·rows, Wo]``."""
-    s, p = win.stride, win.pad
+def _frame_rows(win: Window) -> int:
+    """Rows of a frame: ``Ho`` plus the largest row offset ``(kernel - 1) // s``."""
+    return (win.kernel - 1) // win.stride + win.out_h
+
+
+def _row_groups(win: Window) -> list[int]:
+    """Window rows per row offset ``t = a // s``, for t = 0, 1, ...: ``phases``, fewer in the last group."""
+    return [min(_phases(win), win.kernel - t * win.stride) for t in range((win.kernel - 1) // win.stride + 1)]
+
+
+def _stack(em: Emitter, x: str, win: Window) -> Stack:
+    """``x`` reflection-padded by p and unfolded by one depthwise conv (see :class:`Stack`).
+
+    The conv's one-hot ``phases x kernel`` kernel and stride ``s`` give output channel
+    ``c·phases·kernel + r·kernel + b`` = tap (r, b) at every output position: the row phases and column
+    blocks of all slots, stacked channel-major as the products read them, in one operator. ONNX Runtime
+    (CPU) shares the conv out over its threads; the strided slices, column slices and concats it
+    replaces ran on one (the key stack's 2 column-phase slices, 7 block slices and concat per row phase
+    took ~2.5x the conv's time at 64 channels, 56x56, stride 2)."""
+    s, p, kk, c = win.stride, win.pad, win.kernel, win.channels
     padded = pad_axis(em, pad_axis(em, x, 2, p, p, "reflect"), 3, p, p, "reflect")
-    phases = range(min(s, win.kernel))
-    rows = [_row_count(win, r) for r in phases]
-    stacks = []
-    for r in phases:
-        in_phase = _strided(em, padded, 2, r, rows[r], s)
-        if not heads_first:
-            stacks.append(_column_blocks(em, in_phase, win, rows[r]))
-            continue
-        # Column phases first: strided slices are far slower than contiguous ones in ONNX Runtime.
-        columns = [_strided(em, in_phase, 3, c, (win.kernel - 1 - c) // s + win.out_w, s) for c in phases]
-        blocks = [_strided(em, columns[b % s], 3, b // s, win.out_w, 1) for b in range(win.kernel)]
-        view = (win.batch * win.heads, 1, win.head_dim * rows[r], win.out_w)
-        stacks.append(em.op("concat", [em.op("reshape", [block], shape=view) for block in blocks], axis=1))
-    return Frames(stacks, rows)
+    phases = _phases(win)
+    weight = em.const(unfold_kernel(c, phases, kk), em.graph.type_of(x).dtype, "window_blocks")
+    # Padded height s·Ho + kernel - 1 less `phases` rows gives exactly Ho + (kernel - 1) // s output rows (the
+    # op's type rule makes H and W multiples of s); the width likewise gives Wo columns.
+    stack = em.op("conv", [padded, weight], "window_blocks", stride=(s, s), pads=(0, 0, 0, 0), dilation=(1, 1),
+                  groups=c)
+    return Stack(stack, phases, _frame_rows(win))
 
 
-def _column_blocks(em: Emitter, in_phase: str, win: Window, rows: int) -> str:
-    """The ``kernel`` column blocks of one row phase ``[B, C, rows, Wp]``, channel-major: ``[B, C, kernel·rows, Wo]``.
-
-    One depthwise conv with a one-hot ``1 x kernel`` kernel and column stride ``s``: its output channel
-    ``c·kernel + b`` is block ``b`` of channel ``c`` (columns ``b, b+s, ...``), which is the channel-major
-    stack as it is, where slices would cut each block and a concat would stack them. ONNX Runtime (CPU)
-    shares the conv out over its threads; it runs slices and concats on one (64 channels, 56x56, stride 2:
-    0.22 ms against 0.38 ms for the slices and concat at two threads, about the same at one). The
-    heads-first key stack would need a transpose after the conv: that measured no faster at two threads
-    and 10% slower at one (ACmix block, batch 1, stride 2), so the keys keep their slices.
-    """
-    kk, c, s = win.kernel, win.channels, win.stride
-    # A 1 x kernel unfold: output map c·kernel + b picks tap (0, b).
-    weight = em.const(unfold_kernel(c, 1, kk), em.graph.type_of(in_phase).dtype, "column_blocks")
-    # The padded width W + kernel - 1 gives (W - 1) // s + 1 = Wo columns: the op's type rule makes W a multiple of s.
-    blocks = em.op("conv", [in_phase, weight], "column_blocks", stride=(1, s), pads=(0, 0, 0, 0), dilation=(1, 1),
-                   groups=c)
-    return em.op("reshape", [blocks], shape=(win.batch, c, kk * rows, win.out_w))
+def _framed(em: Emitter, x: str, win: Window, t: int) -> str:
+    """``x`` [.., Ho, Wo] at row offset ``t`` of a frame, zeros around it: [.., rows, Wo]."""
+    return pad_axis(em, x, 2, t, _frame_rows(win) - t - win.out_h, "zero")
 
 
-def _framed(em: Emitter, x: str, win: Window, a: int, rows: int) -> str:
-    """``x`` [.., Ho, Wo] at row offset ``a // s`` of a ``rows``-row frame, zeros around it: [.., rows, Wo]."""
-    before = a // win.stride
-    return pad_axis(em, x, 2, before, rows - before - win.out_h, "zero")
-
-
-def _cut(em: Emitter, x: str, win: Window, a: int) -> str:
-    """The ``Ho`` rows of window row ``a`` from a frame [.., rows, Wo]: [.., Ho, Wo]."""
-    return _strided(em, x, 2, a // win.stride, win.out_h, 1)
+def _cut(em: Emitter, x: str, win: Window, t: int) -> str:
+    """The ``Ho`` rows at row offset ``t`` of a frame [.., rows, Wo]: [.., Ho, Wo]."""
+    return _strided(em, x, 2, t, win.out_h, 1)
 
 
 def _grouped_sum(em: Emitter, x: str, kernel: np.ndarray, hint: str) -> str:
@@ -237,18 +230,21 @@ def _position_logits(em: Emitter, q_s: str, grid: Node, weight: str, win: Window
 
 def _content_logits(em: Emitter, q_s: str, k: str, win: Window, scale: float) -> str:
     """``scale · Σ_e q_s[e] · K_n[e]`` per head and slot: [B, heads, N, Ho·Wo]."""
-    kk, h, d = win.kernel, win.heads, win.head_dim
-    frames = _frames(em, k, win, heads_first=True)
-    head_sum = np.full((h * kk, d, 1, 1), scale)
+    kk, h, c = win.kernel, win.heads, win.channels
+    stack = _stack(em, k, win)
+    taps = stack.phases * kk
+    keys = em.op("reshape", [stack.name], shape=(win.batch * c, taps, stack.rows, win.out_w))
+    head_sum = np.full((h, win.head_dim, 1, 1), scale)
     logits = []
-    for a in range(kk):
-        rows = frames.rows[a % win.stride]
-        query = em.op("reshape", [_framed(em, q_s, win, a, rows)], shape=(win.batch * h, 1, d * rows, win.out_w))
-        # [B·heads, kernel, d·rows, Wo] viewed as [B, heads·kernel·d, rows, Wo]: groups of d channels.
-        product = em.op("reshape", [em.op("mul", [query, frames.stacks[a % win.stride]])],
-                        shape=(win.batch, h * kk * d, rows, win.out_w))
-        summed = _grouped_sum(em, product, head_sum, "logit")
-        logits.append(em.op("reshape", [_cut(em, summed, win, a)], shape=(win.batch, h, kk, win.out_h * win.out_w)))
+    for t, rows_in_group in enumerate(_row_groups(win)):
+        query = em.op("reshape", [_framed(em, q_s, win, t)], shape=(win.batch * c, 1, stack.rows, win.out_w))
+        # [B·C, taps, rows, Wo] viewed as [B, C, taps·rows, Wo]: each head's d channels summed per pixel.
+        product = em.op("reshape", [em.op("mul", [query, keys])], shape=(win.batch, c, taps * stack.rows, win.out_w))
+        summed = em.op("reshape", [_grouped_sum(em, product, head_sum, "logit")],
+                       shape=(win.batch, h * taps, stack.rows, win.out_w))
+        group = em.op("reshape", [_cut(em, summed, win, t)], shape=(win.batch, h, taps, win.out_h * win.out_w))
+        # The last group may hold fewer window rows than phases: its other taps are no slot.
+        logits.append(_strided(em, group, 2, 0, rows_in_group * kk, 1))
     return em.op("concat", logits, "logits", axis=2)
 
 
@@ -260,20 +256,23 @@ def _query_position(em: Emitter, q_s: str, pos_q: str, win: Window, scale: float
 
 def _weighted_values(em: Emitter, attn: str, v: str, win: Window) -> str:
     """``Σ_n A_n ⊙ V_n`` for ``attn`` [B, heads, N, Ho·Wo]: [B, C, Ho, Wo]."""
-    kk, h, d = win.kernel, win.heads, win.head_dim
-    frames = _frames(em, v, win, heads_first=False)
-    column_sum = np.ones((win.channels, kk, 1, 1))
-    weights = em.op_multi("split", [attn], sizes=(kk,) * kk, axis=2)  # one [B, heads, kernel, Ho·Wo] per row a
+    kk, h = win.kernel, win.heads
+    stack = _stack(em, v, win)
+    taps = stack.phases * kk
+    values = em.op("reshape", [stack.name], shape=(win.batch * h, win.head_dim, taps * stack.rows, win.out_w))
+    tap_sum = np.ones((win.channels, taps, 1, 1))
+    groups = _row_groups(win)
+    weights = em.op_multi("split", [attn], sizes=tuple(n * kk for n in groups), axis=2)
     out = None
-    for a in range(kk):
-        rows = frames.rows[a % win.stride]
-        weight = em.op("reshape", [weights[a]], shape=(win.batch * h, kk, win.out_h, win.out_w))
-        weight = em.op("reshape", [_framed(em, weight, win, a, rows)], shape=(win.batch * h, 1, kk * rows, win.out_w))
-        value = em.op("reshape", [frames.stacks[a % win.stride]], shape=(win.batch * h, d, kk * rows, win.out_w))
-        # [B·heads, d, kernel·rows, Wo] viewed as [B, C·kernel, rows, Wo]: groups of the kernel columns.
-        product = em.op("reshape", [em.op("mul", [weight, value])],
-                        shape=(win.batch, win.channels * kk, rows, win.out_w))
-        row = _cut(em, _grouped_sum(em, product, column_sum, "weighted"), win, a)
+    for t, rows_in_group in enumerate(groups):
+        weight = em.op("reshape", [weights[t]], shape=(win.batch * h, rows_in_group * kk, win.out_h, win.out_w))
+        # Taps of no slot (a short last group) get weight 0.
+        weight = pad_axis(em, weight, 1, 0, taps - rows_in_group * kk, "zero")
+        weight = em.op("reshape", [_framed(em, weight, win, t)], shape=(win.batch * h, 1, taps * stack.rows, win.out_w))
+        # [B·heads, d, taps·rows, Wo] viewed as [B, C·taps, rows, Wo]: groups of one channel's taps.
+        product = em.op("reshape", [em.op("mul", [weight, values])],
+                        shape=(win.batch, win.channels * taps, stack.rows, win.out_w))
+        row = _cut(em, _grouped_sum(em, product, tap_sum, "weighted"), win, t)
         out = row if out is None else em.op("add", [out, row])
     return out
 
@@ -296,7 +295,7 @@ def _attend(em: Emitter, q: str, k: str, v: str, pos: str | None, projection: tu
 
 def batch_chunk(win: Window) -> int:
     """Images per chunk: as many as keep the largest stacked product within :data:`STACK_BUDGET` (at least 1)."""
-    per_image = win.channels * win.kernel * _row_count(win, 0) * win.out_w
+    per_image = win.channels * _phases(win) * win.kernel * _frame_rows(win) * win.out_w
     return max(1, min(win.batch, STACK_BUDGET // per_image))
 
 
