@@ -69,10 +69,11 @@ from netdsl.passes.unfold_to_conv import unfold_kernel
 
 RULE = "lower_local_attention"
 # The largest stacked product, in elements, before the batch is cut into chunks (a chunk holds at
-# least one image: a 64-channel 56x56 one at stride 1 is 1.6 M elements with a 7x7 window). 2²⁰
-# (4 MiB of float32): ACmix at batch 8, 64 channels, ONNX Runtime CPU, side by side, 2 images per
-# chunk at 56x56 stride 2 ran in 0.85-0.94x the time of 5 per chunk (2²¹); at 28x28 stride 1,
-# 2 per chunk beat 1 and 4; at 14x14 the whole batch stays one chunk.
+# least one image: a 64-channel 56x56 one is 1.6 M elements at stride 1, 0.8 M at stride 2 with a 7x7
+# window). 2²⁰ (4 MiB of float32): ACmix at batch 8, 64 channels, ONNX Runtime CPU, side by side, one
+# image per chunk at 56x56 stride 2 took 0.96x (two threads) and 0.93x (one) the time of two (2²¹);
+# with the earlier per-window-row products, 2 images per chunk ran in 0.85-0.94x the time of 5; at
+# 28x28 stride 1, 2 per chunk beat 1 and 4; at 14x14 the whole batch stays one chunk.
 STACK_BUDGET = 2**20
 
 
@@ -127,8 +128,8 @@ def at_outputs(em: Emitter, x: str, win: Window) -> str:
 class Stack:
     """The unfolded window blocks of a reflection-padded map (see the module docstring).
 
-    ``name`` is ``[B, C·phases·kernel, rows, Wo]``: channel ``c·phases·kernel + r·kernel + b`` holds rows
-    ``r, r+s, ...`` (``rows`` of them) and columns ``b, b+s, ...`` of channel ``c``."""
+    ``name`` is ``[B·C, phases·kernel, rows, Wo]``: tap ``r·kernel + b`` of image-channel ``(i, c)`` holds
+    rows ``r, r+s, ...`` (``rows`` of them) and columns ``b, b+s, ...`` of that channel."""
 
     name: str
     phases: int
@@ -151,23 +152,29 @@ def _row_groups(win: Window) -> list[int]:
 
 
 def _stack(em: Emitter, x: str, win: Window) -> Stack:
-    """``x`` reflection-padded by p and unfolded by one depthwise conv (see :class:`Stack`).
+    """``x`` reflection-padded by p and unfolded by one conv (see :class:`Stack`).
 
-    The conv's one-hot ``phases x kernel`` kernel and stride ``s`` give output channel
-    ``c·phases·kernel + r·kernel + b`` = tap (r, b) at every output position: the row phases and column
-    blocks of all slots, stacked channel-major as the products read them, in one operator. ONNX Runtime
-    (CPU) shares the conv out over its threads; the strided slices, column slices and concats it
-    replaces ran on one (the key stack's 2 column-phase slices, 7 block slices and concat per row phase
-    took ~2.5x the conv's time at 64 channels, 56x56, stride 2)."""
+    The conv's one-hot ``phases x kernel`` kernel with stride ``s`` gives output channel ``r·kernel + b``
+    per input channel = tap (r, b) at every output position: the row phases and column blocks of all
+    slots, stacked as the products read them, in one operator. ONNX Runtime (CPU) shares the conv out
+    over its threads; the strided slices, column slices and concats it replaces ran on one (the key
+    stack's 2 column-phase slices, 7 block slices and concat per row phase took ~2.5x the conv's time
+    at 64 channels, 56x56, stride 2). Strided, the conv runs over the ``B·C`` channels as a batch of
+    single-channel maps: 0.58-0.99x the time of the same taps as a depthwise conv of the ``C``-channel
+    map (one and two threads, 64 channels, 14x14 to 56x56, 5x5 and 7x7 windows); at stride 1 the
+    depthwise conv is the faster one (the batch took 1.06-2.75x its time)."""
     s, p, kk, c = win.stride, win.pad, win.kernel, win.channels
     padded = pad_axis(em, pad_axis(em, x, 2, p, p, "reflect"), 3, p, p, "reflect")
     phases = _phases(win)
-    weight = em.const(unfold_kernel(c, phases, kk), em.graph.type_of(x).dtype, "window_blocks")
+    per_map = 1 if s > 1 else c
+    maps = em.op("reshape", [padded], shape=(win.batch * c // per_map, per_map, win.height + 2 * p, win.width + 2 * p))
+    weight = em.const(unfold_kernel(per_map, phases, kk), em.graph.type_of(x).dtype, "window_blocks")
     # Padded height s·Ho + kernel - 1 less `phases` rows gives exactly Ho + (kernel - 1) // s output rows (the
     # op's type rule makes H and W multiples of s); the width likewise gives Wo columns.
-    stack = em.op("conv", [padded, weight], "window_blocks", stride=(s, s), pads=(0, 0, 0, 0), dilation=(1, 1),
-                  groups=c)
-    return Stack(stack, phases, _frame_rows(win))
+    taps = em.op("conv", [maps, weight], "window_blocks", stride=(s, s), pads=(0, 0, 0, 0), dilation=(1, 1),
+                 groups=per_map)
+    rows = _frame_rows(win)
+    return Stack(em.op("reshape", [taps], shape=(win.batch * c, phases * kk, rows, win.out_w)), phases, rows)
 
 
 def _framed(em: Emitter, x: str, win: Window, t: int) -> str:
@@ -233,7 +240,7 @@ def _content_logits(em: Emitter, q_s: str, k: str, win: Window, scale: float) ->
     kk, h, c = win.kernel, win.heads, win.channels
     stack = _stack(em, k, win)
     taps = stack.phases * kk
-    keys = em.op("reshape", [stack.name], shape=(win.batch * c, taps, stack.rows, win.out_w))
+    keys = stack.name
     head_sum = np.full((h, win.head_dim, 1, 1), scale)
     logits = []
     for t, rows_in_group in enumerate(_row_groups(win)):
@@ -277,10 +284,9 @@ def _weighted_values(em: Emitter, attn: str, v: str, win: Window) -> str:
     return out
 
 
-def _attend(em: Emitter, q: str, k: str, v: str, pos: str | None, projection: tuple[Node, str] | None, win: Window,
+def _attend(em: Emitter, q_s: str, k: str, v: str, pos: str | None, projection: tuple[Node, str] | None, win: Window,
             scale: float) -> str:
-    """The lowered attention of ``win.batch`` images: [B, C, Ho, Wo]."""
-    q_s = at_outputs(em, q, win)
+    """The lowered attention of ``win.batch`` images, queries ``q_s`` at the output positions: [B, C, Ho, Wo]."""
     if pos is not None and projection is None:
         tiled = em.op("concat", [pos] * win.heads, axis=1) if win.heads > 1 else pos
         scores = em.op("add", [_content_logits(em, q_s, em.op("sub", [k, tiled]), win, scale),
@@ -305,14 +311,17 @@ def _lower_local_attention(node: Node, em: Emitter) -> list[str] | None:
     win = Window(*em.graph.type_of(q).shape, heads=a["heads"], kernel=a["kernel"], stride=a["stride"])
     scale = float(a["scale"])
     projection = _grid_projection(em, pos[0]) if pos else None
+    # The queries are cut to the output positions before the batch is cut into chunks: slice_before_conv then
+    # turns the cut into the stride of q's projection, which runs on those positions only.
+    q_s = at_outputs(em, q, win)
     chunk = batch_chunk(win)
     if chunk == win.batch:
-        return [_attend(em, q, k, v, pos[0] if pos else None, projection, win, scale)]
+        return [_attend(em, q_s, k, v, pos[0] if pos else None, projection, win, scale)]
     outs = []
     for start in range(0, win.batch, chunk):
         n = min(chunk, win.batch - start)
         # pos has a batch of 1 (the op's type rule) and serves every chunk.
-        q_part, k_part, v_part = (_strided(em, x, 0, start, n, 1) for x in (q, k, v))
+        q_part, k_part, v_part = (_strided(em, x, 0, start, n, 1) for x in (q_s, k, v))
         outs.append(_attend(em, q_part, k_part, v_part, pos[0] if pos else None, projection, replace(win, batch=n),
                             scale))
     return [em.op("concat", outs, axis=0)]
