@@ -2,7 +2,9 @@
 
 Exit status: 0 success, 2 bad input (a located error is printed), 1 internal error
 (``--debug`` shows the traceback), 130 and 143 when stopped by SIGINT or SIGTERM (see
-:mod:`netdsl.interrupts`).
+:mod:`netdsl.interrupts`), 141 without a message when the reader of standard output closed it
+(``netdsl compile ... | head -1``): the command stops there, as a program stopped by SIGPIPE does,
+and leaves no output file (outputs are written whole or not at all).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,8 +90,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, Terminated) as stop:
         return report_stop(stop)
+    except BrokenPipeError:
+        return stdout_closed()
     except Exception as err:
         return internal_error(err, debug or getattr(args, "debug", False))
+
+
+def stdout_closed() -> int:
+    """The reader of standard output went away (exit 141, quietly): what is left to print goes nowhere.
+
+    Standard output is pointed at the null device so that the interpreter's flush at exit does not
+    fail on the closed pipe a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 def internal_error(err: Exception, debug: bool) -> int:

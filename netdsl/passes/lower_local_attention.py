@@ -6,10 +6,11 @@ and stride ``s``, slot (a, b) of output pixel (i, j) reads the reflection-padded
 column ``s·j + b``:
 
 1. ``k`` and ``v`` are reflection-padded by ``p`` once, as slices + concats (no ``pad`` op either).
-2. **Window blocks.** One depthwise conv with a one-hot ``P x kernel`` kernel and stride ``s``
-   (``P = min(s, kernel)`` row phases) unfolds the padded map: its output channel
-   ``c·P·kernel + r·kernel + b`` holds rows ``r, r+s, ...`` and columns ``b, b+s, ...`` (``Wo`` of them)
-   of channel ``c``, ``R = (kernel - 1) // s + Ho`` rows. Slot ``(a, b)`` is then the ``Ho`` rows from
+2. **Window blocks.** One conv with a one-hot ``P x kernel`` kernel and stride ``s`` (``P = min(s,
+   kernel)`` row phases) unfolds the padded map, each channel on its own (a depthwise conv, or at a
+   stride a conv of the channels as a batch of single-channel maps): its tap ``r·kernel + b`` of
+   channel ``c`` holds rows ``r, r+s, ...`` and columns ``b, b+s, ...`` (``Wo`` of them) of channel
+   ``c``, ``R = (kernel - 1) // s + Ho`` rows. Slot ``(a, b)`` is then the ``Ho`` rows from
    row ``t = a // s`` of tap ``(a % s, b)``: ``P·kernel`` taps in all, instead of a copy per slot.
 3. **Frames.** Instead of cutting each slot's rows out of the stack, the stack is used whole, as a
    frame of ``R`` rows: ``q`` is placed at row offset ``t`` of a zero frame (once per row offset: the
@@ -42,7 +43,7 @@ column ``s·j + b``:
 
 Why this form: the first form cut a copy of k and v per slot and spent about ten operators per
 slot (507 ONNX operators for one ACmix block, 64 channels, 56x56, 7x7 window), each on a 0.8 MB
-tensor; here the block has 168 at stride 1 and 118 at stride 2, and its products are large enough
+tensor; here the block has 168 at stride 1 and 117 at stride 2, and its products are large enough
 for ONNX Runtime (CPU) to share out over two threads. The stack conv replaced strided row-phase
 slices and, for the keys, column slices and a concat per phase (ONNX Runtime runs those on one
 thread), and a product per window row became one per row offset: at stride 2, side by side, batch 1
@@ -244,13 +245,13 @@ def _content_logits(em: Emitter, q_s: str, k_pad: str, win: Window, scale: float
     kk, h, c = win.kernel, win.heads, win.channels
     stack = _stack(em, k_pad, win)
     taps = stack.phases * kk
-    keys = stack.name
     head_sum = np.full((h, win.head_dim, 1, 1), scale)
     logits = []
     for t, rows_in_group in enumerate(_row_groups(win)):
         query = em.op("reshape", [_framed(em, q_s, win, t)], shape=(win.batch * c, 1, stack.rows, win.out_w))
         # [B·C, taps, rows, Wo] viewed as [B, C, taps·rows, Wo]: each head's d channels summed per pixel.
-        product = em.op("reshape", [em.op("mul", [query, keys])], shape=(win.batch, c, taps * stack.rows, win.out_w))
+        product = em.op("reshape", [em.op("mul", [query, stack.name])],
+                        shape=(win.batch, c, taps * stack.rows, win.out_w))
         summed = em.op("reshape", [_grouped_sum(em, product, head_sum, "logit")],
                        shape=(win.batch, h * taps, stack.rows, win.out_w))
         group = em.op("reshape", [_cut(em, summed, win, t)], shape=(win.batch, h, taps, win.out_h * win.out_w))
