@@ -32,11 +32,15 @@ RULE = "conv_before_resize"
 INTERPOLATION_MACS = 16  # cost of interpolating one element, in 1x1-conv MACs (see the module docstring)
 
 
+def is_1x1(em: Emitter, conv: Node) -> bool:
+    """A 1x1 conv without padding, at any stride: each output pixel reads one input pixel."""
+    return (conv.op == "conv" and tuple(em.graph.type_of(conv.inputs[1]).shape[2:]) == (1, 1)
+            and not any(conv.attrs["pads"]))
+
+
 def is_pointwise(em: Emitter, conv: Node) -> bool:
     """A 1x1 conv without stride or padding: a per-pixel affine map of the channels."""
-    kernel = em.graph.type_of(conv.inputs[1]).shape[2:]
-    return (conv.op == "conv" and tuple(kernel) == (1, 1) and tuple(conv.attrs["stride"]) == (1, 1)
-            and not any(conv.attrs["pads"]))
+    return is_1x1(em, conv) and tuple(conv.attrs["stride"]) == (1, 1)
 
 
 def worth_moving(em: Emitter, conv: Node, resize: Node) -> bool:

@@ -125,18 +125,6 @@ def at_outputs(em: Emitter, x: str, win: Window) -> str:
     return _strided(em, rows, 3, 0, win.out_w, win.stride)
 
 
-@dataclass(frozen=True)
-class Stack:
-    """The unfolded window blocks of a reflection-padded map (see the module docstring).
-
-    ``name`` is ``[B·C, phases·kernel, rows, Wo]``: tap ``r·kernel + b`` of image-channel ``(i, c)`` holds
-    rows ``r, r+s, ...`` (``rows`` of them) and columns ``b, b+s, ...`` of that channel."""
-
-    name: str
-    phases: int
-    rows: int
-
-
 def _phases(win: Window) -> int:
     """Row phases a window spans: window rows ``a`` with the same ``a // s`` differ in ``a % s``."""
     return min(win.stride, win.kernel)
@@ -145,6 +133,11 @@ def _phases(win: Window) -> int:
 def _frame_rows(win: Window) -> int:
     """Rows of a frame: ``Ho`` plus the largest row offset ``(kernel - 1) // s``."""
     return (win.kernel - 1) // win.stride + win.out_h
+
+
+def _taps(win: Window) -> int:
+    """Taps of a window stack: ``kernel`` column blocks per row phase."""
+    return _phases(win) * win.kernel
 
 
 def _row_groups(win: Window) -> list[int]:
@@ -157,8 +150,10 @@ def _reflected(em: Emitter, x: str, win: Window) -> str:
     return pad_axis(em, pad_axis(em, x, 2, win.pad, win.pad, "reflect"), 3, win.pad, win.pad, "reflect")
 
 
-def _stack(em: Emitter, padded: str, win: Window) -> Stack:
-    """The reflection-padded map ``padded`` unfolded by one conv (see :class:`Stack`).
+def _stack(em: Emitter, padded: str, win: Window) -> str:
+    """The reflection-padded map ``padded`` unfolded by one conv: ``[B·C, taps, rows, Wo]``, tap ``r·kernel + b``
+    of image-channel ``(i, c)`` holding rows ``r, r+s, ...`` (:func:`_frame_rows` of them) and columns
+    ``b, b+s, ...`` of that channel.
 
     The conv's one-hot ``phases x kernel`` kernel with stride ``s`` gives output channel ``r·kernel + b``
     per input channel = tap (r, b) at every output position: the row phases and column blocks of all
@@ -169,17 +164,16 @@ def _stack(em: Emitter, padded: str, win: Window) -> Stack:
     single-channel maps: 0.58-0.99x the time of the same taps as a depthwise conv of the ``C``-channel
     map (one and two threads, 64 channels, 14x14 to 56x56, 5x5 and 7x7 windows); at stride 1 the
     depthwise conv is the faster one (the batch took 1.06-2.75x its time)."""
-    s, p, kk, c = win.stride, win.pad, win.kernel, win.channels
-    phases = _phases(win)
+    s, p, c = win.stride, win.pad, win.channels
     per_map = 1 if s > 1 else c
     maps = em.op("reshape", [padded], shape=(win.batch * c // per_map, per_map, win.height + 2 * p, win.width + 2 * p))
-    weight = em.const(unfold_kernel(per_map, phases, kk), em.graph.type_of(padded).dtype, "window_blocks")
+    weight = em.const(unfold_kernel(per_map, _phases(win), win.kernel), em.graph.type_of(padded).dtype,
+                      "window_blocks")
     # Padded height s·Ho + kernel - 1 less `phases` rows gives exactly Ho + (kernel - 1) // s output rows (the
     # op's type rule makes H and W multiples of s); the width likewise gives Wo columns.
     taps = em.op("conv", [maps, weight], "window_blocks", stride=(s, s), pads=(0, 0, 0, 0), dilation=(1, 1),
                  groups=per_map)
-    rows = _frame_rows(win)
-    return Stack(em.op("reshape", [taps], shape=(win.batch * c, phases * kk, rows, win.out_w)), phases, rows)
+    return em.op("reshape", [taps], shape=(win.batch * c, _taps(win), _frame_rows(win), win.out_w))
 
 
 def _framed(em: Emitter, x: str, win: Window, t: int) -> str:
@@ -242,18 +236,16 @@ def _position_logits(em: Emitter, q_s: str, grid: Node, weight: str, win: Window
 
 def _content_logits(em: Emitter, q_s: str, k_pad: str, win: Window, scale: float) -> str:
     """``scale · Σ_e q_s[e] · K_n[e]`` per head and slot, ``k_pad`` the padded keys: [B, heads, N, Ho·Wo]."""
-    kk, h, c = win.kernel, win.heads, win.channels
-    stack = _stack(em, k_pad, win)
-    taps = stack.phases * kk
+    kk, h, c, taps, rows = win.kernel, win.heads, win.channels, _taps(win), _frame_rows(win)
+    keys = _stack(em, k_pad, win)
     head_sum = np.full((h, win.head_dim, 1, 1), scale)
     logits = []
     for t, rows_in_group in enumerate(_row_groups(win)):
-        query = em.op("reshape", [_framed(em, q_s, win, t)], shape=(win.batch * c, 1, stack.rows, win.out_w))
+        query = em.op("reshape", [_framed(em, q_s, win, t)], shape=(win.batch * c, 1, rows, win.out_w))
         # [B·C, taps, rows, Wo] viewed as [B, C, taps·rows, Wo]: each head's d channels summed per pixel.
-        product = em.op("reshape", [em.op("mul", [query, stack.name])],
-                        shape=(win.batch, c, taps * stack.rows, win.out_w))
+        product = em.op("reshape", [em.op("mul", [query, keys])], shape=(win.batch, c, taps * rows, win.out_w))
         summed = em.op("reshape", [_grouped_sum(em, product, head_sum, "logit")],
-                       shape=(win.batch, h * taps, stack.rows, win.out_w))
+                       shape=(win.batch, h * taps, rows, win.out_w))
         group = em.op("reshape", [_cut(em, summed, win, t)], shape=(win.batch, h, taps, win.out_h * win.out_w))
         # The last group may hold fewer window rows than phases: its other taps are no slot.
         logits.append(_strided(em, group, 2, 0, rows_in_group * kk, 1))
@@ -268,10 +260,8 @@ def _query_position(em: Emitter, q_s: str, pos_q: str, win: Window, scale: float
 
 def _weighted_values(em: Emitter, attn: str, v_pad: str, win: Window) -> str:
     """``Σ_n A_n ⊙ V_n`` for ``attn`` [B, heads, N, Ho·Wo] and the padded values ``v_pad``: [B, C, Ho, Wo]."""
-    kk, h = win.kernel, win.heads
-    stack = _stack(em, v_pad, win)
-    taps = stack.phases * kk
-    values = em.op("reshape", [stack.name], shape=(win.batch * h, win.head_dim, taps * stack.rows, win.out_w))
+    kk, h, taps, rows = win.kernel, win.heads, _taps(win), _frame_rows(win)
+    values = em.op("reshape", [_stack(em, v_pad, win)], shape=(win.batch * h, win.head_dim, taps * rows, win.out_w))
     tap_sum = np.ones((win.channels, taps, 1, 1))
     groups = _row_groups(win)
     weights = em.op_multi("split", [attn], sizes=tuple(n * kk for n in groups), axis=2)
@@ -280,10 +270,10 @@ def _weighted_values(em: Emitter, attn: str, v_pad: str, win: Window) -> str:
         weight = em.op("reshape", [weights[t]], shape=(win.batch * h, rows_in_group * kk, win.out_h, win.out_w))
         # Taps of no slot (a short last group) get weight 0.
         weight = pad_axis(em, weight, 1, 0, taps - rows_in_group * kk, "zero")
-        weight = em.op("reshape", [_framed(em, weight, win, t)], shape=(win.batch * h, 1, taps * stack.rows, win.out_w))
+        weight = em.op("reshape", [_framed(em, weight, win, t)], shape=(win.batch * h, 1, taps * rows, win.out_w))
         # [B·heads, d, taps·rows, Wo] viewed as [B, C·taps, rows, Wo]: groups of one channel's taps.
         product = em.op("reshape", [em.op("mul", [weight, values])],
-                        shape=(win.batch, win.channels * taps, stack.rows, win.out_w))
+                        shape=(win.batch, win.channels * taps, rows, win.out_w))
         row = _cut(em, _grouped_sum(em, product, tap_sum, "weighted"), win, t)
         out = row if out is None else em.op("add", [out, row])
     return out
@@ -304,7 +294,7 @@ def _attend(em: Emitter, q_s: str, k_pad: str, v_pad: str, pos_q: str | None, pr
 
 def batch_chunk(win: Window) -> int:
     """Images per chunk: as many as keep the largest stacked product within :data:`STACK_BUDGET` (at least 1)."""
-    per_image = win.channels * _phases(win) * win.kernel * _frame_rows(win) * win.out_w
+    per_image = win.channels * _taps(win) * _frame_rows(win) * win.out_w
     return max(1, min(win.batch, STACK_BUDGET // per_image))
 
 

@@ -25,15 +25,10 @@ products are summed.
 from __future__ import annotations
 
 from netdsl.ir import Node
+from netdsl.passes.conv_before_resize import is_1x1
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "slice_before_conv"
-
-
-def _is_1x1(em: Emitter, conv: Node) -> bool:
-    """A 1x1 conv without padding, at any stride: each output pixel reads one input pixel."""
-    return (conv.op == "conv" and tuple(em.graph.type_of(conv.inputs[1]).shape[2:]) == (1, 1)
-            and not any(conv.attrs["pads"]))
 
 
 def _folds_into_stride(node: Node, em: Emitter) -> bool:
@@ -49,22 +44,22 @@ def _folds_into_stride(node: Node, em: Emitter) -> bool:
 def _move(node: Node, em: Emitter) -> list[str] | None:
     conv = em.producer(node.inputs[0])
     t = em.graph.type_of(node.inputs[0])
-    if (conv is None or t.rank != 4 or node.attrs["axis"] % 4 == 1 or not em.used_once(node.inputs[0])
-            or not _is_1x1(em, conv) or em.graph.type_of(node.outputs[0]).shape == t.shape):
-        return None
     axis = node.attrs["axis"] % 4
-    if _folds_into_stride(node, em):
-        stride = list(conv.attrs["stride"])
+    if (conv is None or t.rank != 4 or axis == 1 or not em.used_once(node.inputs[0]) or not is_1x1(em, conv)
+            or em.graph.type_of(node.outputs[0]).shape == t.shape):
+        return None
+    attrs = conv.attrs
+    folds = _folds_into_stride(node, em)
+    if folds:
+        stride = list(attrs["stride"])
         stride[axis - 2] *= node.attrs["step"]
-        em.absorb(conv)
-        em.source = conv
-        return [em.op("conv", list(conv.inputs), **{**conv.attrs, "stride": tuple(stride)})]
-    if (axis >= 2 and conv.attrs["stride"][axis - 2] != 1) or em.graph.type_of(conv.inputs[0]).shape[1] > t.shape[1]:
+        attrs = {**attrs, "stride": tuple(stride)}
+    elif (axis >= 2 and attrs["stride"][axis - 2] != 1) or em.graph.type_of(conv.inputs[0]).shape[1] > t.shape[1]:
         return None
     em.absorb(conv)
     em.source = conv
-    sliced = em.op("slice", [conv.inputs[0]], "sliced", **node.attrs)
-    return [em.op("conv", [sliced, *conv.inputs[1:]], **conv.attrs)]
+    x = conv.inputs[0] if folds else em.op("slice", [conv.inputs[0]], "sliced", **node.attrs)
+    return [em.op("conv", [x, *conv.inputs[1:]], **attrs)]
 
 
 PASS = node_pass(RULE, "optimize", _move, __doc__ or "", matches=("slice",), repeat=True)
