@@ -13,14 +13,16 @@
    op types of each model.
 
 ``--onnx FILE`` adds ONNX models (e.g. an earlier build of one of the specs) to both parts, named by
-their file stem. ``--torch-export MODEL`` adds PyTorch's own export (``torch.onnx.export``) of the
-module netdsl generates for that spec, with the same seeded weights, as ``MODEL_torch_export``: a
-check that netdsl's emission of a baseline is at least as fast as the usual way to get it into ONNX
-Runtime (the two agree on an input first; the largest difference is printed). Both parts print
-tables; ``--json OUT`` writes ``{"comparison": ..., "profile": ...}``.
+their file stem. ``--timm MODEL`` adds timm's own model of that name exported by ``torch.onnx.export``
+(batch 1 only; needs timm) as ``MODEL_timm_export``. ``--torch-export MODEL`` adds PyTorch's own
+export (``torch.onnx.export``) of the module netdsl generates for that spec, with the same seeded
+weights, as ``MODEL_torch_export``: a check that netdsl's emission of a baseline is at least as fast as
+the usual way to get it into ONNX Runtime (the two agree on an input first; the largest difference is
+printed). Both parts print tables; ``--json OUT`` writes ``{"comparison": ..., "profile": ...}``.
 
     python benchmarks/model_comparison.py [--batch 1,4,8,16] [--runs 50] [--profile] [--no-comparison]
-        [--onnx FILE ...] [--torch-export MODEL ...] [--set KEY=VALUE ...] [--json OUT] [--plot OUT.png]
+        [--onnx FILE ...] [--torch-export MODEL ...] [--timm MODEL ...] [--set KEY=VALUE ...] [--json OUT]
+        [--plot OUT.png]
     python benchmarks/model_comparison.py --smoke    # CSA and ConvNeXt-T, one block per stage, batch 1, one run
 """
 
@@ -63,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an extra ONNX model to compare and profile (repeatable)")
     p.add_argument("--torch-export", action="append", default=[], metavar="MODEL",
                    help="also compare torch.onnx.export of the module generated for this spec (repeatable)")
+    p.add_argument("--timm", action="append", default=[], metavar="MODEL",
+                   help="also compare torch.onnx.export of timm's own model of this name at batch 1 (repeatable; "
+                        "needs timm)")
     p.add_argument("--baseline", default=BASELINE, help=f"model the ratios refer to (default {BASELINE})")
     p.add_argument("--batch", default="1,4,8,16", help="batch sizes of the comparison (default 1,4,8,16)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per model and batch (default 10)")
@@ -208,7 +213,7 @@ def torch_export(model: str, folder: Path, sets: list[str]) -> Path:
     """``torch.onnx.export`` of the module generated for spec ``model`` (seed-0 weights, as ``bench`` compiles it),
     written to ``folder``; prints how far its output is from netdsl's emission on a random input."""
     import torch
-    from acmix_speed import export_reference, run_once
+    from acmix_speed import export, run_once
 
     from netdsl.backends.torch_backend import build_module
     from netdsl.initializers import initial_weights
@@ -216,12 +221,37 @@ def torch_export(model: str, folder: Path, sets: list[str]) -> Path:
     graph = load_graph(spec_path(model), sets=sets)
     module = build_module(graph, initial_weights(graph, seed=0)).eval()
     x = np.random.default_rng(0).standard_normal(graph.values[graph.inputs[0]].shape).astype(np.float32)
-    exported, how = export_reference(module, torch.from_numpy(x))
+    exported = export(module, torch.from_numpy(x))
     ours = compile_spec(model, sets)
     outputs = [run_once(m, x) for m in (exported, ours)]  # the exporters name the input differently
-    print(f"{model}: {how} vs netdsl, largest output difference {np.abs(outputs[0] - outputs[1]).max():.2e}")
+    difference = np.abs(outputs[0] - outputs[1]).max()
+    print(f"{model}: torch.onnx.export vs netdsl, largest output difference {difference:.2e}")
     path = folder / f"{model}_torch_export.onnx"
     onnx.save(exported, str(path))
+    return path
+
+
+def timm_export(model: str, folder: Path) -> Path:
+    """timm's own ``model`` (``timm.create_model``, its default initialisation, eval mode) exported by
+    ``torch.onnx.export`` at batch 1 and 224x224, written to ``folder``: the model as a timm user runs it in ONNX
+    Runtime. timm is not part of the dev set-up (see docs/models.md); without it this exits with status 2."""
+    import torch
+    from acmix_speed import export
+    from reference.torchvision_stand_in import import_timm
+
+    try:
+        timm, _ = import_timm()
+    except ImportError:
+        print("--timm needs timm: pip install --no-deps timm==1.0.31 pyyaml", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not timm.is_model(model):
+        print(f"--timm {model}: timm {timm.__version__} has no model of that name", file=sys.stderr)
+        raise SystemExit(2)
+    torch.manual_seed(0)
+    module = timm.create_model(model, pretrained=False).eval()
+    path = folder / f"{model}_timm_export.onnx"
+    onnx.save(export(module, torch.randn(1, 3, 224, 224)), str(path))
+    print(f"{model}: timm {timm.__version__}, exported by torch.onnx.export")
     return path
 
 
@@ -230,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     missing = [m for m in models + args.torch_export if not spec_path(m).is_file()]
     missing += [str(f) for f in args.onnx if not f.is_file()]
-    names = models + [f.stem for f in args.onnx] + [f"{m}_torch_export" for m in args.torch_export]
+    names = (models + [f.stem for f in args.onnx] + [f"{m}_torch_export" for m in args.torch_export]
+             + [f"{m}_timm_export" for m in args.timm])
     if missing or args.baseline not in names or len(set(names)) != len(names):
         print(f"unknown model(s) {', '.join(missing) or '-'}, baseline '{args.baseline}' not among {names}, "
               "or two models with one name (rename an --onnx file)", file=sys.stderr)
@@ -238,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=160)
     with tempfile.TemporaryDirectory() as exports:
         args.onnx += [torch_export(model, Path(exports), args.sets) for model in args.torch_export]
+        args.onnx += [timm_export(model, Path(exports)) for model in args.timm]
         return compare_and_profile(args, models, console)
 
 
