@@ -18,7 +18,13 @@ runs once on the configuration's input and its largest difference from the PyTor
 with its node count and the MB its nodes read and write (:func:`megabytes_moved`).
 Prints a table (latency, speed-up over the baseline) and, with ``--json OUT``, the same as JSON.
 
-    python benchmarks/acmix_speed.py [--threads 1 2] [--batches 1 8] [--strides 1 2] [--runs 30] [--json OUT]
+``--rounds N`` times every configuration N times, round by round (all configurations once, then again), so
+that a slow spell of the machine falls on one round of each configuration rather than on all runs of one:
+each row then gives the medians over the rounds of the rounds' median latencies and speed-ups, and the
+lowest and highest speed-up of a round.
+
+    python benchmarks/acmix_speed.py [--threads 1 2] [--batches 1 8] [--strides 1 2] [--runs 30] [--rounds 1]
+        [--json OUT]
     python benchmarks/acmix_speed.py --smoke    # smallest settings: a few runs of a 16-channel 14x14 block
 """
 
@@ -29,6 +35,7 @@ import contextlib
 import io
 import json
 import logging
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -55,7 +62,8 @@ from reference.torch_modules import ACmix, ACmixEinsum  # noqa: E402
 BASELINE = "reference (unfold + sum)"
 REFERENCES: dict[str, type[ACmix]] = {BASELINE: ACmix, "reference, einsum sums": ACmixEinsum}
 TARGETS = {"netdsl onnx": "onnx", "netdsl trt-restricted": "trt-restricted"}
-SMOKE = {"channels": 16, "size": 14, "batches": [1], "strides": [1], "threads": [1], "warmup": 1, "runs": 2}
+SMOKE = {"channels": 16, "size": 14, "batches": [1], "strides": [1], "threads": [1], "warmup": 1, "runs": 2,
+         "rounds": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,12 +76,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ONNX Runtime intra-op thread counts (default 1 2)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every configuration this many times, round by round (default 1)")
     p.add_argument("--seed", type=int, default=0, help="weights and input seed")
-    p.add_argument("--smoke", action="store_true", help="smallest settings (overrides the sizes, runs and threads)")
+    p.add_argument("--smoke", action="store_true",
+                   help="smallest settings (overrides the sizes, runs, rounds and threads)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.smoke:
         vars(args).update(SMOKE)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     return args
 
 
@@ -176,41 +189,65 @@ def summarise(table: BenchTable, models: dict[str, onnx.ModelProto], errors: dic
     return rows
 
 
+def over_rounds(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One configuration's rows from the rows of its rounds (same models, same order): median latency, p90 and
+    speed-up over the rounds, and the lowest and highest speed-up of a round. A model that failed in any
+    round keeps that round's error."""
+    rows = []
+    for per_round in zip(*rounds, strict=True):
+        failed = next((r for r in per_round if r["error"]), None)
+        if failed:
+            rows.append({**failed, "rounds": len(per_round)})
+            continue
+        speedups = [r["speedup_vs_baseline"] for r in per_round]
+        rows.append({**per_round[0],
+                     "median_ms": statistics.median(r["median_ms"] for r in per_round),
+                     "p90_ms": statistics.median(r["p90_ms"] for r in per_round),
+                     "speedup_vs_baseline": statistics.median(speedups),
+                     "speedup_min": min(speedups), "speedup_max": max(speedups), "rounds": len(per_round)})
+    return rows
+
+
 def render(rows: list[dict[str, Any]], title: str, console: Console) -> None:
     table = Table(title=title)
-    columns = ("threads", "batch", "stride", "model", "median ms", "p90 ms", "speed-up", "ONNX nodes", "MB moved",
-               "max |Δ|")
+    rounds = max(r["rounds"] for r in rows)
+    columns = ("threads", "batch", "stride", "model", "median ms", "p90 ms", "speed-up",
+               *(["rounds' range"] if rounds > 1 else []), "ONNX nodes", "MB moved", "max |Δ|")
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
         config = (str(r["threads"]), str(r["batch"]), str(r["stride"]), r["model"])
         if r["error"]:
-            table.add_row(*config, f"[red]{r['error']}[/red]", "", "", "", "", "")
+            table.add_row(*config, f"[red]{r['error']}[/red]", *[""] * (len(columns) - 5))
             continue
+        spread = [f"{r['speedup_min']:.1f}-{r['speedup_max']:.1f}x"] if rounds > 1 else []
         table.add_row(*config, f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['speedup_vs_baseline']:.1f}x",
-                      str(r["onnx_nodes"]), f"{r['mb_moved']:.0f}", f"{r['max_abs_error_vs_torch']:.1e}")
+                      *spread, str(r["onnx_nodes"]), f"{r['mb_moved']:.0f}", f"{r['max_abs_error_vs_torch']:.1e}")
     console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=140)  # the table's nine columns, also when the output is not a terminal
-    rows: list[dict[str, Any]] = []
     environment: dict[str, Any] = {}
-    for batch in args.batches:
-        for stride in args.strides:
-            models, errors = build_models(args, batch, stride)
+    built = {(batch, stride): build_models(args, batch, stride) for batch in args.batches for stride in args.strides}
+    rounds: dict[tuple[int, int, int], list[list[dict[str, Any]]]] = {}
+    for _ in range(args.rounds):
+        for (batch, stride), (models, errors) in built.items():
             for threads in args.threads:
                 table = bench_many(models, [batch], args.warmup, args.runs, "ort", BASELINE, progress=True,
                                    threads=threads, verify=False, console=console)
                 environment = table.environment
-                rows += summarise(table, models, errors, {"threads": threads, "batch": batch, "stride": stride})
-    title = (f"ACmix {args.channels}ch {args.size}x{args.size}, ONNX Runtime CPU, {args.runs} interleaved runs; "
+                config = {"threads": threads, "batch": batch, "stride": stride}
+                rounds.setdefault((batch, stride, threads), []).append(summarise(table, models, errors, config))
+    rows = [row for per_config in rounds.values() for row in over_rounds(per_config)]
+    runs = f"{args.runs} interleaved runs" + (f", medians of {args.rounds} rounds" if args.rounds > 1 else "")
+    title = (f"ACmix {args.channels}ch {args.size}x{args.size}, ONNX Runtime CPU, {runs}; "
              f"speed-up over '{BASELINE}' (exported by torch.onnx.export(dynamo=True))")
     render(rows, title, console)
     if args.json:
-        config = {"channels": args.channels, "size": args.size, "runs": args.runs, "warmup": args.warmup,
-                  "baseline": BASELINE, "exporter": "torch.onnx.export(dynamo=True)"}
+        config = {"channels": args.channels, "size": args.size, "runs": args.runs, "rounds": args.rounds,
+                  "warmup": args.warmup, "baseline": BASELINE, "exporter": "torch.onnx.export(dynamo=True)"}
         document = {"config": config, "environment": environment, "rows": rows}
         atomic_write_text(args.json, json.dumps(document, indent=2) + "\n")
     return 0

@@ -50,3 +50,29 @@ def test_model_comparison_adds_the_exported_baselines(tmp_path: Path) -> None:
     assert {model["name"] for model in results["comparison"]["models"]} == expected
     assert set(results["profile"]) == expected
     assert "convnext_tiny: torch.onnx.export vs netdsl, largest output difference" in run.stdout
+
+
+def test_acmix_speed_rounds_give_medians_and_the_range_of_speed_ups(tmp_path: Path) -> None:
+    """Rounds (two in the smoke settings, one configuration): each row's speed-up is the median of the rounds'
+    speed-ups, within their range, and the table has the range column."""
+    out = tmp_path / "out.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "acmix_speed.py"), "--smoke", "--json", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert run.returncode == 0, f"acmix_speed.py failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    document = json.loads(out.read_text())
+    assert document["config"]["rounds"] == 2
+    rows = document["rows"]
+    assert [r["model"] for r in rows] == ["reference (unfold + sum)", "reference, einsum sums", "netdsl onnx",
+                                          "netdsl trt-restricted"]
+    for row in rows:
+        assert row["rounds"] == 2
+        assert row["speedup_min"] <= row["speedup_vs_baseline"] <= row["speedup_max"]
+    assert rows[0]["speedup_min"] == rows[0]["speedup_max"] == 1.0  # the baseline against itself, every round
+    assert "rounds' range" in run.stdout
+
+
+def test_acmix_speed_refuses_zero_rounds() -> None:
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "acmix_speed.py"), "--rounds", "0"], cwd=REPO,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert run.returncode == 2
+    assert "--rounds must be at least 1, got 0" in run.stderr
