@@ -86,3 +86,44 @@ def test_acmix_speed_refuses_zero_rounds() -> None:
                          capture_output=True, text=True, timeout=TIMEOUT_S)
     assert run.returncode == 2
     assert "--rounds must be at least 1, got 0" in run.stderr
+
+
+def test_acmix_training_cold_primes_a_fresh_cache_before_the_second_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cold`` runs each module twice in a child with a new cache; only the second child's cache is primed,
+    by :data:`PRIMER` run first in the same environment, and the compiled rows are named after their cache."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import acmix_training
+
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_run(command: list[str], env: dict[str, str], check: bool, stdout: int) -> None:
+        calls.append((command, env))
+        if "--json" in command:
+            rows = [{"mode": "eager"}, {"mode": acmix_training.COMPILED}]
+            Path(command[command.index("--json") + 1]).write_text(json.dumps({"rows": rows}))
+
+    monkeypatch.setattr(acmix_training.subprocess, "run", fake_run)
+    empty = acmix_training.measure_cold("generated", ["--steps", "1"], acmix_training.EMPTY)
+    primed = acmix_training.measure_cold("generated", ["--steps", "1"], acmix_training.PRIMED)
+    assert [row["mode"] for row in empty] == ["eager", "torch.compile, empty cache"]
+    assert [row["mode"] for row in primed] == ["eager", "torch.compile, primed cache"]
+    (first, first_env), (primer, primer_env), (second, second_env) = calls
+    assert first[:3] == [sys.executable, acmix_training.__file__, "--steps"]
+    assert primer == [sys.executable, "-c", acmix_training.PRIMER]
+    assert "--only" in first and "--only" in second and "-c" not in first
+    assert primer_env["TORCHINDUCTOR_CACHE_DIR"] == second_env["TORCHINDUCTOR_CACHE_DIR"]
+    assert first_env["TORCHINDUCTOR_CACHE_DIR"] != second_env["TORCHINDUCTOR_CACHE_DIR"]
+    assert second_env["TORCHINDUCTOR_CACHE_DIR"].startswith(second_env["TMPDIR"])
+
+
+@pytest.mark.slow
+def test_acmix_training_cold_compiles_with_an_empty_and_a_primed_cache(tmp_path: Path) -> None:
+    """A tiny block through ``--cold`` for real: one eager row, then one compiled row per cache."""
+    out = tmp_path / "cold.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "acmix_training.py"), "--cold", "--only", "generated",
+               "--channels", "4", "--size", "8", "--batch", "1", "--steps", "1", "--warmup", "0", "--json", str(out)]
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=2 * TIMEOUT_S)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["mode"] for row in rows] == ["eager", "torch.compile, empty cache", "torch.compile, primed cache"]
+    assert all(row["compile_s"] > 0 for row in rows[1:])
