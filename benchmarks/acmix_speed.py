@@ -23,7 +23,7 @@ that a slow spell of the machine falls on one round of each configuration rather
 each row then gives the medians over the rounds of the rounds' median latencies and speed-ups, and the
 lowest and highest speed-up of a round.
 
-    python benchmarks/acmix_speed.py [--threads 1 2] [--batches 1 8] [--strides 1 2] [--runs 30] [--rounds 1]
+    python benchmarks/acmix_speed.py [--threads 1 2] [--batches 1 8] [--strides 1 2] [--runs 10] [--rounds 3]
         [--json OUT]
     python benchmarks/acmix_speed.py --smoke    # smallest settings: a few runs of a 16-channel 14x14 block
 """
@@ -75,9 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="ONNX Runtime intra-op thread counts (default 1 2)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--rounds", type=int, default=1,
-                   help="time every configuration this many times, round by round (default 1)")
+    p.add_argument("--runs", type=int, default=10, help="interleaved runs per round (default 10)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="time every configuration this many times, round by round (default 3)")
     p.add_argument("--seed", type=int, default=0, help="weights and input seed")
     p.add_argument("--smoke", action="store_true",
                    help="smallest settings (overrides the sizes, runs, rounds and threads)")
