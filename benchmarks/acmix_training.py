@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager rows only")
     p.add_argument("--cold", action="store_true",
-                   help="each module in a child process with an empty inductor cache and temporary directory")
+                   help="compile each module in two child processes, each with a new inductor cache and temporary "
+                        "directory: one empty, one primed by an unrelated small compile")
     p.add_argument("--only", choices=tuple(SHORT_NAMES), help="measure one module only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="smallest settings (overrides sizes, steps and compile)")
