@@ -13,11 +13,12 @@ from netdsl.interp import eval_node
 from netdsl.ir import Graph, Init, TensorType
 from netdsl.passes.base import RewriteLog
 from netdsl.passes.cleanup_shuffles import PASS as CLEANUP
-from netdsl.passes.constant_folding import FOLD_PARAMS, make_constant_folding
 from netdsl.passes.constant_folding import PASS as CONSTANT_FOLDING
+from netdsl.passes.constant_folding import make_constant_folding
 from netdsl.passes.cse import PASS as CSE
 from netdsl.passes.dce import PASS as DCE
 from netdsl.passes.fold_batchnorm import PASS as FOLD_BATCHNORM
+from netdsl.passes.fold_params import PASS as FOLD_PARAMS
 
 RNG = np.random.default_rng(7)
 

@@ -146,6 +146,15 @@ def test_registry_holds_every_pipeline_pass_with_a_phase_and_a_docstring() -> No
         assert isinstance(p, (Pass, WeightedPass))
 
 
+def test_each_pass_module_holds_one_pass_named_like_it() -> None:
+    # One pass per file, named like the file: lookup() finds it by importing that module alone.
+    passes = registry.all_passes()
+    assert sorted(passes) == sorted(registry.PASS_MODULES)
+    for name in registry.PASS_MODULES:
+        assert registry._own_module_pass(name) is passes[name]
+    assert registry._own_module_pass("not_a_pass") is None
+
+
 def test_cost_model_counts_macs_params_and_activation_bytes() -> None:
     b, x = builder_with_input(2, 4, 6, 6)
     w = b.param("c.weight", TensorType("f32", (8, 2, 3, 3)), Init("zeros"))

@@ -76,6 +76,20 @@ def test_a_tensorrt_compile_of_csa_looks_up_no_onnx_schema_and_draws_no_calibrat
     assert "18/18 nodes covered" in proc.stdout and "shape inference" not in proc.stdout and out.exists()
 
 
+def test_an_onnx_compile_imports_no_restricted_lowering(tmp_path: Path) -> None:
+    # lookup() imports a pass's own module, not the whole registry: the onnx pipeline's 19 passes (and the
+    # modules they build on), none of the restricted targets' lowerings.
+    restricted_only = ["erf_decompose", "layernorm_decompose", "maxpool_to_elementwise", "softmax_decompose",
+                       "sqrt_decompose", "fold_params"]
+    code = ("import sys; from netdsl.cli import main; code = main(sys.argv[1:]); "
+            f"print(sorted(m for m in {restricted_only!r} if 'netdsl.passes.' + m in sys.modules)); sys.exit(code)")
+    out = tmp_path / "m.onnx"
+    proc = subprocess.run([sys.executable, "-c", code, "compile", CSA, "--target", "onnx", "-o", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]" and out.exists()
+
+
 @pytest.mark.parametrize("collecting", [True, False])
 def test_garbage_collection_is_as_the_caller_left_it(collecting: bool, capsys: pytest.CaptureFixture[str]) -> None:
     # The command line pauses cyclic collection during its start-up only.

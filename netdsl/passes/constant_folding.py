@@ -6,8 +6,8 @@ i.e. exactly the op's documented semantics. Repeating this in graph order folds 
 subgraphs. Inputs that end up unused are dropped.
 
 Parameters are not constants: they are trained and loaded by name, so ``constant_folding``
-keeps them. For inference targets, ``fold_params`` (built with the weights,
-:func:`make_constant_folding`) also treats parameters and buffers as known values, e.g. a
+keeps them. For inference targets, ``fold_params`` (:mod:`netdsl.passes.fold_params`, built with the
+weights by :func:`make_constant_folding`) also treats parameters and buffers as known values, e.g. a
 positional encoding ``conv(grid, weight, bias)`` or a relative-position bias gathered from a
 table by an index buffer becomes one constant; the parameters it no longer needs are left to
 ``dce``. Results larger than ``max_elements`` are not folded, so a broadcast cannot turn a few
@@ -21,7 +21,7 @@ import numpy as np
 from netdsl.initializers import NP_DTYPES
 from netdsl.interp import eval_node
 from netdsl.ir import Graph, Node
-from netdsl.passes.base import EVERY_OP, Pass, WeightedPass, Weights
+from netdsl.passes.base import EVERY_OP, Pass, Weights
 from netdsl.passes.rewriter import Emitter, node_pass
 
 RULE = "constant_folding"
@@ -72,4 +72,3 @@ def make_constant_folding(weights: Weights | None = None, max_elements: int = MA
 
 
 PASS = make_constant_folding()
-FOLD_PARAMS = WeightedPass(PARAMS_RULE, "optimize", (__doc__ or "").strip(), make_constant_folding)
