@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +155,16 @@ def test_each_pass_module_holds_one_pass_named_like_it() -> None:
     for name in registry.PASS_MODULES:
         assert registry._own_module_pass(name) is passes[name]
     assert registry._own_module_pass("not_a_pass") is None
+
+
+def test_a_pass_whose_module_is_missing_is_unavailable_not_skipped() -> None:
+    code = ("import sys; sys.modules['netdsl.passes.dce'] = None; from netdsl.passes import registry; "
+            "print(registry.unavailable_passes())\n"
+            "try:\n    registry.lookup('dce')\nexcept Exception as err:\n    print(err)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    why = "module netdsl.passes.dce is not part of this build"
+    assert proc.stdout.splitlines() == [str({"dce": why}), f"pass 'dce' is not available: {why}"]
 
 
 def test_cost_model_counts_macs_params_and_activation_bytes() -> None:

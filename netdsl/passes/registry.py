@@ -72,6 +72,18 @@ PASS_MODULES = (
 AnyPass = Pass | WeightedPass
 
 
+def _module_passes(module_name: str) -> list[AnyPass] | None:
+    """The passes defined in ``netdsl.passes.<module_name>``, or None when that module is not part of this build."""
+    full = f"netdsl.passes.{module_name}"
+    try:
+        module = importlib.import_module(full)
+    except ModuleNotFoundError as err:
+        if err.name != full:
+            raise
+        return None
+    return [obj for obj in vars(module).values() if isinstance(obj, (Pass, WeightedPass))]
+
+
 @cache
 def _load() -> tuple[dict[str, AnyPass], dict[str, str]]:
     """(available passes by name, unavailable pass name -> why)."""
@@ -79,16 +91,11 @@ def _load() -> tuple[dict[str, AnyPass], dict[str, str]]:
     missing: dict[str, str] = {}
     for module_name in PASS_MODULES:
         full = f"netdsl.passes.{module_name}"
-        try:
-            module = importlib.import_module(full)
-        except ModuleNotFoundError as err:
-            if err.name != full:
-                raise
+        found = _module_passes(module_name)
+        if found is None:
             missing[module_name] = f"module {full} is not part of this build"
             continue
-        for obj in vars(module).values():
-            if not isinstance(obj, (Pass, WeightedPass)):
-                continue
+        for obj in found:
             known = passes.get(obj.name)
             if known is not None and known is not obj:
                 raise RuntimeError(f"two passes are named '{obj.name}' ({full} and another module)")
@@ -110,17 +117,9 @@ def unavailable_passes() -> dict[str, str]:
 def _own_module_pass(name: str) -> AnyPass | None:
     """The pass ``name`` from its own module (``netdsl.passes.<name>``) alone, or None when there is no such
     module in this build or it defines no pass of that name. A target's pipeline then imports only its own
-    passes (the ``onnx`` target 19 modules of 50), not every module of the registry."""
-    if name not in PASS_MODULES:
-        return None
-    try:
-        module = importlib.import_module(f"netdsl.passes.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"netdsl.passes.{name}":
-            raise
-        return None
-    found = [obj for obj in vars(module).values() if isinstance(obj, (Pass, WeightedPass)) and obj.name == name]
-    return found[0] if found else None
+    passes' modules (the ``onnx`` target's 19 of the 51), not every module of the registry."""
+    found = _module_passes(name) if name in PASS_MODULES else None
+    return next((obj for obj in found or [] if obj.name == name), None)
 
 
 def lookup(name: str) -> AnyPass:
